@@ -1,0 +1,77 @@
+"""Startup hook (stdlib only): patch LLaMA-Factory modules right after LLaMA-Factory imports them.
+
+Installed as ``llamafactory_attok.pth`` (and the PEP 829 ``llamafactory_attok.start``) in site-packages, so it
+reaches every process: ``llamafactory-cli``, LF's torchrun relaunch of ``launcher.py`` and WebUI-spawned training.
+It only puts a finder on ``sys.meta_path``; nothing heavy is imported until LF itself is. ``ATTOK_DISABLE=1``
+turns it off. It never raises at interpreter start.
+"""
+
+import os
+import sys
+
+TARGET_MODULES = frozenset(
+    {
+        "llamafactory.hparams.parser",
+        "llamafactory.model.loader",
+        "llamafactory.model.adapter",
+        "llamafactory.train.sft.workflow",
+        "llamafactory.train.tuner",
+    }
+)
+
+
+class _PatchingLoader:
+    """Wraps a module's real loader; after the module body runs, hands it to ``integration.patch_module``."""
+
+    def __init__(self, loader, name):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        from llamafactory_attok import integration
+
+        integration.patch_module(self._name, module)
+
+    def __getattr__(self, item):
+        return getattr(self._loader, item)
+
+
+class _Finder:
+    """Meta-path finder that claims only :data:`TARGET_MODULES` and delegates the actual finding."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in TARGET_MODULES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader, name)
+                return spec
+        return None
+
+
+def is_disabled() -> bool:
+    return os.environ.get("ATTOK_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def install() -> None:
+    """Idempotently put the finder first on ``sys.meta_path`` (unless ``ATTOK_DISABLE=1``)."""
+    try:
+        if is_disabled() or any(isinstance(f, _Finder) for f in sys.meta_path):
+            return
+        sys.meta_path.insert(0, _Finder())
+        already = [name for name in TARGET_MODULES if name in sys.modules]
+        if already:  # LF imported before us (unusual): patch what is loaded now
+            from llamafactory_attok import integration
+
+            for name in already:
+                integration.patch_module(name, sys.modules[name])
+    except Exception as err:  # interpreter start must never fail; say why instead of staying silent
+        sys.stderr.write(f"llamafactory-attok: startup hook not installed: {err!r}\n")

@@ -1,0 +1,91 @@
+"""One AttTok run: its arguments, resolved vocabulary and token ids, shared by every patched LF step.
+
+Built once from the parsed arguments and attached to LF's ``model_args`` and ``finetuning_args`` (as
+``_attok``), so each later step (tokenizer, model, adapter, trainer) reads the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .args import AttTokArguments
+from .errors import AttTokError
+from .families import check_family
+from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
+from .state import SavedAttTok
+from .vocab import TOKEN_IN_TEXT, AttributeVocab, check_data_tokens, derive_vocab, iter_dataset_answers, load_vocab
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AttTokContext:
+    args: AttTokArguments
+    training: bool
+    saved: SavedAttTok | None = None
+    dataset_dir: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    finetuning_type: str = "lora"
+    vocab: AttributeVocab | None = None
+    token_ids: list[int] = field(default_factory=list)
+    new_token_ids: list[int] = field(default_factory=list)
+    keyword_ids: list[list[int]] = field(default_factory=list)
+    attribute_occurrences: int = 0
+    model_type: str | None = None
+
+    def _known_special(self, tokenizer, vocab_tokens: set[str]) -> set[str]:
+        return {t for t in tokenizer.get_vocab() if TOKEN_IN_TEXT.fullmatch(t) and t not in vocab_tokens}
+
+    def _answers(self):
+        return iter_dataset_answers(self.dataset_dir, self.datasets)
+
+    def _resolve_vocab(self, tokenizer) -> AttributeVocab:
+        if self.args.attok_vocab:
+            return load_vocab(self.args.attok_vocab)
+        if self.saved is not None:
+            return self.saved.vocab
+        if not self.datasets:
+            raise AttTokError("attok: true needs `attok_vocab` or a training dataset to derive the vocabulary from.")
+        return derive_vocab(self._answers(), self._known_special(tokenizer, set()))
+
+    def _check_data(self, tokenizer) -> None:
+        known = self._known_special(tokenizer, set(self.vocab.tokens))
+        self.attribute_occurrences = check_data_tokens(self._answers(), self.vocab, known)
+        if self.attribute_occurrences == 0:
+            raise AttTokError(
+                f"dataset {', '.join(self.datasets)} (in {self.dataset_dir}): zero attribute-token occurrences in the "
+                f"answers; AttTok needs answers prefixed with tokens such as {self.vocab.tokens[0]}."
+            )
+
+    def setup_tokenizer(self, tokenizer) -> None:
+        """Resolve the vocabulary, check the data, add the tokens and look up keyword ids (§4.1)."""
+        self.vocab = self._resolve_vocab(tokenizer)
+        if self.training and self.datasets:
+            self._check_data(tokenizer)
+        self.token_ids, self.new_token_ids = add_attribute_tokens(tokenizer, self.vocab)
+        if self.saved is not None and self.saved.token_ids != self.token_ids:
+            raise AttTokError(
+                f"{self.saved.folder}: its attribute tokens have ids {self.saved.token_ids} but the base tokenizer "
+                f"gives {self.token_ids}: the adapter was trained on another base model or vocabulary."
+            )
+        self.keyword_ids = keyword_token_ids(tokenizer, self.vocab, self.token_ids)
+        logger.info("AttTok: %d attribute tokens, ids %s", len(self.token_ids), self.token_ids)
+
+    def setup_model(self, model, tokenizer) -> None:
+        """Check the family, grow the embedding only if needed, initialise newly added rows by id."""
+        self.model_type = check_family(getattr(model.config, "model_type", None), "attok")
+        resized = resize_if_needed(model, tokenizer)
+        new = set(self.new_token_ids)
+        rows = [(tid, kw) for tid, kw in zip(self.token_ids, self.keyword_ids) if tid in new]
+        if rows and self.saved is None:
+            init_attribute_rows(model, [r[0] for r in rows], [r[1] for r in rows])
+        logger.info("AttTok: embedding %s; initialised %d attribute rows", "resized" if resized else "kept", len(rows))
+
+    def description(self) -> dict:
+        return {
+            "args": self.args.to_dict(),
+            "token_ids": self.token_ids,
+            "model_type": self.model_type,
+            "finetuning_type": self.finetuning_type,
+        }

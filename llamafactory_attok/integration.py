@@ -1,0 +1,296 @@
+"""THE one place that touches LLaMA-Factory internals.
+
+Every patch wraps a module global that LF looks up at call time, is idempotent, and does nothing unless the
+parsed arguments (or the loaded adapter) carry AttTok. Patched points (LF 0.9.5):
+
+- ``hparams.parser._parse_{train,infer,eval}_args``: pop and strictly parse ``attok*`` keys, attach the run.
+- ``model.loader.patch_tokenizer / patch_model / init_adapter``: tokens, rows, row-only training.
+- ``model.adapter.LoraConfig``: add ``trainable_token_indices``.
+- ``train.sft.workflow.CustomSeq2SeqTrainer``: the AttTok trainer; attribute tokens out of ``eos_token_id``.
+- ``train.tuner.export_model``: copy the AttTok description into the export folder.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import sys
+from typing import Any
+
+from .args import AttTokArguments, parse_attok_dict, split_attok_cli, split_attok_dict
+from .context import AttTokContext
+from .errors import AttTokError
+from .rows import mask_non_attribute_gradients, trainable_token_indices
+from .state import find_saved, save_description
+from .trainer import AttTokTrainerMixin
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_LF_VERSIONS = ("0.9.5",)
+_PATCHED_MARK = "__attok_patched__"
+_TOKEN_INDICES: contextvars.ContextVar[Any] = contextvars.ContextVar("attok_token_indices", default=None)
+
+
+def lf_version() -> str:
+    from llamafactory.extras.env import VERSION
+
+    return VERSION
+
+
+def version_supported() -> bool:
+    return lf_version() in SUPPORTED_LF_VERSIONS
+
+
+def context_of(args_obj: Any) -> AttTokContext | None:
+    return getattr(args_obj, "_attok", None)
+
+
+# ---- arguments ---------------------------------------------------------------------------------------------
+
+
+def _split_raw(raw: dict | list) -> tuple[dict, dict | list]:
+    if isinstance(raw, dict):
+        return split_attok_dict(raw)
+    return split_attok_cli(list(raw))
+
+
+def _check_lf_args(attok: AttTokArguments, model_args, finetuning_args) -> None:
+    """Checks of AttTok against LF's own arguments (separate from the AttTok field checks)."""
+    if finetuning_args.stage != "sft":
+        raise AttTokError(f"attok: true needs `stage: sft`, got stage {finetuning_args.stage!r}.")
+    embed_targets = {"embed_tokens", "lm_head", "wte", "output"}
+    if set(finetuning_args.additional_target or []) & embed_targets:
+        raise AttTokError(
+            "attok: true trains only the attribute rows of embed/lm_head; remove them from `additional_target`."
+        )
+    _check_model_family(model_args)
+
+
+def _check_model_family(model_args) -> None:
+    from transformers import AutoConfig
+
+    from .families import check_family
+
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    check_family(getattr(config, "model_type", None), f"model {model_args.model_name_or_path}")
+
+
+def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
+    by_name = {type(obj).__name__: obj for obj in parsed}
+    model_args = by_name["ModelArguments"]
+    finetuning_args = by_name["FinetuningArguments"]
+    data_args = by_name.get("DataArguments")
+    attok = parse_attok_dict(ours)
+    saved = find_saved([model_args.model_name_or_path, *(model_args.adapter_name_or_path or [])])
+    training = "Seq2SeqTrainingArguments" in by_name or "TrainingArguments" in by_name
+    if not attok.attok and saved is None:
+        return None
+    if not version_supported():
+        raise AttTokError(
+            f"llamafactory-attok was built for LLaMA-Factory {', '.join(SUPPORTED_LF_VERSIONS)}, found "
+            f"{lf_version()}; install llamafactory==0.9.5 or unset the attok keys."
+        )
+    if attok.attok:
+        _check_lf_args(attok, model_args, finetuning_args)
+    elif saved is not None:
+        attok = AttTokArguments(**{**saved.config["args"], **{k: v for k, v in attok.to_dict().items() if k in ours}})
+    datasets = list(getattr(data_args, "dataset", None) or []) if training else []
+    return AttTokContext(
+        args=attok,
+        training=training and attok.attok,
+        saved=saved,
+        dataset_dir=getattr(data_args, "dataset_dir", None),
+        datasets=datasets,
+        finetuning_type=finetuning_args.finetuning_type,
+    )
+
+
+def _wrap_parse(original, read_args):
+    @functools.wraps(original)
+    def parse(args=None):
+        raw = read_args(args)
+        ours, rest = _split_raw(raw)
+        if not ours:
+            parsed = original(args)  # untouched path: vanilla LF sees exactly what it would without us
+        else:
+            parsed = original(rest)
+        context = _build_context(ours, parsed)
+        if context is not None:
+            for obj in parsed:
+                if type(obj).__name__ in ("ModelArguments", "FinetuningArguments"):
+                    obj._attok = context
+        return parsed
+
+    return parse
+
+
+def _guard_parse(original, read_args):
+    """On an LF version we were not built for: refuse AttTok clearly, otherwise stay out of the way."""
+
+    @functools.wraps(original)
+    def parse(args=None):
+        ours, _ = _split_raw(read_args(args))
+        if ours:
+            raise AttTokError(
+                f"llamafactory-attok was built for LLaMA-Factory {', '.join(SUPPORTED_LF_VERSIONS)}, found "
+                f"{lf_version()}; AttTok keys {', '.join(sorted(ours))} cannot be honoured."
+            )
+        return original(args)
+
+    return parse
+
+
+def _patch_parser(module) -> None:
+    wrap = _wrap_parse if version_supported() else _guard_parse
+    for name in ("_parse_train_args", "_parse_infer_args", "_parse_eval_args"):
+        setattr(module, name, wrap(getattr(module, name), module.read_args))
+
+
+# ---- tokenizer, model, adapter -------------------------------------------------------------------------------
+
+
+def _wrap_patch_tokenizer(original):
+    @functools.wraps(original)
+    def patch_tokenizer(tokenizer, model_args, *args, **kwargs):
+        original(tokenizer, model_args, *args, **kwargs)
+        context = context_of(model_args)
+        if context is not None:
+            context.setup_tokenizer(tokenizer)
+
+    return patch_tokenizer
+
+
+def _wrap_patch_model(original):
+    @functools.wraps(original)
+    def patch_model(model, tokenizer, model_args, *args, **kwargs):
+        original(model, tokenizer, model_args, *args, **kwargs)
+        context = context_of(model_args)
+        if context is not None:
+            context.setup_model(model, tokenizer)
+
+    return patch_model
+
+
+def _wrap_init_adapter(original):
+    @functools.wraps(original)
+    def init_adapter(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs):
+        context = context_of(finetuning_args)
+        if context is None:
+            return original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
+        indices = trainable_token_indices(model, context.token_ids) if is_trainable else None
+        token = _TOKEN_INDICES.set(indices)
+        try:
+            model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
+        finally:
+            _TOKEN_INDICES.reset(token)
+        if is_trainable and finetuning_args.finetuning_type in ("full", "freeze"):
+            mask_non_attribute_gradients(model, context.token_ids)
+        return model
+
+    return init_adapter
+
+
+def _lora_config_factory(lora_config_cls):
+    """LoraConfig that also trains the attribute rows (PEFT ``trainable_token_indices``) inside an AttTok run."""
+
+    @functools.wraps(lora_config_cls, updated=())
+    def make(*args, **kwargs):
+        indices = _TOKEN_INDICES.get()
+        if indices is not None:
+            kwargs["trainable_token_indices"] = indices
+            kwargs["exclude_modules"] = r".*attok_.*"  # our own modules never get LoRA, even with lora_target: all
+        return lora_config_cls(*args, **kwargs)
+
+    return make
+
+
+def _patch_loader(module) -> None:
+    module.patch_tokenizer = _wrap_patch_tokenizer(module.patch_tokenizer)
+    module.patch_model = _wrap_patch_model(module.patch_model)
+    module.init_adapter = _wrap_init_adapter(module.init_adapter)
+
+
+def _patch_adapter(module) -> None:
+    module.LoraConfig = _lora_config_factory(module.LoraConfig)
+
+
+# ---- trainer, export ---------------------------------------------------------------------------------------------
+
+
+def _trainer_factory(lf_trainer_cls):
+    class AttTokTrainer(AttTokTrainerMixin, lf_trainer_cls):
+        """LF's SFT trainer plus AttTok (see :class:`AttTokTrainerMixin`)."""
+
+        def __init__(self, *args, attok: AttTokContext, **kwargs):
+            self.attok = attok
+            super().__init__(*args, **kwargs)
+
+    @functools.wraps(lf_trainer_cls, updated=())
+    def make(*args, **kwargs):
+        context = context_of(kwargs.get("finetuning_args"))
+        if context is None:
+            return lf_trainer_cls(*args, **kwargs)
+        gen_kwargs = kwargs.get("gen_kwargs") or {}
+        eos = gen_kwargs.get("eos_token_id")
+        if isinstance(eos, list):  # LF adds every extra special token; an attribute token must not stop generation
+            gen_kwargs["eos_token_id"] = [i for i in eos if i not in set(context.token_ids)]
+        return AttTokTrainer(*args, attok=context, **kwargs)
+
+    make.attok_trainer_cls = AttTokTrainer
+    return make
+
+
+def _wrap_export(original):
+    @functools.wraps(original)
+    def export_model(args=None):
+        from llamafactory.hparams import get_infer_args
+
+        model_args, _, finetuning_args, _ = get_infer_args(args)
+        original(args)
+        context = context_of(finetuning_args)
+        if context is not None and context.saved is not None:
+            context.vocab = context.saved.vocab
+            save_description(model_args.export_dir, context.saved.vocab, {**context.saved.config})
+
+    return export_model
+
+
+def _patch_workflow(module) -> None:
+    module.CustomSeq2SeqTrainer = _trainer_factory(module.CustomSeq2SeqTrainer)
+
+
+def _patch_tuner(module) -> None:
+    module.export_model = _wrap_export(module.export_model)
+
+
+_PATCHERS = {
+    "llamafactory.hparams.parser": _patch_parser,
+    "llamafactory.model.loader": _patch_loader,
+    "llamafactory.model.adapter": _patch_adapter,
+    "llamafactory.train.sft.workflow": _patch_workflow,
+    "llamafactory.train.tuner": _patch_tuner,
+}
+
+
+def patch_module(name: str, module) -> None:
+    """Patch one freshly imported LF module (called by the startup hook); idempotent."""
+    patcher = _PATCHERS.get(name)
+    if patcher is None or getattr(module, _PATCHED_MARK, False):
+        return
+    if name != "llamafactory.hparams.parser" and not version_supported():
+        return  # the parser guard refuses AttTok; leave everything else as LF ships it
+    patcher(module)
+    setattr(module, _PATCHED_MARK, True)
+
+
+def apply() -> None:
+    """Patch every target LF module now (importing them), for programmatic use."""
+    import importlib
+
+    from . import _boot
+
+    _boot.install()
+    for name in _PATCHERS:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        patch_module(name, module)

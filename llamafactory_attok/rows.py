@@ -1,0 +1,141 @@
+"""Attribute rows (paper §4.1, A.1): add the tokens, size the embedding, initialise their rows, train only them.
+
+Under LoRA the rows train through PEFT's ``trainable_token_indices`` (the K rows are their own parameter and
+are written in with ``index_copy``, so every other row is untouched by construction). Under full / freeze
+fine-tuning the embedding and head stay whole parameters: a gradient hook zeroes every non-attribute row and the
+trainer puts them in a weight-decay-0 group, so AdamW never moves those rows (zero gradient from the first step
+keeps both moments at zero, and without decoupled decay the update is exactly zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+from tokenizers import AddedToken
+
+from .errors import AttTokError
+from .vocab import AttributeVocab
+
+
+def add_attribute_tokens(tokenizer, vocab: AttributeVocab) -> tuple[list[int], list[int]]:
+    """Add the tokens as special tokens; return (all attribute ids, ids newly added now)."""
+    before = set(tokenizer.get_vocab())
+    new = [tok for tok in vocab.tokens if tok not in before]
+    if new:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(list(vocab.tokens))
+    new_ids = tokenizer.convert_tokens_to_ids(new) if new else []
+    return list(ids), list(new_ids)
+
+
+def keyword_token_ids(tokenizer, vocab: AttributeVocab, excluded_ids: Sequence[int]) -> list[list[int]]:
+    """Token ids of each keyword text, without attribute ids; a keyword with none left is an error."""
+    excluded = set(excluded_ids)
+    result = []
+    for token, keyword in zip(vocab.tokens, vocab.keywords):
+        ids = [i for i in tokenizer(keyword, add_special_tokens=False)["input_ids"] if i not in excluded]
+        if not ids:
+            raise AttTokError(
+                f"attribute vocabulary: the keyword {keyword!r} of {token} tokenises to nothing usable "
+                "(no ordinary token ids); give it a descriptive text."
+            )
+        result.append(ids)
+    return result
+
+
+def is_zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+@contextmanager
+def gathered(params: Sequence[torch.nn.Parameter], modify: bool) -> Iterator[None]:
+    """Full parameters under ZeRO-3 (rank 0 may modify, then broadcasts); a no-op otherwise."""
+    if is_zero3():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0 if modify else None):
+            yield
+    else:
+        with nullcontext():
+            yield
+
+
+def embedding_and_head(model) -> tuple[torch.nn.Parameter, torch.nn.Parameter | None]:
+    """Input-embedding weight and, when untied, the output-head weight."""
+    embed = model.get_input_embeddings().weight
+    head_module = model.get_output_embeddings()
+    head = None if head_module is None or head_module.weight is embed else head_module.weight
+    return embed, head
+
+
+def resize_if_needed(model, tokenizer) -> bool:
+    """Grow the embedding (padded to a multiple of 64) only when the tokenizer no longer fits in it.
+
+    ``model.config.vocab_size`` is deliberately not set on composite configs: PEFT's save path then reloads the
+    base config to compare vocab sizes and crashes on Qwen2-VL configs, which have no top-level vocab_size.
+    """
+    embed, _ = embedding_and_head(model)
+    with gathered([embed], modify=False):
+        rows = embed.size(0)
+    if len(tokenizer) <= rows:
+        return False
+    if getattr(model, "quantization_method", None):
+        raise AttTokError("attribute tokens need new embedding rows, which a quantized model cannot get.")
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    return True
+
+
+@torch.no_grad()
+def init_attribute_rows(model, token_ids: Sequence[int], keyword_ids: Sequence[Sequence[int]]) -> None:
+    """Row ``token_ids[k]`` := mean of the rows of ``keyword_ids[k]``, in the embedding and the untied head.
+
+    Rows are addressed by token id (not "the last N rows"), so spare rows and resizes cannot shift them.
+    """
+    embed, head = embedding_and_head(model)
+    params = [embed] + ([head] if head is not None else [])
+    with gathered(params, modify=True):
+        if not is_zero3() or torch.distributed.get_rank() == 0:
+            for weight in params:
+                for row, ids in zip(token_ids, keyword_ids):
+                    weight.data[row] = weight.data[list(ids)].float().mean(0).to(weight.dtype)
+
+
+def row_mask(num_rows: int, token_ids: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros(num_rows, 1, dtype=like.dtype, device=like.device)
+    mask[list(token_ids)] = 1
+    return mask
+
+
+def mask_non_attribute_gradients(model, token_ids: Sequence[int]) -> list:
+    """Make embed/head trainable with a hook that zeroes the gradient of every non-attribute row."""
+    handles = []
+    for weight in filter(None, embedding_and_head(model)):
+        weight.requires_grad_(True)
+        mask = row_mask(weight.size(0), token_ids, weight)
+        handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype)))
+    return handles
+
+
+def trainable_token_indices(model, token_ids: Sequence[int]) -> dict[str, list[int]] | list[int]:
+    """PEFT ``trainable_token_indices``: dict form for an untied head, list form when tied."""
+    embed, head = embedding_and_head(model)
+    ids = list(token_ids)
+    if head is None:
+        return ids
+    names = {}
+    for name, module in model.named_modules():
+        if module is model.get_input_embeddings():
+            names["embed"] = name.split(".")[-1]
+        elif module is model.get_output_embeddings():
+            names["head"] = name.split(".")[-1]
+    return {names["embed"]: ids, names["head"]: ids}
+
+
+def embedding_parameter_names(model) -> set[str]:
+    """Names of the embed/head weights (for the weight-decay-0 optimizer group)."""
+    targets = {id(p) for p in embedding_and_head(model) if p is not None}
+    return {name for name, p in model.named_parameters() if id(p) in targets}

@@ -1,0 +1,104 @@
+"""The small real sample dataset shipped for the demo and the tests: a class-balanced slice of RetinaMNIST.
+
+It writes PNG images (upscaled from 28×28), LLaMA-Factory sharegpt JSON with answers prefixed by the attribute
+token, the attribute vocabulary YAML and the matching ``dataset_info.json`` entries. The full data builders
+(``attok data …``) are a separate feature; this module only makes the fixture every other part relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+RETINA_CLASSES: tuple[tuple[str, str], ...] = (
+    ("<|fundus_no_dr|>", "no diabetic retinopathy"),
+    ("<|fundus_mild_dr|>", "mild diabetic retinopathy"),
+    ("<|fundus_moderate_dr|>", "moderate diabetic retinopathy"),
+    ("<|fundus_severe_dr|>", "severe diabetic retinopathy"),
+    ("<|fundus_proliferative_dr|>", "proliferative diabetic retinopathy"),
+)
+QUESTION = "<image>Which grade of diabetic retinopathy does this fundus image show?"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+RETINA_NPZ = DATA_DIR / "sources" / "retinamnist" / "retinamnist.npz"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _balanced_indices(labels, per_class: int) -> list[int]:
+    picked: list[int] = []
+    for cls in range(len(RETINA_CLASSES)):
+        picked += [int(i) for i in (labels == cls).nonzero()[0][:per_class]]
+    return sorted(picked)
+
+
+def _sample(image_rel: str, label: int, with_tokens: bool) -> dict:
+    token, keyword = RETINA_CLASSES[label]
+    answer = f"{token} {keyword}" if with_tokens else keyword
+    return {
+        "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}],
+        "images": [image_rel],
+    }
+
+
+def dataset_info_entry(file_name: str) -> dict:
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    }
+
+
+def build_retina_sample(
+    out_dir: str | os.PathLike,
+    per_class_train: int = 8,
+    per_class_test: int = 4,
+    image_size: int = 56,
+    npz_path: str | os.PathLike = RETINA_NPZ,
+) -> dict[str, str]:
+    """Write ``retina_attok_{train,test}``, ``retina_vanilla_{train,test}`` and ``retina_vocab.yaml``.
+
+    Returns the dataset names mapped to their JSON file names; ``dataset_info.json`` in ``out_dir`` is
+    merged (existing entries kept).
+    """
+    import numpy as np
+    from PIL import Image
+
+    out = Path(out_dir)
+    data = np.load(npz_path)
+    written: dict[str, str] = {}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = data[f"{split}_labels"].reshape(-1)
+        images = data[f"{split}_images"]
+        rows_attok, rows_vanilla = [], []
+        for idx in _balanced_indices(labels, per_class):
+            rel = f"retina_images/{split}_{idx:04d}.png"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[idx]).resize((image_size, image_size), Image.BICUBIC).save(out / rel)
+            rows_attok.append(_sample(rel, int(labels[idx]), with_tokens=True))
+            rows_vanilla.append(_sample(rel, int(labels[idx]), with_tokens=False))
+        for kind, rows in (("attok", rows_attok), ("vanilla", rows_vanilla)):
+            name = f"retina_{kind}_{split}"
+            atomic_write_text(out / f"{name}.json", json.dumps(rows, indent=1))
+            written[name] = f"{name}.json"
+    vocab = "".join(f'"{tok}": "{kw}"\n' for tok, kw in RETINA_CLASSES)
+    atomic_write_text(out / "retina_vocab.yaml", "# RetinaMNIST DR grades (CC BY 4.0, MedMNIST v2)\n" + vocab)
+    info_path = out / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info.update({name: dataset_info_entry(file) for name, file in written.items()})
+    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+    return written

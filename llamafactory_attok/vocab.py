@@ -1,0 +1,203 @@
+"""Attribute vocabulary (paper §4.1): load, validate or derive the token → keyword mapping.
+
+A vocabulary file is a YAML mapping in the shape LLaMA-Factory uses for ``new_special_tokens_config``::
+
+    "<|fundus_severe_dr|>": "severe diabetic retinopathy"
+
+Token names follow ``<|modality_concept|>``: lowercase letters, digits and underscores, with at least one
+underscore separating the modality from the concept. Without a file, the vocabulary is derived from the
+answers of the training data (see :func:`derive_vocab`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import AttTokError
+
+TOKEN_PATTERN = re.compile(r"^<\|[a-z0-9]+_[a-z0-9_]*[a-z0-9]\|>$")
+TOKEN_IN_TEXT = re.compile(r"<\|[^|<>\s]+\|>")
+VOCAB_FILE_NAME = "attok_vocab.yaml"
+
+
+@dataclass(frozen=True)
+class AttributeVocab:
+    """Ordered attribute tokens and their keyword texts; index k is the attribute's book index."""
+
+    tokens: tuple[str, ...]
+    keywords: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(zip(self.tokens, self.keywords))
+
+    def index(self, token: str) -> int:
+        return self.tokens.index(token)
+
+    def modality(self, token: str) -> str:
+        return token[2:-2].split("_", 1)[0]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.as_dict(), allow_unicode=True, sort_keys=False, width=1000)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicated mapping keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise AttTokError(
+                f"{loader.name}: line {key_node.start_mark.line + 1}: duplicated attribute token {key!r} "
+                f"(first defined on line {seen[key]})."
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _line_of(text: str, token: str) -> int:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if token in line:
+            return number
+    return 0
+
+
+def validate_token_name(token: object, where: str) -> str:
+    if not isinstance(token, str) or not TOKEN_PATTERN.match(token):
+        raise AttTokError(
+            f"{where}: attribute token {token!r} breaks the naming rule <|modality_concept|> "
+            "(lowercase letters, digits and underscores; e.g. <|fundus_severe_dr|>)."
+        )
+    return token
+
+
+def vocab_from_mapping(mapping: dict, source: str, text: str = "") -> AttributeVocab:
+    """Validate a token → keyword mapping; ``source``/``text`` locate errors by file and line."""
+    if not mapping:
+        raise AttTokError(f"{source}: the attribute vocabulary is empty.")
+    for token, keyword in mapping.items():
+        where = f"{source}: line {_line_of(text, str(token))}" if text else source
+        validate_token_name(token, where)
+        if not isinstance(keyword, str) or not keyword.strip():
+            raise AttTokError(f"{where}: attribute token {token} needs a non-empty keyword text, got {keyword!r}.")
+    return AttributeVocab(tuple(mapping), tuple(str(v).strip() for v in mapping.values()))
+
+
+def load_vocab(path: str | Path) -> AttributeVocab:
+    """Read and validate a vocabulary YAML file; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise AttTokError(f"attok_vocab: file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        mapping = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise AttTokError(f"{path}: malformed vocabulary YAML: {err}") from err
+    if not isinstance(mapping, dict):
+        raise AttTokError(f"{path}: the vocabulary must be a YAML mapping token -> keyword, got {type(mapping).__name__}.")
+    return vocab_from_mapping(mapping, str(path), text)
+
+
+def tokens_in_text(text: str) -> list[str]:
+    """Every ``<|…|>`` token in ``text``, in order, with repeats."""
+    return TOKEN_IN_TEXT.findall(text)
+
+
+def keyword_after(text: str, token: str) -> str:
+    """The text after ``token`` up to the next ``<|…|>`` token or the end, stripped of spaces and ``,;.``."""
+    start = text.index(token) + len(token)
+    following = TOKEN_IN_TEXT.search(text, start)
+    end = following.start() if following else len(text)
+    return text[start:end].strip().strip(",;.").strip()
+
+
+def derive_vocab(answers: Iterable[tuple[str, str]], known_special: set[str]) -> AttributeVocab:
+    """Derive the vocabulary from ``(where, answer)`` pairs of the training data.
+
+    Rule: every ``<|…|>`` token in an answer that the tokenizer does not already know is an attribute token;
+    its keyword is the text that follows it in the answer, up to the next attribute token; when the answers
+    disagree, the most frequent text wins (ties: first seen). Tokens are ordered by first appearance.
+    """
+    keyword_counts: dict[str, Counter] = defaultdict(Counter)
+    for where, answer in answers:
+        for token in tokens_in_text(answer):
+            if token in known_special:
+                continue
+            validate_token_name(token, where)
+            keyword_counts[token][keyword_after(answer, token)] += 1
+    mapping = {}
+    for token, counts in keyword_counts.items():
+        keyword = next((k for k, _ in counts.most_common() if k), "")
+        if not keyword:
+            raise AttTokError(f"attribute token {token} is never followed by keyword text in the answers.")
+        mapping[token] = keyword
+    if not mapping:
+        raise AttTokError("no <|modality_concept|> attribute token found in the training answers.")
+    return vocab_from_mapping(mapping, "training answers")
+
+
+def _rows_of(path: Path) -> list:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = json.loads(text)
+    return rows if isinstance(rows, list) else [rows]
+
+
+def iter_dataset_answers(dataset_dir: str, names: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """Yield ``(where, assistant text)`` for local sharegpt/alpaca datasets listed in ``dataset_info.json``."""
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    for name in names:
+        if name not in info:
+            raise AttTokError(f"{info_path}: dataset {name!r} is not listed.")
+        entry = info[name]
+        file = Path(dataset_dir) / entry.get("file_name", "")
+        if not file.is_file():
+            raise AttTokError(f"{info_path}: dataset {name!r}: only local JSON/JSONL files can be scanned, {file} is not one.")
+        columns = entry.get("columns", {})
+        tags = entry.get("tags", {})
+        for number, row in enumerate(_rows_of(file)):
+            for text in _answers_of_row(row, entry.get("formatting", "alpaca"), columns, tags):
+                yield f"{file}: sample {number}", text
+
+
+def _answers_of_row(row: dict, formatting: str, columns: dict, tags: dict) -> list[str]:
+    if formatting == "sharegpt":
+        role_tag = tags.get("role_tag", "from")
+        content_tag = tags.get("content_tag", "value")
+        assistant = tags.get("assistant_tag", "gpt")
+        turns = row.get(columns.get("messages", "conversations"), [])
+        return [str(t.get(content_tag, "")) for t in turns if t.get(role_tag) == assistant]
+    return [str(row.get(columns.get("response", "output"), ""))]
+
+
+def check_data_tokens(answers: Iterable[tuple[str, str]], vocab: AttributeVocab, known_special: set[str]) -> int:
+    """Count attribute occurrences; an unknown ``<|…|>`` token in an answer is an error naming the sample."""
+    valid = set(vocab.tokens)
+    occurrences = 0
+    for where, answer in answers:
+        for token in tokens_in_text(answer):
+            if token in valid:
+                occurrences += 1
+            elif token not in known_special:
+                raise AttTokError(
+                    f"{where}: attribute token {token} appears in the data but not in the attribute vocabulary "
+                    f"({len(vocab)} tokens: {', '.join(vocab.tokens[:8])}{' …' if len(vocab) > 8 else ''})."
+                )
+    return occurrences
