@@ -16,13 +16,15 @@ import contextvars
 import functools
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from .args import AttTokArguments, parse_attok_dict, split_attok_cli, split_attok_dict
+from .attach import STATE_FILE_NAME, attach, load_state
 from .context import AttTokContext
 from .errors import AttTokError
 from .rows import mask_non_attribute_gradients, trainable_token_indices
-from .state import find_saved, save_description
+from .state import atomic_write_bytes, find_saved, save_description
 from .trainer import AttTokTrainerMixin
 
 logger = logging.getLogger(__name__)
@@ -186,9 +188,21 @@ def _wrap_init_adapter(original):
             _TOKEN_INDICES.reset(token)
         if is_trainable and finetuning_args.finetuning_type in ("full", "freeze"):
             mask_non_attribute_gradients(model, context.token_ids)
+        _attach_module(model, context, is_trainable)
         return model
 
     return init_adapter
+
+
+def _attach_module(model, context: AttTokContext, is_trainable: bool) -> None:
+    """Books, ACC and θ on the model (before any Trainer exists), restored from a saved run when loading."""
+    import torch
+
+    module = attach(model, context.args, context.token_ids, context.keyword_ids, seed=torch.initial_seed())
+    saved = context.saved
+    if saved is not None and (saved.folder / STATE_FILE_NAME).is_file():
+        load_state(module, saved.folder / STATE_FILE_NAME)
+    module.requires_grad_(is_trainable)
 
 
 def _lora_config_factory(lora_config_cls):
@@ -199,7 +213,6 @@ def _lora_config_factory(lora_config_cls):
         indices = _TOKEN_INDICES.get()
         if indices is not None:
             kwargs["trainable_token_indices"] = indices
-            kwargs["exclude_modules"] = r".*attok_.*"  # our own modules never get LoRA, even with lora_target: all
         return lora_config_cls(*args, **kwargs)
 
     return make
@@ -226,6 +239,10 @@ def _trainer_factory(lf_trainer_cls):
             self.attok = attok
             super().__init__(*args, **kwargs)
 
+    from llamafactory.extras.ploting import plot_loss
+
+    AttTokTrainer.attok_plot = staticmethod(plot_loss)
+
     @functools.wraps(lf_trainer_cls, updated=())
     def make(*args, **kwargs):
         context = context_of(kwargs.get("finetuning_args"))
@@ -235,10 +252,32 @@ def _trainer_factory(lf_trainer_cls):
         eos = gen_kwargs.get("eos_token_id")
         if isinstance(eos, list):  # LF adds every extra special token; an attribute token must not stop generation
             gen_kwargs["eos_token_id"] = [i for i in eos if i not in set(context.token_ids)]
-        return AttTokTrainer(*args, attok=context, **kwargs)
+        trainer = AttTokTrainer(*args, attok=context, **kwargs)
+        _forward_attok_logs(kwargs.get("callbacks") or [], trainer)
+        return trainer
 
     make.attok_trainer_cls = AttTokTrainer
     return make
+
+
+def _forward_attok_logs(callbacks: list, trainer) -> None:
+    """Make this run's LF LogCallback instance write loss_ntp / loss_acm / acm_weight into trainer_log.jsonl."""
+    from llamafactory.train.callbacks import LogCallback
+
+    from .trainer import LOG_KEYS
+
+    for callback in callbacks:
+        if not isinstance(callback, LogCallback):
+            continue
+        original_on_log, original_write = callback.on_log, callback._write_log
+
+        def on_log(args, state, control, _on_log=original_on_log, _write=original_write, _cb=callback, **kw):
+            latest = state.log_history[-1] if state.log_history else {}
+            extra = {k: latest[k] for k in (*LOG_KEYS, "attok_samples_without_image") if k in latest}
+            _cb._write_log = lambda output_dir, logs: _write(output_dir, {**logs, **extra})
+            return _on_log(args, state, control, **kw)
+
+        callback.on_log = on_log
 
 
 def _wrap_export(original):
@@ -250,8 +289,10 @@ def _wrap_export(original):
         original(args)
         context = context_of(finetuning_args)
         if context is not None and context.saved is not None:
-            context.vocab = context.saved.vocab
             save_description(model_args.export_dir, context.saved.vocab, {**context.saved.config})
+            state = context.saved.folder / STATE_FILE_NAME
+            if state.is_file():
+                atomic_write_bytes(Path(model_args.export_dir) / STATE_FILE_NAME, state.read_bytes())
 
     return export_model
 

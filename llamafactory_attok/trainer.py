@@ -1,23 +1,40 @@
-"""AttTok trainer behaviour as a mixin over LLaMA-Factory's SFT trainer (composed in ``integration``).
+"""AttTok trainer behaviour (paper §4.3) as a mixin over LLaMA-Factory's SFT trainer (composed in ``integration``).
 
-Kept free of LF imports: it only overrides Hugging Face ``Trainer`` hooks.
+Kept free of LF imports: it only overrides Hugging Face ``Trainer`` hooks. Loss = NTP + λ(t)·ACM; the
+prototype EMA (Eq. 5) is updated after each training micro-batch from all-reduced per-class sums.
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
+import torch
+
+from .acm import acm_loss
+from .attach import STATE_FILE_NAME, base_model_of, image_token_id, load_state, merge_size, module_of, save_state
+from .books import PrototypeBank, all_reduce_sums
 from .context import AttTokContext
+from .plan import BatchPlan, build_plan
 from .rows import embedding_parameter_names
+from .schedule import acm_weight
 from .state import save_description
 
 ROW_MASKED_TUNING = ("full", "freeze")
+LOG_KEYS = ("loss_ntp", "loss_acm", "acm_weight")
+
+
+def _zero_participation(params) -> torch.Tensor:
+    """0·Σp: keeps parameters in the graph of a micro-batch that does not use them (ZeRO-3 / DDP need it)."""
+    return sum(p.sum() for p in params) * 0.0
 
 
 class AttTokTrainerMixin:
-    """Weight-decay-0 group for masked embed/head rows; AttTok files written with every save."""
+    """NTP + λ·ACM, prototype updates, AttTok state saved / resumed with every checkpoint."""
 
     attok: AttTokContext
+    attok_plot = None  # LF's plot_loss, set by the integration
+
+    # ---- optimizer -------------------------------------------------------------------------------------
 
     def get_decay_parameter_names(self, model) -> list[str]:
         names = super().get_decay_parameter_names(model)
@@ -27,6 +44,110 @@ class AttTokTrainerMixin:
         excluded = embedding_parameter_names(model)
         return [n for n in names if n not in excluded]
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
-        save_description(output_dir or self.args.output_dir, self.attok.vocab, self.attok.description())
+    # ---- loss ------------------------------------------------------------------------------------------
+
+    def current_acm_weight(self) -> float:
+        args = self.attok.args
+        return acm_weight(args.attok_acm_weight, args.attok_acm_schedule, self.state.global_step, self.state.max_steps)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        module = module_of(self.model)
+        if module is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        plan = build_plan(inputs, module.token_ids, self._attok_image_token_id, self._attok_merge_size)
+        module.plan = plan
+        try:
+            ntp, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        finally:
+            module.plan = None
+        total = ntp
+        acm_value = ntp.new_zeros(())
+        weight = self.current_acm_weight() if module.acm is not None else 0.0
+        if module.acm is not None:
+            acm_value = self._acm(module, plan, ntp.device)
+            total = total + weight * acm_value
+        if module.acc is not None and plan.visual_calls == 0:
+            total = total + _zero_participation(module.acc.parameters())
+        self._update_prototypes(module, plan, ntp.device)
+        self._attok_record(ntp, acm_value, weight, plan)
+        return (total, outputs) if return_outputs else total
+
+    def _acm(self, module, plan: BatchPlan, device) -> torch.Tensor:
+        books, valid = plan.books if plan.books is not None else module.book_entries(device)
+        if plan.hidden is None:
+            anchors = books.new_zeros(0, books.shape[-1])
+        else:
+            anchors = plan.hidden[plan.anchor_batch, plan.anchor_pos]
+        return acm_loss(anchors, plan.anchor_classes, books, valid, module.acm, module.args.attok_tau)
+
+    def _update_prototypes(self, module, plan: BatchPlan, device) -> None:
+        bank = module.books.bank
+        if plan.image_means is not None and plan.image_real.any():
+            real = plan.image_real
+            sums, counts = PrototypeBank.class_sums(plan.image_means[real], plan.image_labels[real])
+        else:
+            sums = torch.zeros_like(bank.prototypes, device=device)
+            counts = torch.zeros(bank.prototypes.shape[0], device=device)
+        sums, counts = all_reduce_sums(sums.to(device), counts.to(device))  # every rank, every micro-batch
+        bank.update(sums, counts)
+
+    # ---- logging ---------------------------------------------------------------------------------------
+
+    def _attok_record(self, ntp, acm_value, weight: float, plan: BatchPlan) -> None:
+        totals = getattr(self, "_attok_totals", None)
+        if totals is None:
+            totals = self._attok_totals = {"loss_ntp": 0.0, "loss_acm": 0.0, "acm_weight": 0.0, "n": 0}
+        totals["loss_ntp"] += float(ntp.detach())
+        totals["loss_acm"] += float(acm_value.detach())
+        totals["acm_weight"] += weight
+        totals["n"] += 1
+        self._attok_no_image = getattr(self, "_attok_no_image", 0) + plan.samples_with_attribute_no_image
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        totals = getattr(self, "_attok_totals", None)
+        if "loss" in logs and totals and totals["n"]:
+            packed = torch.tensor([totals[k] for k in LOG_KEYS] + [totals["n"]], dtype=torch.float64)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                packed = packed.to(self.args.device)
+                torch.distributed.all_reduce(packed)
+            values = (packed[:-1] / packed[-1]).tolist()
+            logs.update(dict(zip(LOG_KEYS, values)))
+            logs["attok_samples_without_image"] = self._attok_no_image
+            self._attok_totals = None
+        super().log(logs, *args, **kwargs)
+
+    def save_state(self) -> None:
+        super().save_state()
+        plot = type(self).attok_plot
+        if plot is not None and self.is_world_process_zero() and getattr(self.finetuning_args, "plot_loss", False):
+            plot(self.args.output_dir, keys=["loss_ntp", "loss_acm", "acm_weight"])
+
+    # ---- save / resume ---------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        folder = Path(output_dir or self.args.output_dir)
+        module = module_of(self.model)
+        if module is not None:
+            save_state(module, folder / STATE_FILE_NAME, self.args.should_save)
+        if self.args.should_save:
+            description = {**self.attok.description(), "global_step": self.state.global_step}
+            save_description(folder, self.attok.vocab, description)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        module = module_of(self.model)
+        if checkpoint is not None and module is not None:
+            path = Path(checkpoint) / STATE_FILE_NAME
+            if not path.is_file():
+                raise FileNotFoundError(f"{checkpoint}: AttTok checkpoint lacks {STATE_FILE_NAME}")
+            load_state(module, path)
+
+    @property
+    def _attok_image_token_id(self) -> int:
+        return image_token_id(base_model_of(self.model))
+
+    @property
+    def _attok_merge_size(self) -> int:
+        return merge_size(base_model_of(self.model))
+

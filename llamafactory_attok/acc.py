@@ -1,0 +1,70 @@
+"""ACC: attribute-conditioned cross-attention of visual tokens over all book entries (paper Eq. 6–7).
+
+    Att(F, B) = softmax((F W_Q)(B W_K)^T / √d) (B W_V)            (Eq. 6)
+    F̂ = F + γ · Att(F, B) · W_O                                    (Eq. 7)
+
+F: visual tokens after the merger (N×d, LLM width); B: the 3K book entries. The book's keys and values do not
+depend on the image, so they are projected once per forward and shared by every visual token of every image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def acc_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Att(F, B) of Eq. 6 from projected queries F W_Q (N, d), keys B W_K and values B W_V (M, d).
+
+    key_valid: (M,) bool; False entries (unseen prototypes) are excluded from the softmax.
+    Returns (Att (N, d), attention weights (N, M)).
+    """
+    scores = queries @ keys.T / math.sqrt(queries.shape[-1])
+    if key_valid is not None:
+        scores = scores.masked_fill(~key_valid, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ values, weights
+
+
+class ACCAdapter(nn.Module):
+    """W_Q, W_K, W_V, W_O (d×d, no bias) and γ; ``forward`` applies Eq. 7 to the selected visual tokens."""
+
+    def __init__(self, dim: int, gamma: float, generator: torch.Generator | None = None, std: float = 0.02) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.attok_q = nn.Linear(dim, dim, bias=False)
+        self.attok_k = nn.Linear(dim, dim, bias=False)
+        self.attok_v = nn.Linear(dim, dim, bias=False)
+        self.attok_o = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            for layer in (self.attok_q, self.attok_k, self.attok_v, self.attok_o):
+                layer.weight.normal_(0.0, std, generator=generator)
+
+    def forward(
+        self,
+        visual: torch.Tensor,
+        books: torch.Tensor,
+        books_valid: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """F̂ for all visual tokens; rows where ``token_mask`` is False come back unchanged.
+
+        visual: (N, d); books: (K, 3, d); books_valid: (K, 3); token_mask: (N,) bool.
+        Returns (F̂ (N, d) in the dtype of ``visual``, attention weights (N, 3K) for ACC maps).
+        """
+        dtype = self.attok_q.weight.dtype
+        entries = books.reshape(-1, books.shape[-1]).to(dtype)
+        keys, values = self.attok_k(entries), self.attok_v(entries)  # once per forward, not once per image
+        features = visual.to(dtype)
+        attended, weights = acc_attention(self.attok_q(features), keys, values, books_valid.reshape(-1))
+        delta = self.gamma * self.attok_o(attended)
+        if token_mask is not None:
+            delta = delta * token_mask.to(delta.dtype).unsqueeze(-1)
+        return (features + delta).to(visual.dtype), weights.detach()

@@ -1,0 +1,171 @@
+"""Surgery: build the AttTok module (books, ACC, θ), hang it on a model and wire its hooks.
+
+The module lives at ``<base model>.attok`` so the Trainer optimises it and DeepSpeed partitions it (it must
+exist before the Trainer is built). Two hooks connect it to the model:
+
+- a forward hook on the vision tower (Qwen2-VL / Qwen2.5-VL ``model.model.visual``; transformers 5 returns an
+  output whose ``pooler_output`` is the merger output at LLM width, already back in image order for
+  Qwen2.5-VL) applies ACC (Eq. 6–7) to real image tokens and records per-image mean tokens for Eq. 5;
+- a forward pre-hook on the output head records the final hidden states (f^a of Eq. 9), so the model is not
+  asked for ``output_hidden_states`` of every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .acc import ACCAdapter
+from .acm import ACMProjection
+from .args import AttTokArguments
+from .books import AttributeBooks
+from .plan import BatchPlan, image_means
+from .rows import gathered
+
+STATE_FILE_NAME = "attok_state.safetensors"
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def vision_tower(base: nn.Module) -> nn.Module:
+    inner = getattr(base, "model", base)
+    tower = getattr(inner, "visual", None)
+    if tower is None:
+        raise ValueError(f"{type(base).__name__} has no `model.visual` vision tower")
+    return tower
+
+
+def image_token_id(base: nn.Module) -> int:
+    return int(base.config.image_token_id)
+
+
+def merge_size(base: nn.Module) -> int:
+    return int(base.config.vision_config.spatial_merge_size)
+
+
+class AttTokModule(nn.Module):
+    """Books, ACC and θ of one run, plus the per-forward :class:`BatchPlan` the hooks fill."""
+
+    def __init__(self, args: AttTokArguments, token_ids: list[int], keyword_init: torch.Tensor, seed: int) -> None:
+        super().__init__()
+        dim = keyword_init.shape[1]
+        generator = torch.Generator().manual_seed(seed)  # identical on every rank: ZeRO needs equal replicas
+        self.args = args
+        self.token_ids = list(token_ids)
+        self.books = AttributeBooks(keyword_init, momentum=args.attok_ema)
+        self.acc = ACCAdapter(dim, args.attok_acc_gamma, generator) if args.attok_acc else None
+        self.acm = ACMProjection(dim) if args.attok_acm else None
+        self.plan: BatchPlan | None = None
+        self.embedding: nn.Module | None = None
+
+    def book_entries(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """B (K, 3, d) and validity, with a_k read through the (possibly PEFT-wrapped) input embedding."""
+        ids = torch.tensor(self.token_ids, dtype=torch.long, device=device)
+        return self.books(self.embedding(ids))
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- hooks ------------------------------------------------------------------------------------------
+
+    def on_visual_output(self, module, args, kwargs, output):
+        """Vision-tower forward hook: ACC on real image tokens; per-image means for the prototypes."""
+        features = getattr(output, "pooler_output", None)
+        if not torch.is_tensor(features):
+            return output
+        plan = self.plan
+        if plan is not None:
+            plan.visual_calls += 1
+            if plan.visual_calls > 1:  # a video call, or a gradient-checkpoint recompute: leave untouched
+                return output
+            if plan.image_sizes:
+                plan.image_means = image_means(features, plan.image_sizes)
+        if self.acc is None:
+            return output
+        books, valid = self.book_entries(features.device)
+        token_mask = plan.token_mask if plan is not None else None
+        output.pooler_output, weights = self.acc(features, books, valid, token_mask)
+        if plan is not None:
+            plan.books = (books, valid)
+            plan.acc_weights = weights
+        return output
+
+    def on_head_input(self, module, args):
+        """Output-head pre-hook: keep the final hidden states for the ACM anchors."""
+        if self.plan is not None and self.acm is not None and args:
+            self.plan.hidden = args[0]
+
+    # ---- state -----------------------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Parameters plus prototype statistics, as CPU fp32 tensors (call inside :func:`gathered` under ZeRO-3)."""
+        state = {f"param.{n}": p.detach().float().cpu().clone() for n, p in self.named_parameters()}
+        state.update({f"bank.{k}": v for k, v in self.books.bank.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - {k[len("param."):] for k in state if k.startswith("param.")})
+        if missing:
+            raise ValueError(f"AttTok state lacks {', '.join(missing)} (saved with other attok_acc/attok_acm?)")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.data.copy_(state[f"param.{name}"].to(param.dtype))
+        self.books.bank.load_state_dict({"prototypes": state["bank.prototypes"], "seen": state["bank.seen"]})
+
+
+def keyword_embeddings(model: nn.Module, keyword_ids: list[list[int]]) -> torch.Tensor:
+    """(K, d) mean of each keyword's input-embedding rows (§4.1's e_ind initialisation)."""
+    weight = model.get_input_embeddings().weight
+    with gathered([weight], modify=False):
+        return torch.stack([weight.data[list(ids)].float().mean(0) for ids in keyword_ids]).cpu()
+
+
+def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keyword_ids: list[list[int]],
+           seed: int) -> AttTokModule:
+    """Create ``<base>.attok`` and register the hooks (idempotent per model)."""
+    base = base_model_of(model)
+    existing = getattr(base, "attok", None)
+    if isinstance(existing, AttTokModule):
+        return existing
+    module = AttTokModule(args, token_ids, keyword_embeddings(base, keyword_ids), seed)
+    module.to(next(base.parameters()).device)
+    base.attok = module
+    module.embedding = base.get_input_embeddings()
+    object.__setattr__(module, "_hooks", [
+        vision_tower(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
+        base.get_output_embeddings().register_forward_pre_hook(module.on_head_input),
+    ])
+    # never written into model weights by save_pretrained: it has its own file
+    ignore = list(getattr(base, "_keys_to_ignore_on_save", None) or [])
+    base._keys_to_ignore_on_save = ignore + [f"attok.{name}" for name in module.state_dict()]
+    return module
+
+
+def module_of(model: nn.Module) -> AttTokModule | None:
+    return getattr(base_model_of(model), "attok", None)
+
+
+def save_state(module: AttTokModule, path, should_write: bool) -> None:
+    """Gather (collective under ZeRO-3: call on every rank) and write the AttTok state atomically."""
+    from safetensors.torch import save
+
+    from .state import atomic_write_bytes
+
+    with gathered(list(module.parameters()), modify=False):
+        state = module.trainable_state()
+    if should_write:
+        atomic_write_bytes(path, save(state))
+
+
+def load_state(module: AttTokModule, path) -> None:
+    """Load the state file into ``module`` (collective under ZeRO-3: rank 0 writes, then broadcasts)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    with gathered(list(module.parameters()), modify=True):
+        module.load_trainable_state(state)
