@@ -36,16 +36,18 @@ def acc_attention(
 class ACCAdapter(nn.Module):
     """W_Q, W_K, W_V, W_O (d×d, no bias) and γ; ``forward`` applies Eq. 7 to the selected visual tokens."""
 
-    def __init__(self, dim: int, gamma: float, generator: torch.Generator | None = None, std: float = 0.02) -> None:
+    def __init__(self, dim: int, gamma: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.gamma = gamma
         self.attok_q = nn.Linear(dim, dim, bias=False)
         self.attok_k = nn.Linear(dim, dim, bias=False)
         self.attok_v = nn.Linear(dim, dim, bias=False)
         self.attok_o = nn.Linear(dim, dim, bias=False)
+        # nn.Linear's own bound U(±1/√d), drawn from an explicit generator so every rank builds the same weights
+        bound = 1.0 / math.sqrt(dim)
         with torch.no_grad():
             for layer in (self.attok_q, self.attok_k, self.attok_v, self.attok_o):
-                layer.weight.normal_(0.0, std, generator=generator)
+                layer.weight.uniform_(-bound, bound, generator=generator)
 
     def forward(
         self,

@@ -60,7 +60,11 @@ class AttTokModule(nn.Module):
         self.acc = ACCAdapter(dim, args.attok_acc_gamma, generator) if args.attok_acc else None
         self.acm = ACMProjection(dim) if args.attok_acm else None
         self.plan: BatchPlan | None = None
-        self.embedding: nn.Module | None = None
+        self._embedding: list[nn.Module] = []  # a plain list: the model's embedding must not become our submodule
+
+    @property
+    def embedding(self) -> nn.Module:
+        return self._embedding[0]
 
     def book_entries(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """B (K, 3, d) and validity, with a_k read through the (possibly PEFT-wrapped) input embedding."""
@@ -135,7 +139,7 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
     module = AttTokModule(args, token_ids, keyword_embeddings(base, keyword_ids), seed)
     module.to(next(base.parameters()).device)
     base.attok = module
-    module.embedding = base.get_input_embeddings()
+    module._embedding.append(base.get_input_embeddings())
     object.__setattr__(module, "_hooks", [
         vision_tower(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
         base.get_output_embeddings().register_forward_pre_hook(module.on_head_input),

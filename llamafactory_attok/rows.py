@@ -113,7 +113,7 @@ def row_mask(num_rows: int, token_ids: Sequence[int], like: torch.Tensor) -> tor
 def mask_non_attribute_gradients(model, token_ids: Sequence[int]) -> list:
     """Make embed/head trainable with a hook that zeroes the gradient of every non-attribute row."""
     handles = []
-    for weight in filter(None, embedding_and_head(model)):
+    for weight in (w for w in embedding_and_head(model) if w is not None):
         weight.requires_grad_(True)
         mask = row_mask(weight.size(0), token_ids, weight)
         handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype)))

@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny offline models, the sample dataset, and helpers that run LLaMA-Factory for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamafactory_attok.sample_data import build_retina_sample
+from llamafactory_attok.testing import build_tiny_model
+
+VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "qwen2_vl": build_tiny_model(root / "qwen2_vl", "qwen2_vl"),
+        "qwen2_5_vl": build_tiny_model(root / "qwen2_5_vl", "qwen2_5_vl"),
+        "qwen2_vl_tied": build_tiny_model(root / "qwen2_vl_tied", "qwen2_vl", tied=True),
+        "qwen2_5_vl_spare": build_tiny_model(root / "qwen2_5_vl_spare", "qwen2_5_vl", spare_rows=64),
+    }
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    build_retina_sample(root, per_class_train=8, per_class_test=4)
+    return root
+
+
+def base_args(model: Path, data: Path, out: Path, **overrides) -> dict:
+    """A small LoRA SFT recipe on the tiny model; AttTok keys come through ``overrides``."""
+    args = {
+        "model_name_or_path": str(model),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "lora_rank": 8,
+        "dataset": "retina_attok_train",
+        "dataset_dir": str(data),
+        "template": "qwen2_vl",
+        "cutoff_len": 256,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "output_dir": str(out),
+        "overwrite_output_dir": True,
+        "logging_steps": 1,
+        "save_steps": 1000,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1.0e-3,
+        "max_steps": 6,
+        "lr_scheduler_type": "cosine",
+        "seed": 42,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "plot_loss": False,
+    }
+    args.update(overrides)
+    return args
+
+
+def write_yaml(path: Path, args: dict) -> Path:
+    path.write_text(yaml.safe_dump(args, sort_keys=False))
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.pop("ATTOK_DISABLE", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run ``llamafactory-cli`` (or another venv command) for real; output kept for assertions."""
+    cmd = [str(VENV_BIN / args[0]), *args[1:]]
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def train_cli(tmp: Path, args: dict, **env: str) -> subprocess.CompletedProcess:
+    config = write_yaml(tmp / f"{Path(args['output_dir']).name}.yaml", args)
+    result = run_cli(["llamafactory-cli", "train", str(config)], cwd=tmp, **env)
+    return result
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+
+
+def trainer_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def log_history(out: Path) -> list[dict]:
+    return [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
