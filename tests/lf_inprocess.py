@@ -31,14 +31,19 @@ def row_hashes(matrix: torch.Tensor) -> list[str]:
 class Probe(TrainerCallback):
     """Records row hashes at start/end, AttTok-parameter gradients, and the trainer's model."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_start_rows: bool = False) -> None:
+        self.keep_start_rows = keep_start_rows
+        self.start_rows = None
         self.start = self.end = None
         self.grads: list[dict[str, float]] = []
         self.model = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
-        self.start = [row_hashes(m) for m in effective_rows(model)]
+        rows = effective_rows(model)
+        self.start = [row_hashes(m) for m in rows]
+        if self.keep_start_rows:
+            self.start_rows = rows
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         module = module_of(model)
@@ -50,9 +55,9 @@ class Probe(TrainerCallback):
         self.end = [row_hashes(m) for m in effective_rows(model)]
 
 
-def run_sft(args: dict, probe: Probe | None = None) -> Probe:
+def run_sft(args: dict, keep_start_rows: bool = False) -> Probe:
     from llamafactory.train.tuner import run_exp
 
-    probe = probe or Probe()
+    probe = Probe(keep_start_rows)
     run_exp(dict(args), callbacks=[probe])
     return probe

@@ -1,0 +1,1 @@
+"""Evaluation of AttTok models (scoring, classifiers, figures)."""
