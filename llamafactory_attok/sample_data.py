@@ -102,3 +102,40 @@ def build_retina_sample(
     info.update({name: dataset_info_entry(file) for name, file in written.items()})
     atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
     return written
+
+
+PNEUMONIA_NPZ = DATA_DIR / "sources" / "pneumoniamnist" / "pneumoniamnist.npz"
+MODALITY_CLASSES: tuple[tuple[str, str], ...] = (
+    ("<|fundus_photo|>", "fundus photograph"),
+    ("<|xray_chest|>", "chest x-ray"),
+)
+
+
+def build_modality_sample(out_dir: str | os.PathLike, per_class: int = 8, image_size: int = 56) -> str:
+    """A two-attribute set an untrained tiny model can separate: RetinaMNIST fundus vs PneumoniaMNIST X-ray.
+
+    Used where a test needs ACM to *learn* (the five DR grades are too alike for a random tiny model).
+    Returns the dataset name, ``modality_train``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    out = Path(out_dir)
+    sources = (np.load(RETINA_NPZ)["train_images"], np.load(PNEUMONIA_NPZ)["train_images"])
+    rows = []
+    for index in range(per_class):
+        for (token, keyword), images in zip(MODALITY_CLASSES, sources, strict=True):
+            rel = f"modality_images/{token[2:-2]}_{index:03d}.png"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[index]).convert("RGB").resize((image_size, image_size)).save(out / rel)
+            rows.append({
+                "messages": [{"role": "user", "content": "<image>What kind of image is this?"},
+                             {"role": "assistant", "content": f"{token} {keyword}"}],
+                "images": [rel],
+            })
+    atomic_write_text(out / "modality_train.json", json.dumps(rows, indent=1))
+    info_path = out / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["modality_train"] = dataset_info_entry("modality_train.json")
+    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+    return "modality_train"

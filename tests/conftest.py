@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llamafactory_attok.sample_data import build_retina_sample
+from llamafactory_attok.sample_data import build_modality_sample, build_retina_sample
 from llamafactory_attok.testing import build_tiny_model
 
 VENV_BIN = Path(sys.executable).parent
@@ -33,6 +33,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def sample_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     build_retina_sample(root, per_class_train=8, per_class_test=4)
+    build_modality_sample(root, per_class=8)
     return root
 
 
