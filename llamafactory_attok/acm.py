@@ -28,10 +28,13 @@ def acm_loss(
     the books, so every rank's graph uses the same parameters (ZeRO-3 / DDP never wait on a skipped one).
     """
     num_attributes, per_book, dim = books.shape
-    entries = nn.functional.normalize(theta(books.reshape(-1, dim)), dim=-1)
+    flat = books.reshape(-1, dim)
+    # θ runs exactly once per call, on books and anchors together: under ZeRO-3 every rank must run the same
+    # module sequence, whether or not its micro-batch has anchors.
+    projected = nn.functional.normalize(theta(torch.cat([flat, anchors.to(flat.dtype)])), dim=-1)
+    entries, queries = projected[: flat.shape[0]], projected[flat.shape[0]:]
     if anchors.shape[0] == 0:
         return entries.sum() * 0.0
-    queries = nn.functional.normalize(theta(anchors.to(entries.dtype)), dim=-1)
     scores = (queries @ entries.T / tau).masked_fill(~books_valid.reshape(1, -1), float("-inf"))
     positive = torch.zeros(anchors.shape[0], num_attributes, per_book, dtype=torch.bool, device=scores.device)
     positive[torch.arange(anchors.shape[0], device=scores.device), anchor_classes] = True

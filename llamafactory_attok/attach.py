@@ -18,11 +18,13 @@ from torch import nn
 from .acc import ACCAdapter
 from .acm import ACMProjection
 from .args import AttTokArguments
-from .books import AttributeBooks
+from .books import AttributeBooks, check_ranks_agree
+from .log import get_logger
 from .plan import BatchPlan, image_means
 from .rows import gathered
 
 STATE_FILE_NAME = "attok_state.safetensors"
+logger = get_logger(__name__)
 
 
 def base_model_of(model: nn.Module) -> nn.Module:
@@ -162,6 +164,9 @@ def save_state(module: AttTokModule, path, should_write: bool) -> None:
 
     with gathered(list(module.parameters()), modify=False):
         state = module.trainable_state()
+    ranks = check_ranks_agree(module.books.bank)
+    if ranks > 1:
+        logger.info("AttTok prototypes identical on %d ranks", ranks)
     if should_write:
         atomic_write_bytes(path, save(state))
 

@@ -14,6 +14,8 @@ out of its keys and ACM leaves it out of both the positive and the negative sets
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -74,6 +76,20 @@ def all_reduce_sums(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Ten
         torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.SUM)
         return packed[:, :-1], packed[:, -1]
     return sums, counts
+
+
+def check_ranks_agree(bank: PrototypeBank) -> int:
+    """Raise unless every rank holds bit-identical prototypes; return the number of ranks compared."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
+    payload = bank.prototypes.detach().cpu().numpy().tobytes() + bank.seen.cpu().numpy().tobytes()
+    digest = torch.tensor([int.from_bytes(hashlib.sha256(payload).digest()[:7], "little")], dtype=torch.int64)
+    device = bank.prototypes.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    digests = [torch.zeros_like(digest, device=device) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(digests, digest.to(device))
+    if len({int(d) for d in digests}) != 1:
+        raise RuntimeError(f"AttTok prototypes differ across ranks (digests {[int(d) for d in digests]})")
+    return len(digests)
 
 
 class AttributeBooks(nn.Module):

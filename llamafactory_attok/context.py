@@ -6,17 +6,17 @@ Built once from the parsed arguments and attached to LF's ``model_args`` and ``f
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from .args import AttTokArguments
 from .errors import AttTokError
+from .log import get_logger
 from .families import check_family
 from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
 from .state import SavedAttTok
 from .vocab import TOKEN_IN_TEXT, AttributeVocab, check_data_tokens, derive_vocab, iter_dataset_answers, load_vocab
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass

@@ -12,9 +12,9 @@ parsed arguments (or the loaded adapter) carry AttTok. Patched points (LF 0.9.5)
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,13 @@ from .args import AttTokArguments, parse_attok_dict, split_attok_cli, split_atto
 from .attach import STATE_FILE_NAME, attach, load_state
 from .context import AttTokContext
 from .errors import AttTokError
-from .rows import mask_non_attribute_gradients, trainable_token_indices
+from .log import get_logger
+from .peft_compat import zero3_trainable_tokens_on_any_device
+from .rows import is_zero3, mask_non_attribute_gradients, trainable_token_indices
 from .state import atomic_write_bytes, find_saved, save_description
 from .trainer import AttTokTrainerMixin
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SUPPORTED_LF_VERSIONS = ("0.9.5",)
 _PATCHED_MARK = "__attok_patched__"
@@ -183,7 +185,8 @@ def _wrap_init_adapter(original):
         indices = trainable_token_indices(model, context.token_ids) if is_trainable else None
         token = _TOKEN_INDICES.set(indices)
         try:
-            model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
+            with zero3_trainable_tokens_on_any_device() if is_zero3() else contextlib.nullcontext():
+                model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
         finally:
             _TOKEN_INDICES.reset(token)
         if is_trainable and finetuning_args.finetuning_type in ("full", "freeze"):

@@ -1,0 +1,56 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU ranks (gloo) through LF's own torchrun relaunch (`launcher.py` as a file).
+
+Mixed micro-batches (with and without attribute tokens, with and without images) must not hang; prototypes are
+identical on both ranks (checked at every save); only attribute rows change; the adapter reloads."""
+
+import json
+
+import pytest
+import torch
+from conftest import REPO, assert_ok, base_args, train_cli, trainer_log
+from lf_inprocess import effective_rows, row_hashes
+from safetensors.torch import load_file
+
+from llamafactory_attok.attach import module_of
+from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mixed_data(sample_data):
+    """Adds a text-only copy of the AttTok set so some micro-batches carry no image."""
+    rows = json.loads((sample_data / "retina_attok_train.json").read_text())[:12]
+    for row in rows:
+        row.pop("images")
+        row["messages"][0]["content"] = row["messages"][0]["content"].replace("<image>", "")
+    (sample_data / "textonly_small.json").write_text(json.dumps(rows))
+    info = json.loads((sample_data / "dataset_info.json").read_text())
+    info["retina_textonly_small"] = {**info["retina_attok_train"], "file_name": "textonly_small.json",
+                                     "columns": {"messages": "messages"}}
+    (sample_data / "dataset_info.json").write_text(json.dumps(info))
+    return sample_data
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_on_two_cpu_ranks(stage, tiny_models, mixed_data, tmp_path):
+    out = tmp_path / f"z{stage}"
+    args = base_args(tiny_models["qwen2_vl"], mixed_data, out, attok=True, max_steps=20, save_steps=10,
+                     weight_decay=0.1, per_device_train_batch_size=2,
+                     dataset="retina_attok_train,retina_vanilla_train,retina_textonly_small",
+                     deepspeed=str(REPO / "examples" / "deepspeed" / f"ds_z{stage}.json"))
+    result = train_cli(tmp_path, args, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
+    assert_ok(result)
+    assert "Initializing 2 distributed tasks" in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("AttTok prototypes identical on 2 ranks") >= 2
+    logged = [e for e in trainer_log(out) if "loss_acm" in e]
+    assert len(logged) == 20
+    state = load_file(str(out / "attok_state.safetensors"))
+    assert state["param.acc.attok_q.weight"].shape == (64, 64) and state["bank.seen"].any()
+
+    base, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]))
+    trained, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]), adapter=str(out))
+    for before, after in zip(effective_rows(base), effective_rows(trained), strict=True):
+        assert row_hashes(after[:400]) == row_hashes(before[:400])  # every pre-existing row, bit for bit
+        assert not torch.equal(after[400:405], before[400:405])
+    assert torch.equal(module_of(trained).books.bank.prototypes.cpu(), state["bank.prototypes"])
