@@ -1,0 +1,1 @@
+"""Benchmarks for llamafactory-attok; results and exact commands in BENCHMARKS.md."""

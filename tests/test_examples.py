@@ -1,0 +1,44 @@
+"""The shipped recipes parse (AttTok keys strictly, LF keys by LF's own parser) and the CPU recipe trains."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, assert_ok, run_cli
+
+from llamafactory_attok.args import parse_attok_dict, split_attok_dict
+
+RECIPES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_keys_are_valid(recipe: Path):
+    from transformers import HfArgumentParser
+
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+
+    ours, rest = split_attok_dict(yaml.safe_load(recipe.read_text()))
+    if ours:
+        assert parse_attok_dict(ours).attok
+    known = {f for cls in _TRAIN_ARGS for f in cls.__dataclass_fields__}
+    assert set(rest) <= known, set(rest) - known
+    HfArgumentParser(_TRAIN_ARGS)  # LF's own argument classes build
+
+
+def test_vanilla_recipe_differs_from_attok_only_by_attok(tmp_path):
+    attok = yaml.safe_load((REPO / "examples" / "attok_lora.yaml").read_text())
+    vanilla = yaml.safe_load((REPO / "examples" / "vanilla_lora.yaml").read_text())
+    ours, rest = split_attok_dict(attok)
+    assert ours and not split_attok_dict(vanilla)[0]
+    differing = {k for k in set(rest) | set(vanilla) if rest.get(k) != vanilla.get(k)}
+    assert differing == {"dataset", "output_dir"}
+
+
+@pytest.mark.slow
+def test_cpu_recipe_trains(tiny_models, tmp_path):
+    recipe = REPO / "examples" / "attok_tiny_cpu.yaml"
+    overrides = [f"model_name_or_path={tiny_models['qwen2_vl']}", f"dataset_dir={REPO / 'data'}",
+                 f"attok_vocab={REPO / 'data' / 'retina_vocab.yaml'}", f"output_dir={tmp_path / 'out'}", "max_steps=2",
+                 "plot_loss=false"]
+    assert_ok(run_cli(["llamafactory-cli", "train", str(recipe), *overrides], cwd=tmp_path))
+    assert (tmp_path / "out" / "attok_state.safetensors").is_file()
