@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check llamafactory_attok tests bench
 	$(PY) -m pytest -ra
 
 test-fast: setup

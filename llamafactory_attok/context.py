@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from .args import AttTokArguments
 from .errors import AttTokError
-from .log import get_logger
 from .families import check_family
+from .log import get_logger
 from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
 from .state import SavedAttTok
 from .vocab import TOKEN_IN_TEXT, AttributeVocab, check_data_tokens, derive_vocab, iter_dataset_answers, load_vocab
@@ -77,7 +77,7 @@ class AttTokContext:
         self.model_type = check_family(getattr(model.config, "model_type", None), "attok")
         resized = resize_if_needed(model, tokenizer)
         new = set(self.new_token_ids)
-        rows = [(tid, kw) for tid, kw in zip(self.token_ids, self.keyword_ids) if tid in new]
+        rows = [(tid, kw) for tid, kw in zip(self.token_ids, self.keyword_ids, strict=True) if tid in new]
         if rows and self.saved is None:
             init_attribute_rows(model, [r[0] for r in rows], [r[1] for r in rows])
         logger.info("AttTok: embedding %s; initialised %d attribute rows", "resized" if resized else "kept", len(rows))

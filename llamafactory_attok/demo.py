@@ -52,7 +52,8 @@ def main() -> None:
     truth = [vocab_tokens.index(s.label_token) for s in samples]
     print("\n=== AttTok demo: tiny Qwen2-VL (random init, ~230k params), RetinaMNIST sample, CPU ===")
     print(_loss_summary(output_dir))
-    print(f"test samples: {len(samples)} ({len(vocab_tokens)} DR grades, balanced; chance = {1 / len(vocab_tokens):.2f})")
+    chance = 1 / len(vocab_tokens)
+    print(f"test samples: {len(samples)} ({len(vocab_tokens)} DR grades, balanced; chance = {chance:.2f})")
     print(f"one-forward attribute classifier: accuracy {accuracy_score(truth, predicted):.3f}, "
           f"macro-F1 {f1_score(truth, predicted, average='macro'):.3f}")
     print(f"outputs: {output_dir.relative_to(REPO)} (adapter-free full model + attok_state.safetensors, "

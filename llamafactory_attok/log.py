@@ -11,7 +11,8 @@ def get_logger(name: str) -> logging.Logger:
     root = logging.getLogger("llamafactory_attok")
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(levelname)s|%(asctime)s] %(name)s >> %(message)s", "%Y-%m-%d %H:%M:%S"))
+        style = logging.Formatter("[%(levelname)s|%(asctime)s] %(name)s >> %(message)s", "%Y-%m-%d %H:%M:%S")
+        handler.setFormatter(style)
         root.addHandler(handler)
         root.setLevel(logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING)
         root.propagate = False

@@ -34,7 +34,7 @@ def keyword_token_ids(tokenizer, vocab: AttributeVocab, excluded_ids: Sequence[i
     """Token ids of each keyword text, without attribute ids; a keyword with none left is an error."""
     excluded = set(excluded_ids)
     result = []
-    for token, keyword in zip(vocab.tokens, vocab.keywords):
+    for token, keyword in zip(vocab.tokens, vocab.keywords, strict=True):
         ids = [i for i in tokenizer(keyword, add_special_tokens=False)["input_ids"] if i not in excluded]
         if not ids:
             raise AttTokError(
@@ -100,7 +100,7 @@ def init_attribute_rows(model, token_ids: Sequence[int], keyword_ids: Sequence[S
     with gathered(params, modify=True):
         if not is_zero3() or torch.distributed.get_rank() == 0:
             for weight in params:
-                for row, ids in zip(token_ids, keyword_ids):
+                for row, ids in zip(token_ids, keyword_ids, strict=True):
                     weight.data[row] = weight.data[list(ids)].float().mean(0).to(weight.dtype)
 
 

@@ -111,7 +111,7 @@ class AttTokTrainerMixin:
                 packed = packed.to(self.args.device)
                 torch.distributed.all_reduce(packed)
             values = (packed[:-1] / packed[-1]).tolist()
-            logs.update(dict(zip(LOG_KEYS, values)))
+            logs.update(dict(zip(LOG_KEYS, values, strict=True)))
             logs["attok_samples_without_image"] = self._attok_no_image
             self._attok_totals = None
         super().log(logs, *args, **kwargs)

@@ -38,7 +38,7 @@ class AttributeVocab:
         return len(self.tokens)
 
     def as_dict(self) -> dict[str, str]:
-        return dict(zip(self.tokens, self.keywords))
+        return dict(zip(self.tokens, self.keywords, strict=True))
 
     def index(self, token: str) -> int:
         return self.tokens.index(token)
@@ -56,7 +56,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
-    for key_node, value_node in node.value:
+    for key_node, _value in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise AttTokError(
@@ -109,7 +109,8 @@ def load_vocab(path: str | Path) -> AttributeVocab:
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed vocabulary YAML: {err}") from err
     if not isinstance(mapping, dict):
-        raise AttTokError(f"{path}: the vocabulary must be a YAML mapping token -> keyword, got {type(mapping).__name__}.")
+        kind = type(mapping).__name__
+        raise AttTokError(f"{path}: the vocabulary must be a YAML mapping token -> keyword, got {kind}.")
     return vocab_from_mapping(mapping, str(path), text)
 
 
@@ -169,7 +170,9 @@ def iter_dataset_answers(dataset_dir: str, names: Iterable[str]) -> Iterator[tup
         entry = info[name]
         file = Path(dataset_dir) / entry.get("file_name", "")
         if not file.is_file():
-            raise AttTokError(f"{info_path}: dataset {name!r}: only local JSON/JSONL files can be scanned, {file} is not one.")
+            raise AttTokError(
+                f"{info_path}: dataset {name!r}: only local JSON/JSONL files can be scanned, {file} is not one."
+            )
         columns = entry.get("columns", {})
         tags = entry.get("tags", {})
         for number, row in enumerate(_rows_of(file)):

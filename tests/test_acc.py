@@ -37,7 +37,8 @@ def test_matches_direct_formula():
     adapter, visual, books = make()
     valid = torch.ones(3, 3, dtype=torch.bool)
     out, weights = adapter(visual, books, valid)
-    np.testing.assert_allclose(out.detach().double().numpy(), direct_formula(visual, books, valid, adapter, 0.1), atol=1e-5)
+    expected = direct_formula(visual, books, valid, adapter, 0.1)
+    np.testing.assert_allclose(out.detach().double().numpy(), expected, atol=1e-5)
     assert weights.shape == (5, 9)
     torch.testing.assert_close(weights.sum(-1), torch.ones(5))
 
@@ -54,7 +55,8 @@ def test_unseen_prototypes_get_no_attention():
     valid[:, 2] = False
     out, weights = adapter(visual, books, valid)
     assert torch.all(weights.reshape(5, 3, 3)[:, :, 2] == 0)
-    np.testing.assert_allclose(out.detach().double().numpy(), direct_formula(visual, books, valid, adapter, 0.1), atol=1e-5)
+    expected = direct_formula(visual, books, valid, adapter, 0.1)
+    np.testing.assert_allclose(out.detach().double().numpy(), expected, atol=1e-5)
 
 
 def test_only_masked_rows_change_bit_for_bit():

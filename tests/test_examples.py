@@ -13,9 +13,8 @@ RECIPES = sorted((REPO / "examples").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_keys_are_valid(recipe: Path):
-    from transformers import HfArgumentParser
-
     from llamafactory.hparams.parser import _TRAIN_ARGS
+    from transformers import HfArgumentParser
 
     ours, rest = split_attok_dict(yaml.safe_load(recipe.read_text()))
     if ours:

@@ -9,7 +9,7 @@ from llamafactory_attok.schedule import acm_weight
 def test_decays_from_initial_to_zero_by_last_step(schedule):
     values = [acm_weight(1.0, schedule, step, 5) for step in range(5)]
     assert values[0] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
 def test_linear_and_cosine_midpoints():

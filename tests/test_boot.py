@@ -1,0 +1,52 @@
+"""The start-up hook: installed files, ATTOK_DISABLE, idempotence, never raising at interpreter start."""
+
+import site
+import sys
+from pathlib import Path
+
+from conftest import assert_ok, run_cli
+
+from llamafactory_attok import _boot
+
+
+def test_startup_files_are_installed_in_site_packages():
+    found = {p.name: p.read_text() for d in site.getsitepackages() for p in Path(d).glob("llamafactory_attok.*")}
+    assert "llamafactory_attok._boot" in found["llamafactory_attok.pth"]
+    assert found["llamafactory_attok.start"].strip() == "llamafactory_attok._boot:install"
+
+
+def test_hook_present_in_new_interpreters_unless_disabled(tmp_path):
+    code = "import sys; print(any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
+    assert run_cli(["python", "-c", code], cwd=tmp_path).stdout.strip() == "True"
+    assert run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1").stdout.strip() == "False"
+    assert "llamafactory_attok" not in run_cli(
+        ["python", "-c", "import sys; print(sorted(sys.modules))"], cwd=tmp_path, ATTOK_DISABLE="1").stdout
+
+
+def test_install_is_idempotent(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    _boot.install()
+    _boot.install()
+    assert sum(isinstance(f, _boot._Finder) for f in sys.meta_path) == 1
+
+
+def test_install_never_raises_and_says_why(monkeypatch, capsys):
+    class Broken(list):
+        def insert(self, *args):
+            raise RuntimeError("meta_path is read-only here")
+
+    monkeypatch.setattr(sys, "meta_path", Broken())
+    monkeypatch.delenv("ATTOK_DISABLE", raising=False)
+    _boot.install()
+    assert "startup hook not installed" in capsys.readouterr().err
+
+
+def test_finder_ignores_other_modules():
+    assert _boot._Finder().find_spec("json", None) is None
+
+
+def test_tiny_model_command_builds_a_model_lf_loads(tmp_path):
+    assert_ok(run_cli(["attok", "tiny-model", str(tmp_path / "m"), "--family", "qwen2_5_vl", "--tied"], cwd=tmp_path))
+    code = (f"from transformers import AutoConfig, AutoProcessor; c = AutoConfig.from_pretrained('{tmp_path / 'm'}'); "
+            f"AutoProcessor.from_pretrained('{tmp_path / 'm'}'); print(c.model_type, c.tie_word_embeddings)")
+    assert run_cli(["python", "-c", code], cwd=tmp_path).stdout.strip().endswith("qwen2_5_vl True")
