@@ -16,6 +16,7 @@ TARGET_MODULES = frozenset(
         "llamafactory.model.adapter",
         "llamafactory.train.sft.workflow",
         "llamafactory.train.tuner",
+        "llamafactory.webui.common",
     }
 )
 

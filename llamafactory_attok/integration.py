@@ -8,6 +8,7 @@ parsed arguments (or the loaded adapter) carry AttTok. Patched points (LF 0.9.5)
 - ``model.adapter.LoraConfig``: add ``trainable_token_indices``.
 - ``train.sft.workflow.CustomSeq2SeqTrainer``: the AttTok trainer; attribute tokens out of ``eos_token_id``.
 - ``train.tuner.export_model``: copy the AttTok description into the export folder.
+- ``webui.common._clean_cmd``: keep ``attok_*: false`` from the WebUI's extra arguments (LF drops False values).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import AttTokArguments, parse_attok_dict, split_attok_cli, split_attok_dict
+from .args import AttTokArguments, is_attok_key, parse_attok_dict, split_attok_cli, split_attok_dict
 from .attach import STATE_FILE_NAME, attach, load_state
 from .context import AttTokContext
 from .errors import AttTokError
@@ -308,12 +309,29 @@ def _patch_tuner(module) -> None:
     module.export_model = _wrap_export(module.export_model)
 
 
+def _wrap_clean_cmd(original):
+    """The WebUI drops every ``False`` value before writing training_args.yaml; keep ``attok_*: false``."""
+
+    @functools.wraps(original)
+    def clean_cmd(args: dict[str, Any]) -> dict[str, Any]:
+        cleaned = original(args)
+        cleaned.update({k: v for k, v in args.items() if is_attok_key(k) and v is False})
+        return cleaned
+
+    return clean_cmd
+
+
+def _patch_webui_common(module) -> None:
+    module._clean_cmd = _wrap_clean_cmd(module._clean_cmd)
+
+
 _PATCHERS = {
     "llamafactory.hparams.parser": _patch_parser,
     "llamafactory.model.loader": _patch_loader,
     "llamafactory.model.adapter": _patch_adapter,
     "llamafactory.train.sft.workflow": _patch_workflow,
     "llamafactory.train.tuner": _patch_tuner,
+    "llamafactory.webui.common": _patch_webui_common,
 }
 
 

@@ -131,3 +131,29 @@ def test_lf_entry_point_modules_are_patched_in_a_fresh_interpreter(tmp_path):
     probe = "import llamafactory.hparams.parser as p; print(hasattr(p, '__attok_patched__'))"
     disabled = run_cli(["python", "-c", probe], cwd=tmp_path, ATTOK_DISABLE="1")
     assert disabled.stdout.strip().endswith("False")
+
+
+def test_webui_spawned_training_keeps_attok_keys(tiny_models, sample_data, tmp_path):
+    """What LlamaBoard's Train tab does: extra-arguments JSON merged into args, `save_cmd` writes the YAML, then
+    `llamafactory-cli train <output_dir>/training_args.yaml` runs in a new process with LLAMABOARD_ENABLED=1."""
+    extra = json.loads('{"attok": true, "attok_acm": false, "attok_acc_gamma": 0.2}')
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "webui_out", max_steps=2, **extra)
+    code = f"from llamafactory.webui.common import save_cmd; print(save_cmd({args!r}))"
+    written = run_cli(["python", "-c", code], cwd=tmp_path)
+    assert_ok(written)
+    yaml_path = written.stdout.strip().splitlines()[-1]
+    result = run_cli(["llamafactory-cli", "train", yaml_path], cwd=tmp_path, LLAMABOARD_ENABLED="1",
+                     LLAMABOARD_WORKDIR=str(tmp_path / "webui_out"))
+    assert_ok(result)
+    saved = json.loads((tmp_path / "webui_out" / "attok_config.json").read_text())["args"]
+    assert saved["attok_acm"] is False and saved["attok_acc_gamma"] == 0.2
+
+
+def test_apply_patches_lf_for_programmatic_use():
+    import llamafactory.model.loader as loader
+
+    import llamafactory_attok
+
+    llamafactory_attok.apply()
+    llamafactory_attok.apply()
+    assert loader.__attok_patched__ and loader.patch_tokenizer.__wrapped__.__module__ == "llamafactory.model.patcher"
