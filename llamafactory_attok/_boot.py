@@ -3,7 +3,8 @@
 Installed as ``llamafactory_attok.pth`` (and the PEP 829 ``llamafactory_attok.start``) in site-packages, so it
 reaches every process: ``llamafactory-cli``, LF's torchrun relaunch of ``launcher.py`` and WebUI-spawned training.
 It only puts a finder on ``sys.meta_path``; nothing heavy is imported until LF itself is. ``ATTOK_DISABLE=1``
-turns it off. It never raises at interpreter start.
+turns AttTok off; the hook then only warns when a folder saved with AttTok state is loaded. It never raises at
+interpreter start.
 """
 
 import os
@@ -21,12 +22,17 @@ TARGET_MODULES = frozenset(
 )
 
 
-class _PatchingLoader:
-    """Wraps a module's real loader; after the module body runs, hands it to ``integration.patch_module``."""
+# With ATTOK_DISABLE=1 only this module is watched, to warn when a saved AttTok run is loaded without AttTok.
+DISABLED_TARGETS = frozenset({"llamafactory.model.loader"})
 
-    def __init__(self, loader, name):
+
+class _PatchingLoader:
+    """Wraps a module's real loader; after the module body runs, hands it to ``integration``."""
+
+    def __init__(self, loader, name, disabled):
         self._loader = loader
         self._name = name
+        self._disabled = disabled
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
@@ -35,17 +41,24 @@ class _PatchingLoader:
         self._loader.exec_module(module)
         from llamafactory_attok import integration
 
-        integration.patch_module(self._name, module)
+        if self._disabled:
+            integration.warn_when_disabled(self._name, module)
+        else:
+            integration.patch_module(self._name, module)
 
     def __getattr__(self, item):
         return getattr(self._loader, item)
 
 
 class _Finder:
-    """Meta-path finder that claims only :data:`TARGET_MODULES` and delegates the actual finding."""
+    """Meta-path finder that claims only its target modules and delegates the actual finding."""
+
+    def __init__(self, disabled=False):
+        self.disabled = disabled
+        self.targets = DISABLED_TARGETS if disabled else TARGET_MODULES
 
     def find_spec(self, name, path, target=None):
-        if name not in TARGET_MODULES:
+        if name not in self.targets:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -53,7 +66,7 @@ class _Finder:
             spec = finder.find_spec(name, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader, name)
+                    spec.loader = _PatchingLoader(spec.loader, name, self.disabled)
                 return spec
         return None
 
@@ -63,16 +76,18 @@ def is_disabled() -> bool:
 
 
 def install() -> None:
-    """Idempotently put the finder first on ``sys.meta_path`` (unless ``ATTOK_DISABLE=1``)."""
+    """Idempotently put the finder first on ``sys.meta_path``; with ``ATTOK_DISABLE=1`` it only warns."""
     try:
-        if is_disabled() or any(isinstance(f, _Finder) for f in sys.meta_path):
+        if any(isinstance(f, _Finder) for f in sys.meta_path):
             return
-        sys.meta_path.insert(0, _Finder())
-        already = [name for name in TARGET_MODULES if name in sys.modules]
+        finder = _Finder(disabled=is_disabled())
+        sys.meta_path.insert(0, finder)
+        already = [name for name in finder.targets if name in sys.modules]
         if already:  # LF imported before us (unusual): patch what is loaded now
             from llamafactory_attok import integration
 
             for name in already:
-                integration.patch_module(name, sys.modules[name])
+                handle = integration.warn_when_disabled if finder.disabled else integration.patch_module
+                handle(name, sys.modules[name])
     except Exception as err:  # interpreter start must never fail; say why instead of staying silent
         sys.stderr.write(f"llamafactory-attok: startup hook not installed: {err!r}\n")

@@ -63,7 +63,8 @@ class AttTokContext:
         self.vocab = self._resolve_vocab(tokenizer)
         if self.training and self.datasets:
             self._check_data(tokenizer)
-        self.token_ids, self.new_token_ids = add_attribute_tokens(tokenizer, self.vocab)
+        special = not self.args.attok_show_tokens  # special tokens are hidden by skip_special_tokens
+        self.token_ids, self.new_token_ids = add_attribute_tokens(tokenizer, self.vocab, special)
         if self.saved is not None and self.saved.token_ids != self.token_ids:
             raise AttTokError(
                 f"{self.saved.folder}: its attribute tokens have ids {self.saved.token_ids} but the base tokenizer "

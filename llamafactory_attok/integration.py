@@ -346,6 +346,27 @@ def patch_module(name: str, module) -> None:
     setattr(module, _PATCHED_MARK, True)
 
 
+def _warn_on_attok_folder(original):
+    @functools.wraps(original)
+    def load_model(tokenizer, model_args, *args, **kwargs):
+        saved = find_saved([model_args.model_name_or_path, *(model_args.adapter_name_or_path or [])])
+        if saved is not None:
+            logger.warning(
+                "%s was saved with AttTok state (attribute tokens, ACC, books) but ATTOK_DISABLE=1: none of it is "
+                "restored, so outputs will differ from the trained model's.", saved.folder
+            )
+        return original(tokenizer, model_args, *args, **kwargs)
+
+    return load_model
+
+
+def warn_when_disabled(name: str, module) -> None:
+    """ATTOK_DISABLE=1: leave LF as shipped, but say so when an AttTok folder is loaded."""
+    if name == "llamafactory.model.loader" and not getattr(module, _PATCHED_MARK, False):
+        module.load_model = _warn_on_attok_folder(module.load_model)
+        setattr(module, _PATCHED_MARK, True)
+
+
 def apply() -> None:
     """Patch every target LF module now (importing them), for programmatic use."""
     import importlib

@@ -19,12 +19,14 @@ from .errors import AttTokError
 from .vocab import AttributeVocab
 
 
-def add_attribute_tokens(tokenizer, vocab: AttributeVocab) -> tuple[list[int], list[int]]:
-    """Add the tokens as special tokens; return (all attribute ids, ids newly added now)."""
+def add_attribute_tokens(tokenizer, vocab: AttributeVocab, special: bool = True) -> tuple[list[int], list[int]]:
+    """Add the tokens (special by default, so ``skip_special_tokens`` hides them in decoded answers);
+    return (all attribute ids, ids newly added now). Ids do not depend on ``special``."""
     before = set(tokenizer.get_vocab())
     new = [tok for tok in vocab.tokens if tok not in before]
     if new:
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+        added = [AddedToken(t, special=special, normalized=False) for t in new]
+        tokenizer.add_tokens(added, special_tokens=special)
     ids = tokenizer.convert_tokens_to_ids(list(vocab.tokens))
     new_ids = tokenizer.convert_tokens_to_ids(new) if new else []
     return list(ids), list(new_ids)

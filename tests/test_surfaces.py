@@ -1,0 +1,130 @@
+"""LLaMA-Factory's inference surfaces on an AttTok adapter: ChatModel (chat / webchat / api engine), the
+OpenAI-compatible `llamafactory-cli api` server, `do_predict` batch prediction, and ATTOK_DISABLE warnings."""
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import VENV_BIN, assert_ok, base_args, cli_env, run_cli, train_cli, write_yaml
+from lf_inprocess import run_sft
+
+pytestmark = pytest.mark.slow
+QUESTION = "<image>What kind of image is this?"
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_models, sample_data, tmp_path_factory):
+    """An AttTok LoRA adapter trained until its answers start with the attribute token."""
+    out = tmp_path_factory.mktemp("surfaces") / "adapter"
+    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
+                      max_steps=100, learning_rate=5e-3))
+    return out
+
+
+def _images(sample_data) -> dict[str, str]:
+    """One training image per attribute token."""
+    rows = json.loads((sample_data / "modality_train.json").read_text())
+    return {row["messages"][1]["content"].split()[0]: str(sample_data / row["images"][0]) for row in rows[:2]}
+
+
+def _chat(tiny_models, adapter, sample_data, **extra) -> dict[str, str]:
+    from llamafactory.chat import ChatModel
+
+    chat = ChatModel({"model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(adapter),
+                      "template": "qwen2_vl", "infer_dtype": "float32", "do_sample": False, "max_new_tokens": 6,
+                      **extra})
+    return {token: chat.chat([{"role": "user", "content": QUESTION}], images=[image])[0].response_text
+            for token, image in _images(sample_data).items()}
+
+
+def test_chat_hides_attribute_tokens_unless_asked(tiny_models, adapter, sample_data):
+    hidden = _chat(tiny_models, adapter, sample_data)
+    shown = _chat(tiny_models, adapter, sample_data, attok_show_tokens=True)
+    for token in ("<|fundus_photo|>", "<|xray_chest|>"):  # the answer follows the image
+        assert shown[token].startswith(token), shown
+        assert "<|" not in hidden[token] and hidden[token].strip() == re.sub(r"<\|\w+\|>", "", shown[token]).strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_openai_compatible_api_answers_an_image_question(tiny_models, adapter, sample_data, tmp_path):
+    from openai import OpenAI
+
+    config = write_yaml(tmp_path / "api.yaml", {
+        "model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(adapter),
+        "template": "qwen2_vl", "infer_dtype": "float32", "do_sample": False, "max_new_tokens": 6,
+        "attok_show_tokens": True})
+    port = _free_port()
+    env = cli_env(API_HOST="127.0.0.1", API_PORT=str(port))
+    server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "api", str(config)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=30, max_retries=0)
+        deadline = time.time() + 180
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting; give up at the deadline
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(2)
+        for token, image in _images(sample_data).items():
+            data = base64.b64encode(open(image, "rb").read()).decode()
+            reply = client.chat.completions.create(model="attok", temperature=0, max_tokens=6, messages=[{
+                "role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+                    {"type": "text", "text": "What kind of image is this?"}]}])
+            assert reply.choices[0].message.content.startswith(token)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_batch_prediction_writes_generated_predictions(tiny_models, adapter, sample_data, tmp_path):
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "pred", do_train=False, do_predict=True,
+                     predict_with_generate=True, adapter_name_or_path=str(adapter), eval_dataset="modality_train",
+                     max_new_tokens=6, do_sample=False, per_device_eval_batch_size=4, skip_special_tokens=False)
+    for key in ("dataset", "max_steps", "learning_rate", "lr_scheduler_type", "lora_target", "lora_rank"):
+        args.pop(key)
+    assert_ok(train_cli(tmp_path, args))
+    rows = [json.loads(line) for line in (tmp_path / "pred" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all({"prompt", "predict", "label"} <= set(r) for r in rows)
+    first = re.compile(r"<\|(fundus_photo|xray_chest)\|>")  # labels carry LF's pad tokens before the answer
+    predicted = [first.search(r["predict"]).group(0) for r in rows]
+    expected = [first.search(r["label"]).group(0) for r in rows]
+    assert sum(p == e for p, e in zip(predicted, expected, strict=True)) >= 12
+
+
+def test_loading_attok_folder_with_plugin_disabled_warns(tiny_models, adapter, tmp_path):
+    code = ("from llamafactory.chat import ChatModel\n"
+            f"ChatModel({{'model_name_or_path': '{tiny_models['qwen2_vl']}', 'adapter_name_or_path': '{adapter}', "
+            "'template': 'qwen2_vl', 'infer_dtype': 'float32'})\n")
+    result = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1")
+    assert "was saved with AttTok state" in result.stderr and "outputs will differ" in result.stderr
+
+
+def test_adapter_on_another_base_tokenizer_is_refused(tiny_models, adapter, tmp_path):
+    other = tmp_path / "other_base"
+    assert_ok(run_cli(["attok", "tiny-model", str(other), "--family", "qwen2_vl"], cwd=tmp_path))
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["added_tokens"].append({"id": 400, "content": "<|extra_token|>", "single_word": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "special": True})
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    code = ("from llamafactory.chat import ChatModel\n"
+            f"ChatModel({{'model_name_or_path': '{other}', 'adapter_name_or_path': '{adapter}', "
+            "'template': 'qwen2_vl', 'infer_dtype': 'float32'})\n")
+    result = run_cli(["python", "-c", code], cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"{adapter}: its attribute tokens have ids [400, 401]" in result.stderr
+    assert "base tokenizer gives [401, 402]" in result.stderr
+    assert os.path.isdir(adapter)
