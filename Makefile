@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo lint bench clean
+.PHONY: setup test test-fast demo lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+browser:  # Debian's Chromium for the WebUI test (root); Playwright itself never downloads a browser
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)

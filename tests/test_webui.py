@@ -1,0 +1,102 @@
+"""LlamaBoard (LLaMA-Factory's WebUI) trains an AttTok model, driven in headless Debian Chromium by Playwright.
+
+Chromium comes from Debian (`apt-get install chromium`, done by .ci/run); Playwright never downloads a browser.
+Without /usr/bin/chromium the test is skipped, unless ATTOK_REQUIRE_BROWSER=1 (CI) makes that a failure.
+The screenshot is kept in .artifacts/webui_attok.png."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, VENV_BIN, cli_env, trainer_log
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+ARTIFACTS = REPO / ".artifacts"
+
+
+def _require_browser() -> None:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("ATTOK_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); CI installs it")
+    pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def webui(tmp_path):
+    port = _free_port()
+    env = cli_env(GRADIO_ANALYTICS_ENABLED="False", GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "webui"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(1)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _choose(page, label: str, value: str) -> None:
+    box = page.get_by_label(label, exact=True).first  # the Train tab's widget comes first
+    box.click()
+    box.fill(value)
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_path):
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "webui_run"
+    extra = {"attok": True, "attok_vocab": str(sample_data / "retina_vocab.yaml"), "max_steps": 4, "bf16": False,
+             "logging_steps": 1, "save_steps": 1000, "optim": "adamw_torch", "report_to": "none",
+             "preprocessing_num_workers": 1, "dataloader_num_workers": 0, "per_device_train_batch_size": 4}
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(webui, timeout=60_000)
+        page.wait_for_selector("text=Model path", timeout=60_000)
+        _choose(page, "Model name", "tiny-qwen2-vl")
+        page.get_by_role("textbox", name="Model path").fill(str(tiny_models["qwen2_vl"]))
+        _choose(page, "Chat template", "qwen2_vl")
+        data_dir = page.get_by_role("textbox", name="Data dir")
+        data_dir.fill(str(sample_data))
+        data_dir.press("Enter")
+        page.wait_for_timeout(1000)
+        _choose(page, "Dataset", "retina_attok_train")
+        _choose(page, "Output dir", str(out))
+        page.get_by_text("Extra configurations").click()
+        page.get_by_role("textbox", name="Extra arguments").fill(json.dumps(extra))
+        page.get_by_role("button", name="Start").click()
+        deadline = time.time() + 300
+        while time.time() < deadline and not (out / "attok_state.safetensors").exists():
+            page.wait_for_timeout(2000)
+        page.wait_for_timeout(3000)  # let the WebUI render the finished run
+        page.screenshot(path=str(ARTIFACTS / "webui_attok.png"))
+        browser.close()
+    assert (out / "attok_state.safetensors").is_file(), "training launched from the WebUI did not finish"
+    assert {"attok_vocab.yaml", "attok_config.json"} <= {p.name for p in out.iterdir()}
+    acm = [e["loss_acm"] for e in trainer_log(out) if "loss_acm" in e]
+    assert len(acm) == 4 and all(value > 0 for value in acm)
+    assert json.loads((out / "attok_config.json").read_text())["args"]["attok"] is True
