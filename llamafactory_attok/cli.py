@@ -23,6 +23,119 @@ def _sample_data(ns: argparse.Namespace) -> None:
     print(f"datasets {', '.join(written)} written to {ns.out} (dataset_info.json merged)")
 
 
+def _data_classify(ns: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .data import sources
+    from .data.classify import build_classification
+
+    src = Path(ns.source)
+    if ns.format == "npz":
+        items = list(sources.from_npz(src))
+    elif ns.format == "folder":
+        items = list(sources.from_image_folder(src))
+    else:
+        items = list(sources.from_csv(src, ns.image_col, ns.label_col, ns.split_col))
+    if ns.max_per_class:
+        kept, seen = [], {}
+        for item in items:
+            key = (item.split, item.label)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] <= ns.max_per_class:
+                kept.append(item)
+        items = kept
+    written = build_classification(
+        items, ns.class_map, ns.out, ns.name, image_size=ns.image_size, seed=ns.seed, val_ratio=ns.val_ratio,
+        test_ratio=ns.test_ratio, augment=not ns.no_augment, augment_target=ns.augment_target, vanilla=ns.vanilla,
+        overwrite=ns.overwrite)
+    print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
+
+
+def _data_vqa_rad(ns: argparse.Namespace) -> None:
+    from .data.vqa_rad import build_vqa_rad
+
+    written = build_vqa_rad(ns.source, ns.out, ns.name, overwrite=ns.overwrite)
+    print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
+
+
+def _data_vqa_attributes(ns: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from openai import OpenAI
+
+    from .data.lf_format import dataset_entry, merge_dataset_info, write_json, write_vocab
+    from .data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
+
+    src = Path(ns.input)
+    out = Path(ns.out)
+    client = OpenAI(base_url=ns.base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"), timeout=ns.timeout,
+                    max_retries=ns.max_retries)
+    llm = KeywordLLM(client, ns.model, ReplyCache(out / f"{ns.name}_llm_cache.json"), max_attempts=ns.max_attempts)
+    rows = json.loads(src.read_text(encoding="utf-8"))
+    result = extract_attributes(rows, llm, min_count=ns.min_count, concurrency=ns.concurrency,
+                                single_modality=ns.single_modality, default_modality=ns.modality)
+    write_json(out / f"{ns.name}_report.json", result.report)
+    if not result.vocab:
+        print(f"no attribute survived extraction; see {out / (ns.name + '_report.json')}", file=sys.stderr)
+        return 1
+    for row in result.rows:  # keep images resolvable from the output folder
+        row["images"] = [os.path.relpath(src.parent / img, out) for img in row.get("images", [])]
+    write_json(out / f"{ns.name}.json", result.rows)
+    write_vocab(out / f"{ns.name}_vocab.yaml", result.vocab, f"attributes of {src.name} extracted by {ns.model}")
+    merge_dataset_info(out, {ns.name: dataset_entry(f"{ns.name}.json")}, overwrite=ns.overwrite)
+    failures = result.report["failures"]
+    print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
+          f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {ns.name}_report.json)")
+    return 1 if failures else 0
+
+
+def _add_data_commands(sub) -> None:
+    data = sub.add_parser("data", help="build LF datasets with attribute tokens").add_subparsers(dest="data_command",
+                                                                                               required=True)
+    cls = data.add_parser("classify", help="MedMNIST npz / ImageFolder / CSV -> open & close-ended datasets")
+    cls.add_argument("source")
+    cls.add_argument("--format", choices=["npz", "folder", "csv"], required=True)
+    cls.add_argument("--class-map", required=True, help="YAML: modality + classes {label: {name, keyword, concept}}")
+    cls.add_argument("--out", required=True)
+    cls.add_argument("--name", required=True, help="dataset name prefix")
+    cls.add_argument("--image-col", default="image")
+    cls.add_argument("--label-col", default="label")
+    cls.add_argument("--split-col", default=None)
+    cls.add_argument("--image-size", type=int, default=112, help="smaller images are upscaled to this")
+    cls.add_argument("--seed", type=int, default=42)
+    cls.add_argument("--val-ratio", type=float, default=0.1)
+    cls.add_argument("--test-ratio", type=float, default=0.2)
+    cls.add_argument("--no-augment", action="store_true")
+    cls.add_argument("--augment-target", type=int, default=None, help="images per class after augmentation")
+    cls.add_argument("--max-per-class", type=int, default=None, help="keep at most this many per class and split")
+    cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
+    cls.add_argument("--overwrite", action="store_true")
+    cls.set_defaults(func=_data_classify)
+    rad = data.add_parser("vqa-rad", help="official VQA-RAD release -> train/test datasets")
+    rad.add_argument("source")
+    rad.add_argument("--out", required=True)
+    rad.add_argument("--name", default="vqa_rad")
+    rad.add_argument("--overwrite", action="store_true")
+    rad.set_defaults(func=_data_vqa_rad)
+    vqa = data.add_parser("vqa-attributes", help="LLM-extracted attribute tokens for a sharegpt VQA dataset")
+    vqa.add_argument("input", help="sharegpt JSON (e.g. from `attok data vqa-rad`)")
+    vqa.add_argument("--out", required=True)
+    vqa.add_argument("--name", required=True)
+    vqa.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint; key from OPENAI_API_KEY")
+    vqa.add_argument("--model", required=True)
+    vqa.add_argument("--min-count", type=int, default=2)
+    vqa.add_argument("--concurrency", type=int, default=4)
+    vqa.add_argument("--timeout", type=float, default=60.0)
+    vqa.add_argument("--max-retries", type=int, default=3, help="HTTP retries (429/5xx/timeouts) by the client")
+    vqa.add_argument("--max-attempts", type=int, default=3, help="re-asks after a malformed reply")
+    vqa.add_argument("--modality", default="rad", help="token modality when a sample has none")
+    vqa.add_argument("--single-modality", action="store_true", help="tokens without a modality part (PathVQA)")
+    vqa.add_argument("--overwrite", action="store_true")
+    vqa.set_defaults(func=_data_vqa_attributes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attok", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,13 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--per-class-test", type=int, default=20)
     sample.add_argument("--image-size", type=int, default=56)
     sample.set_defaults(func=_sample_data)
+    _add_data_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    ns.func(ns)
-    return 0
+    return ns.func(ns) or 0
 
 
 if __name__ == "__main__":

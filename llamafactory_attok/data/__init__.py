@@ -1,0 +1,1 @@
+"""Data builders: medical classification / VQA sources into LLaMA-Factory sharegpt JSON with attribute tokens."""

@@ -1,0 +1,141 @@
+"""VQA-RAD builder and LLM attribute extraction against real OpenAI-compatible servers on 127.0.0.1:
+a scripted one (happy path, 429/500 retries, timeouts, malformed replies) and `llamafactory-cli api` serving
+the tiny model (junk replies). The `openai` client is used as is, never mocked."""
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import REPO, VENV_BIN, cli_env, run_cli, write_yaml
+from openai import OpenAI
+from scripted_openai import ScriptedServer
+
+from llamafactory_attok.data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
+from llamafactory_attok.data.vqa_rad import build_vqa_rad
+from llamafactory_attok.vocab import load_vocab
+
+VQA_RAD = REPO.parent / "shared" / "data" / "vqa_rad"  # the public release, beside every checkout and CI clone
+needs_vqa_rad = pytest.mark.skipif(not VQA_RAD.is_dir(), reason=f"VQA-RAD release not found at {VQA_RAD}")
+
+
+def _rows(answers: list[str]) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"<image>What is seen {i}?"},
+                          {"role": "assistant", "content": a}], "images": ["img.png"], "qid": str(i),
+             "modality": "ct", "organ": "HEAD"} for i, a in enumerate(answers)]
+
+
+ANSWERS = ["hemorrhage", "hemorrhage", "fracture", "fracture", "edema"]
+
+
+def _llm(server, tmp_path, retries=3, timeout=5.0, attempts=2) -> KeywordLLM:
+    client = OpenAI(base_url=server.url, api_key="test", max_retries=retries, timeout=timeout)
+    return KeywordLLM(client, "scripted", ReplyCache(tmp_path / "cache.json"), max_attempts=attempts)
+
+
+def test_three_steps_tokens_vocab_and_cache(tmp_path):
+    with ScriptedServer() as server:
+        result = extract_attributes(_rows(ANSWERS), _llm(server, tmp_path), min_count=2, concurrency=3)
+        assert result.vocab == {"<|ct_hemorrhage|>": "hemorrhage", "<|ct_fracture|>": "fracture"}
+        assert [r["messages"][1]["content"] for r in result.rows[:3]] == [
+            "<|ct_hemorrhage|> hemorrhage", "<|ct_hemorrhage|> hemorrhage", "<|ct_fracture|> fracture"]
+        assert result.rows[4]["attributes"] == []  # "edema" is rare (1 < min_count): dropped, not invented
+        assert result.report["failures"] == [] and result.report["calls"] == 11
+        first = server.completions
+        again = extract_attributes(_rows(ANSWERS), _llm(server, tmp_path), min_count=2)
+        assert server.completions == first and again.report["calls"] == 0  # a rerun repeats no call
+        assert again.vocab == result.vocab
+
+
+def test_429_and_500_are_retried_by_the_client(tmp_path):
+    with ScriptedServer(fail_first=[429, 500, 500]) as server:
+        result = extract_attributes(_rows(ANSWERS[:2]), _llm(server, tmp_path), min_count=1, concurrency=1)
+        assert result.report["failures"] == [] and server.requests == server.completions + 3
+        assert result.vocab == {"<|ct_hemorrhage|>": "hemorrhage"}
+
+
+def test_timeouts_become_listed_failures(tmp_path):
+    with ScriptedServer(delay=1.5) as server:
+        result = extract_attributes(_rows(ANSWERS[:2]), _llm(server, tmp_path, retries=0, timeout=0.3), min_count=1)
+    steps = {(f["item"], f["step"]) for f in result.report["failures"]}
+    assert steps == {("0", "keywords"), ("1", "keywords")}
+    assert all("Timeout" in f["error"] for f in result.report["failures"])
+    assert result.vocab == {} and all(r["attributes"] == [] for r in result.rows)
+
+
+def test_malformed_replies_are_retried_then_reported(tmp_path):
+    with ScriptedServer(malformed=True) as server:
+        result = extract_attributes(_rows(ANSWERS[:2]), _llm(server, tmp_path, attempts=2), min_count=1)
+        assert server.completions == 4  # each QA asked twice
+    assert len(result.report["failures"]) == 2
+    assert all("malformed reply after 2 attempt(s)" in f["error"] for f in result.report["failures"])
+
+
+@needs_vqa_rad
+def test_vqa_rad_official_split(tmp_path):
+    written = build_vqa_rad(VQA_RAD, tmp_path, "rad")
+    train, test = (json.loads((tmp_path / written[f"rad_{s}"]).read_text()) for s in ("train", "test"))
+    assert (len(train), len(test)) == (1797, 451)
+    assert sum(r["answer_type"] == "closed" for r in test) == 272
+    assert (tmp_path / test[0]["images"][0]).is_file()
+
+
+@needs_vqa_rad
+def test_cli_end_to_end_on_vqa_rad_subset(tmp_path):
+    build_vqa_rad(VQA_RAD, tmp_path / "rad", "rad")
+    rows = json.loads((tmp_path / "rad" / "rad_test.json").read_text())[:12]
+    subset = tmp_path / "rad" / "subset.json"
+    subset.write_text(json.dumps(rows))
+    with ScriptedServer() as server:
+        result = run_cli(["attok", "data", "vqa-attributes", str(subset), "--out", str(tmp_path / "tagged"),
+                          "--name", "rad_attok", "--base-url", server.url, "--model", "scripted", "--min-count", "2",
+                          "--modality", "rad"], cwd=tmp_path, OPENAI_API_KEY="sk-secret-never-logged")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sk-secret-never-logged" not in result.stdout + result.stderr
+    out = tmp_path / "tagged"
+    vocab = load_vocab(out / "rad_attok_vocab.yaml")
+    assert "<|rad_no|>" in vocab.tokens and "<|rad_yes|>" in vocab.tokens
+    info = json.loads((out / "dataset_info.json").read_text())
+    tagged = json.loads((out / "rad_attok.json").read_text())
+    assert "rad_attok" in info and (out / tagged[0]["images"][0]).is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_junk_from_a_real_lf_api_server_is_reported_not_invented(tiny_models, tmp_path):
+    config = write_yaml(tmp_path / "api.yaml", {"model_name_or_path": str(tiny_models["qwen2_vl"]),
+                                                 "template": "qwen2_vl", "infer_dtype": "float32",
+                                                 "max_new_tokens": 8})
+    port = _free_port()
+    server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "api", str(config)], cwd=tmp_path,
+                              env=cli_env(API_HOST="127.0.0.1", API_PORT=str(port)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=60, max_retries=0)
+        deadline = time.time() + 180
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 - still starting; give up at the deadline
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(2)
+        data = tmp_path / "qa.json"
+        data.write_text(json.dumps(_rows(ANSWERS[:3])))
+        result = run_cli(["attok", "data", "vqa-attributes", str(data), "--out", str(tmp_path / "out"), "--name",
+                          "junk", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny",
+                          "--max-attempts", "2", "--concurrency", "1", "--min-count", "1"], cwd=tmp_path)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert result.returncode == 1
+    report = json.loads((tmp_path / "out" / "junk_report.json").read_text())
+    assert len(report["failures"]) == 3 and all("malformed reply" in f["error"] for f in report["failures"])
+    assert not (tmp_path / "out" / "junk_vocab.yaml").exists()
