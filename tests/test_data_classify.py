@@ -45,7 +45,8 @@ def _rows(out: Path, name: str) -> list[dict]:
 
 def test_npz_official_splits_both_formats(tmp_path):
     out = tmp_path / "out"
-    grades = "modality: fundus\nclasses:\n  0: no DR\n  1: mild DR\n  2: moderate DR\n  3: severe DR\n  4: proliferative DR\n"
+    grades = ("modality: fundus\nclasses:\n  0: no DR\n  1: mild DR\n  2: moderate DR\n  3: severe DR\n"
+              "  4: proliferative DR\n")
     result = run_cli(["attok", "data", "classify", str(RETINA_NPZ), "--format", "npz", "--out", str(out), "--name",
                       "retina", "--max-per-class", "3", "--no-augment", "--image-size", "56", "--class-map",
                       str(_class_map(tmp_path, grades))], cwd=tmp_path)
