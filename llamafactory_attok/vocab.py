@@ -4,8 +4,8 @@ A vocabulary file is a YAML mapping in the shape LLaMA-Factory uses for ``new_sp
 
     "<|fundus_severe_dr|>": "severe diabetic retinopathy"
 
-Token names follow ``<|modality_concept|>``: lowercase letters, digits and underscores, with at least one
-underscore separating the modality from the concept. Without a file, the vocabulary is derived from the
+Token names follow ``<|modality_concept|>``: lowercase letters and digits in words joined by single underscores;
+single-modality sets (e.g. PathVQA) may leave the modality out (``<|tumor|>``). Without a file, the vocabulary is derived from the
 answers of the training data (see :func:`derive_vocab`).
 """
 
@@ -22,7 +22,7 @@ import yaml
 
 from .errors import AttTokError
 
-TOKEN_PATTERN = re.compile(r"^<\|[a-z0-9]+_[a-z0-9_]*[a-z0-9]\|>$")
+TOKEN_PATTERN = re.compile(r"^<\|[a-z0-9]+(?:_[a-z0-9]+)*\|>$")
 TOKEN_IN_TEXT = re.compile(r"<\|[^|<>\s]+\|>")
 VOCAB_FILE_NAME = "attok_vocab.yaml"
 
@@ -81,7 +81,7 @@ def validate_token_name(token: object, where: str) -> str:
     if not isinstance(token, str) or not TOKEN_PATTERN.match(token):
         raise AttTokError(
             f"{where}: attribute token {token!r} breaks the naming rule <|modality_concept|> "
-            "(lowercase letters, digits and underscores; e.g. <|fundus_severe_dr|>)."
+            "(lowercase letters and digits, words joined by single underscores; e.g. <|fundus_severe_dr|>)."
         )
     return token
 

@@ -40,7 +40,8 @@ def test_not_a_mapping(tmp_path):
         load_vocab(write(tmp_path, "- a\n- b\n"))
 
 
-@pytest.mark.parametrize("token", ["<|Fundus_sdr|>", "<|fundussdr|>", "<fundus_sdr>", "<|fundus-sdr|>", "<|_sdr|>"])
+@pytest.mark.parametrize("token", ["<|Fundus_sdr|>", "<|fundus__sdr|>", "<fundus_sdr>", "<|fundus-sdr|>", "<|_sdr|>",
+                                   "<|fundus sdr|>", "<|fundus_sdr_|>"])
 def test_naming_rule_names_file_and_line(tmp_path, token):
     path = write(tmp_path, f'"<|fundus_ok|>": fine\n"{token}": bad one\n')
     with pytest.raises(AttTokError, match=r"line 2: attribute token .* breaks the naming rule"):
