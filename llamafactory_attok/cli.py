@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .testing import FAMILIES
@@ -136,6 +137,75 @@ def _add_data_commands(sub) -> None:
     vqa.set_defaults(func=_data_vqa_attributes)
 
 
+def _predict(ns: argparse.Namespace) -> None:
+    from .eval.predict import run_predict
+
+    metrics = run_predict(ns.model, ns.dataset, ns.out, adapter=ns.adapter, vocab_path=ns.vocab,
+                          val_dataset=ns.val_dataset, mode=ns.mode, top_k=ns.top_k, device=ns.device,
+                          batch_size=ns.batch_size, template=ns.template)
+    print(json.dumps(metrics, indent=2))
+
+
+def _eval_classify(ns: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .data.lf_format import write_json
+    from .eval.classification import score_generated
+    from .eval.figures import confusion_figure
+    from .vocab import load_vocab
+
+    scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
+    out = Path(ns.out)
+    write_json(out, scores.as_dict())
+    confusion_figure(scores.classes, scores.confusion, out.with_suffix(".confusion.png"), title=Path(ns.dataset).stem)
+    print(f"accuracy {scores.accuracy:.4f}, macro-F1 {scores.macro_f1:.4f}, "
+          f"unparseable {scores.unparseable}/{scores.total} -> {out}")
+
+
+def _eval_report(ns: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .eval.figures import training_curves
+    from .eval.report import build_report
+
+    runs = dict(item.split("=", 1) for item in ns.run)
+    out = Path(ns.out)
+    figures = []
+    if ns.train_dir:
+        figures.append(training_curves(dict(item.split("=", 1) for item in ns.train_dir),
+                                       out.with_name(out.stem + "_curves.png")))
+    print(build_report({k: Path(v) for k, v in runs.items()}, out, figures))
+
+
+def _add_eval_commands(sub) -> None:
+    pred = sub.add_parser("predict", help="one-forward class probabilities per sample (JSONL), no generation")
+    pred.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
+    pred.add_argument("--adapter", default=None, help="LoRA adapter folder of an AttTok run")
+    pred.add_argument("--dataset", required=True, help="sharegpt JSON with one image per sample")
+    pred.add_argument("--out", required=True, help="JSONL; metrics go to <out>.metrics.json")
+    pred.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
+    pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
+    pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute")
+    pred.add_argument("--top-k", type=int, default=3)
+    pred.add_argument("--device", default="cpu")
+    pred.add_argument("--batch-size", type=int, default=8)
+    pred.add_argument("--template", default="qwen2_vl")
+    pred.set_defaults(func=_predict)
+    ev = sub.add_parser("eval", help="score predictions, write reports").add_subparsers(dest="eval_command",
+                                                                                      required=True)
+    cls = ev.add_parser("classify", help="accuracy / F1 / confusion from LF generated_predictions.jsonl")
+    cls.add_argument("--predictions", required=True)
+    cls.add_argument("--dataset", required=True, help="the dataset JSON the predictions were made from")
+    cls.add_argument("--vocab", default=None, help="adds vocabulary keywords as class synonyms")
+    cls.add_argument("--out", required=True, help="scores JSON (+ .confusion.png)")
+    cls.set_defaults(func=_eval_classify)
+    rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ...")
+    rep.add_argument("--run", action="append", required=True)
+    rep.add_argument("--train-dir", action="append", default=[], help="name=output_dir for training curves")
+    rep.add_argument("--out", required=True)
+    rep.set_defaults(func=_eval_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attok", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--image-size", type=int, default=56)
     sample.set_defaults(func=_sample_data)
     _add_data_commands(sub)
+    _add_eval_commands(sub)
     return parser
 
 

@@ -51,6 +51,7 @@ def _sample(image_rel: str, label: int, with_tokens: bool) -> dict:
     return {
         "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}],
         "images": [image_rel],
+        "label": keyword,
     }
 
 
@@ -132,6 +133,7 @@ def build_modality_sample(out_dir: str | os.PathLike, per_class: int = 8, image_
                 "messages": [{"role": "user", "content": "<image>What kind of image is this?"},
                              {"role": "assistant", "content": f"{token} {keyword}"}],
                 "images": [rel],
+                "label": keyword,
             })
     atomic_write_text(out / "modality_train.json", json.dumps(rows, indent=1))
     info_path = out / "dataset_info.json"

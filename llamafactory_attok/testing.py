@@ -170,10 +170,14 @@ def build_tiny_model(
     return out
 
 
-def chat_inputs(processor, image, question: str, answer_prefix: str = ""):
-    """Model inputs for one image + question in the Qwen chat layout LF's ``qwen2_vl`` template produces."""
-    text = (
+def chat_text(question: str, answer_prefix: str = "") -> str:
+    """One image + question in the Qwen chat layout LF's ``qwen2_vl`` template produces."""
+    return (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         f"<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}"
     )
-    return processor(text=[text], images=[image], return_tensors="pt")
+
+
+def chat_inputs(processor, image, question: str, answer_prefix: str = ""):
+    """Model inputs for one image + question (see :func:`chat_text`)."""
+    return processor(text=[chat_text(question, answer_prefix)], images=[image], return_tensors="pt")

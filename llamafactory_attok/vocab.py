@@ -5,8 +5,8 @@ A vocabulary file is a YAML mapping in the shape LLaMA-Factory uses for ``new_sp
     "<|fundus_severe_dr|>": "severe diabetic retinopathy"
 
 Token names follow ``<|modality_concept|>``: lowercase letters and digits in words joined by single underscores;
-single-modality sets (e.g. PathVQA) may leave the modality out (``<|tumor|>``). Without a file, the vocabulary is derived from the
-answers of the training data (see :func:`derive_vocab`).
+single-modality sets (e.g. PathVQA) may leave the modality out (``<|tumor|>``). Without a file, the vocabulary is
+derived from the answers of the training data (see :func:`derive_vocab`).
 """
 
 from __future__ import annotations

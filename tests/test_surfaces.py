@@ -13,6 +13,8 @@ import pytest
 from conftest import VENV_BIN, assert_ok, base_args, cli_env, run_cli, train_cli, write_yaml
 from lf_inprocess import run_sft
 
+from llamafactory_attok.eval.classification import score_generated
+
 pytestmark = pytest.mark.slow
 QUESTION = "<image>What kind of image is this?"
 
@@ -103,6 +105,8 @@ def test_batch_prediction_writes_generated_predictions(tiny_models, adapter, sam
     predicted = [first.search(r["predict"]).group(0) for r in rows]
     expected = [first.search(r["label"]).group(0) for r in rows]
     assert sum(p == e for p, e in zip(predicted, expected, strict=True)) >= 12
+    scores = score_generated(tmp_path / "pred" / "generated_predictions.jsonl", sample_data / "modality_train.json")
+    assert scores.total == 16 and scores.accuracy >= 0.75  # `attok eval` reads LF's predictions
 
 
 def test_loading_attok_folder_with_plugin_disabled_warns(tiny_models, adapter, tmp_path):

@@ -1,5 +1,12 @@
-"""One-forward attribute classifier: class probabilities from the attribute-token logits at the first answer
-position — a single forward pass per sample, no generation."""
+"""One-forward classifiers (beyond the paper's generation-based protocol).
+
+- attribute classifier: class probabilities from the attribute-token logits at the first answer position — one
+  forward pass per sample, no generation; optional temperature calibrated on a validation split;
+- retrieval (Table 6): cosine similarity between the final hidden state at that position and the attribute
+  tokens' output-head rows, i.e. the head rows used as classifier weights;
+- likelihood scoring, the fair counterpart for vanilla models without attribute tokens: each class name's full
+  token sequence scored by its summed log-probability (class names often share their first tokens).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..testing import chat_inputs
+from ..errors import AttTokError
+from ..testing import chat_inputs, chat_text
 from ..vocab import TOKEN_IN_TEXT
 
 
@@ -20,22 +28,28 @@ class Sample:
     index: int
     image: Path
     question: str
-    label_token: str
+    label_token: str | None
+    label: str | None = None
 
 
-def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None) -> list[Sample]:
-    """Sharegpt samples with one image; the label is the first attribute token of the answer."""
+def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None,
+                 require_token: bool = True) -> list[Sample]:
+    """Sharegpt samples with one image; the label token is the first attribute token of the answer."""
     path = Path(dataset_json)
     root = Path(media_dir) if media_dir else path.parent
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    if not rows:
+        raise AttTokError(f"{path}: no samples")
     samples = []
-    for index, row in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+    for index, row in enumerate(rows):
         turns = row["messages"]
         answer = next(t["content"] for t in turns if t["role"] == "assistant")
         tokens = TOKEN_IN_TEXT.findall(answer)
-        if not tokens:
-            raise ValueError(f"{path}: sample {index}: the answer has no attribute token to score against")
+        if require_token and not tokens:
+            raise AttTokError(f"{path}: sample {index}: the answer has no attribute token to score against")
         question = next(t["content"] for t in turns if t["role"] == "user").replace("<image>", "")
-        samples.append(Sample(index, root / row["images"][0], question, tokens[0]))
+        samples.append(Sample(index, root / row["images"][0], question, tokens[0] if tokens else None,
+                              row.get("label")))
     return samples
 
 
@@ -54,13 +68,79 @@ def load_model_for_inference(model_name_or_path: str, adapter: str | None = None
 
 
 @torch.no_grad()
-def attribute_probabilities(model, processor, samples: list[Sample], token_ids: list[int],
-                            temperature: float = 1.0, device: str = "cpu") -> torch.Tensor:
-    """(N, K) softmax over the attribute-token logits at the first answer position."""
+def first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
+                         device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position."""
+    from ..attach import base_model_of
+
     model.to(device).eval()
+    head = base_model_of(model).get_output_embeddings()
+    captured = {}
+    handle = head.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
+    logits, hidden = [], []
+    try:
+        processor.tokenizer.padding_side = "left"  # the last position is every row's first answer position
+        for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
+            batch = samples[start:start + batch_size]
+            inputs = processor(text=[chat_text(s.question) for s in batch],
+                               images=[Image.open(s.image).convert("RGB") for s in batch],
+                               padding=True, return_tensors="pt").to(device)
+            out = model(**inputs)
+            logits.append(out.logits[:, -1, token_ids].float().cpu())
+            hidden.append(captured["hidden"][:, -1].float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(logits), torch.cat(hidden)
+
+
+def attribute_probabilities(model, processor, samples: list[Sample], token_ids: list[int],
+                            temperature: float = 1.0, device: str = "cpu", batch_size: int = 8) -> torch.Tensor:
+    logits, _ = first_answer_outputs(model, processor, samples, token_ids, batch_size=batch_size, device=device)
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def calibrate_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """T minimising the validation NLL of softmax(logits / T) (LBFGS over log T)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.exp())
+
+
+def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """(N, K) cosine similarity of hidden states to the attribute tokens' output-head rows (Table 6)."""
+    from ..attach import base_model_of
+
+    head = base_model_of(model).get_output_embeddings()
+    weight = head(torch.eye(hidden.shape[1], device=next(model.parameters()).device)).T[token_ids].float().cpu()
+    return torch.nn.functional.normalize(hidden, dim=-1) @ torch.nn.functional.normalize(weight, dim=-1).T
+
+
+@torch.no_grad()
+def likelihood_scores(model, processor, samples: list[Sample], class_names: list[str],
+                      device: str = "cpu") -> torch.Tensor:
+    """(N, C) summed log-probability of each class name's full token sequence after the prompt."""
+    model.to(device).eval()
+    tokenizer = processor.tokenizer
     rows = []
-    for sample in tqdm(samples, desc="attribute classifier", leave=False):
-        inputs = chat_inputs(processor, Image.open(sample.image).convert("RGB"), sample.question).to(device)
-        logits = model(**inputs).logits[0, -1, token_ids].float()
-        rows.append(torch.softmax(logits / temperature, dim=-1).cpu())
+    for sample in tqdm(samples, desc="likelihood", leave=False):
+        image = Image.open(sample.image).convert("RGB")
+        prompt_len = chat_inputs(processor, image, sample.question)["input_ids"].shape[1]
+        scores = []
+        for name in class_names:
+            inputs = chat_inputs(processor, image, sample.question, name).to(device)
+            log_probs = torch.log_softmax(model(**inputs).logits[0, :-1].float(), dim=-1)
+            target = inputs["input_ids"][0, 1:]
+            positions = torch.arange(prompt_len - 1, target.shape[0], device=target.device)
+            scores.append(log_probs[positions, target[positions]].sum().item())
+        rows.append(torch.tensor(scores))
+    if tokenizer is None:
+        raise AttTokError("the processor has no tokenizer")
     return torch.stack(rows)

@@ -1,0 +1,91 @@
+"""`attok predict`: per-sample class probabilities without generation (one forward pass), written as JSONL.
+
+AttTok models: attribute-token logits (optionally temperature-calibrated on a validation split) and retrieval
+with the head rows as weights. Vanilla models (``--mode likelihood``): class-name likelihood scoring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from ..data.lf_format import write_atomic
+from ..errors import AttTokError
+from ..state import find_saved
+from ..vocab import AttributeVocab, load_vocab
+from .attribute_classifier import (
+    calibrate_temperature,
+    first_answer_outputs,
+    likelihood_scores,
+    load_model_for_inference,
+    read_samples,
+    retrieval_scores,
+)
+
+
+def resolve_vocab(model_path: str, adapter: str | None, vocab_path: str | None) -> AttributeVocab:
+    if vocab_path:
+        return load_vocab(vocab_path)
+    saved = find_saved([model_path, adapter])
+    if saved is None:
+        raise AttTokError(f"no attribute vocabulary: {adapter or model_path} holds no attok_vocab.yaml and no --vocab "
+                          "was given (for a vanilla model use --mode likelihood)")
+    return saved.vocab
+
+
+def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
+    return {"accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+
+
+def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
+                val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
+                batch_size: int = 8, template: str = "qwen2_vl") -> dict:
+    model, _, processor = load_model_for_inference(model_path, adapter, template)
+    if mode == "attribute":
+        vocab = resolve_vocab(model_path, adapter, vocab_path)
+        token_ids = processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens))
+        names = list(vocab.keywords)
+        samples = read_samples(dataset)
+        unknown = [s.index for s in samples if s.label_token not in vocab.tokens]
+        if unknown:
+            raise AttTokError(f"{dataset}: samples {unknown[:5]} carry tokens outside the model's vocabulary")
+        truth = [vocab.tokens.index(s.label_token) for s in samples]
+        logits, hidden = first_answer_outputs(model, processor, samples, token_ids, batch_size, device)
+        temperature = 1.0
+        if val_dataset:
+            val = read_samples(val_dataset)
+            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, device)
+            temperature = calibrate_temperature(val_logits, torch.tensor([vocab.tokens.index(s.label_token)
+                                                                           for s in val]))
+        probs = torch.softmax(logits / temperature, dim=-1)
+        retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
+    elif mode == "likelihood":
+        samples = read_samples(dataset, require_token=False)
+        if any(s.label is None for s in samples):
+            raise AttTokError(f"{dataset}: likelihood scoring needs each sample's `label` (class name)")
+        names = list(dict.fromkeys(s.label for s in samples))
+        truth = [names.index(s.label) for s in samples]
+        probs = torch.softmax(likelihood_scores(model, processor, samples, names, device), dim=-1)
+        temperature, retrieval = 1.0, None
+    else:
+        raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
+    predicted = probs.argmax(-1).tolist()
+    lines = []
+    for i, sample in enumerate(samples):
+        order = probs[i].argsort(descending=True)[:top_k].tolist()
+        row = {"id": sample.index, "label": names[truth[i]], "prediction": names[predicted[i]],
+               "top_k": [[names[j], round(float(probs[i, j]), 6)] for j in order],
+               "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs[i].tolist(), strict=True)}}
+        if retrieval is not None:
+            row["retrieval"] = names[retrieval[i]]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    write_atomic(out, "\n".join(lines) + "\n")
+    metrics = {"mode": mode, "samples": len(samples), "temperature": temperature, **_metrics(truth, predicted)}
+    if retrieval is not None:
+        metrics["retrieval_accuracy"] = _metrics(truth, retrieval)["accuracy"]
+    write_atomic(Path(out).with_suffix(".metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,53 @@
+"""`attok eval report`: any number of runs in one table, mean ± std across seeds, protocol stated beside it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from ..data.lf_format import write_atomic
+from .classification import mean_std
+
+PROTOCOL = (
+    "Protocol: one row per arm; `name@seed` runs of the same arm are pooled as mean ± sample std (n = seeds). "
+    "Generation-based scores parse the generated text after normalisation (attribute tokens stripped, lowercase, "
+    "punctuation removed; a prediction matching no class or several is wrong and counted as unparseable). "
+    "One-forward scores read the attribute-token logits at the first answer position (no generation); vanilla "
+    "models are scored by class-name likelihood."
+)
+METRICS = ("accuracy", "macro_f1", "retrieval_accuracy", "unparseable")
+
+
+def _arm(run: str) -> str:
+    return re.sub(r"@[^@]*$", "", run)
+
+
+def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = None) -> str:
+    """``runs``: run name (``arm@seed``) → metrics JSON (from ``attok predict`` or ``attok eval classify``)."""
+    by_arm: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seeds: dict[str, int] = defaultdict(int)
+    for run, path in runs.items():
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+        seeds[_arm(run)] += 1
+        for key in METRICS:
+            if isinstance(metrics.get(key), (int, float)):
+                by_arm[_arm(run)][key].append(float(metrics[key]))
+    present = [m for m in METRICS if any(m in v for v in by_arm.values())]
+    lines = ["# AttTok evaluation report", "", PROTOCOL, "",
+             "| arm | seeds | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
+    for arm, values in by_arm.items():
+        cells = []
+        for key in present:
+            if key in values:
+                mean, std = mean_std(values[key])
+                cells.append(f"{mean:.3f} ± {std:.3f}")
+            else:
+                cells.append("—")
+        lines.append(f"| {arm} | {seeds[arm]} | " + " | ".join(cells) + " |")
+    for figure in figures or []:
+        lines += ["", f"![{figure.stem}]({figure.name})"]
+    text = "\n".join(lines) + "\n"
+    write_atomic(out, text)
+    return text

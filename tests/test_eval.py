@@ -1,0 +1,110 @@
+"""Evaluation: normalisation rules, scores from generated text, one-forward prediction, calibration, report."""
+
+import json
+
+import pytest
+import torch
+from conftest import base_args
+from lf_inprocess import run_sft
+
+from llamafactory_attok.errors import AttTokError
+from llamafactory_attok.eval.attribute_classifier import calibrate_temperature
+from llamafactory_attok.eval.classification import score_generated
+from llamafactory_attok.eval.normalize import normalize, parse_class
+from llamafactory_attok.eval.predict import run_predict
+from llamafactory_attok.eval.report import build_report
+
+NAMES = [["no DR", "no diabetic retinopathy"], ["mild DR", "mild diabetic retinopathy"],
+         ["proliferative DR"], ["diabetic retinopathy"]]
+
+
+def test_normalisation_strips_tokens_case_and_punctuation():
+    assert normalize("<|fundus_mild_dr|> Mild  DR!<|im_end|>") == "mild dr"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<|fundus_no_dr|> no DR", 0),
+    ("The image shows mild diabetic retinopathy.", 1),  # keyword synonym; longer match beats "diabetic retinopathy"
+    ("diabetic retinopathy", 3),
+    ("mild DR or proliferative DR", None),  # several classes: unparseable
+    ("a healthy retina", None),  # none: unparseable
+    ("no drama", None),  # whole words only
+])
+def test_parse_class(text, expected):
+    assert parse_class(text, NAMES) == expected
+
+
+def _dataset(tmp_path, labels):
+    rows = [{"messages": [{"role": "user", "content": "<image>q"},
+                          {"role": "assistant", "content": f"<|fundus_{lab.replace(' ', '_').lower()}|> {lab}"}],
+             "images": ["x.png"], "label": lab} for lab in labels]
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(rows))
+    return path, rows
+
+
+def _predictions(tmp_path, rows, predicts, name="generated_predictions.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"prompt": "p", "predict": p, "label": r["messages"][1]["content"]}) + "\n"
+                            for p, r in zip(predicts, rows, strict=True)))
+    return path
+
+
+def test_scores_from_generated_text(tmp_path):
+    dataset, rows = _dataset(tmp_path, ["no DR", "mild DR", "mild DR", "no DR"])
+    predictions = _predictions(tmp_path, rows, ["no DR", "mild dr.", "no DR and mild DR", "banana"])
+    scores = score_generated(predictions, dataset)
+    assert scores.accuracy == 0.5 and scores.unparseable == 2 and scores.total == 4
+    assert scores.confusion == [[1, 0, 1], [0, 1, 1]]  # last column: unparseable
+    assert scores.per_class_f1 == {"no DR": pytest.approx(2 / 3), "mild DR": pytest.approx(2 / 3)}
+
+
+def test_predictions_from_another_dataset_are_refused(tmp_path):
+    dataset, rows = _dataset(tmp_path, ["no DR", "mild DR"])
+    other = [{"messages": [{}, {"content": "proliferative DR"}]}, {"messages": [{}, {"content": "no DR"}]}]
+    with pytest.raises(AttTokError, match="line 1: reference .* does not match dataset sample 0"):
+        score_generated(_predictions(tmp_path, other, ["x", "y"]), dataset)
+    with pytest.raises(AttTokError, match="1 predictions for 2 dataset samples"):
+        score_generated(_predictions(tmp_path, rows[:1], ["x"], "short.jsonl"), dataset)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(AttTokError, match="empty.jsonl: no predictions"):
+        score_generated(tmp_path / "empty.jsonl", dataset)
+
+
+def test_temperature_calibration_recovers_the_scale():
+    generator = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 5, generator=generator)
+    labels = torch.multinomial(torch.softmax(true_logits, -1), 1, generator=generator).squeeze(1)
+    assert calibrate_temperature(true_logits * 3.0, labels) == pytest.approx(3.0, rel=0.1)
+
+
+def test_report_pools_seeds_as_mean_and_std(tmp_path):
+    runs = {}
+    for arm, values in (("vanilla", (0.5, 0.7)), ("attok", (0.6, 0.6))):
+        for seed, value in enumerate(values):
+            path = tmp_path / f"{arm}{seed}.json"
+            path.write_text(json.dumps({"accuracy": value, "macro_f1": value / 2}))
+            runs[f"{arm}@{seed}"] = path
+    text = build_report(runs, tmp_path / "report.md")
+    assert "| vanilla | 2 | 0.600 ± 0.141 | 0.300 ± 0.071 |" in text
+    assert "| attok | 2 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
+    assert "Protocol:" in text and (tmp_path / "report.md").read_text() == text
+
+
+@pytest.mark.slow
+def test_one_forward_prediction_retrieval_and_likelihood(tiny_models, sample_data, tmp_path):
+    out = tmp_path / "adapter"
+    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
+                      max_steps=100, learning_rate=5e-3))
+    dataset = str(sample_data / "modality_train.json")
+    metrics = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "p.jsonl"), adapter=str(out),
+                          val_dataset=dataset, top_k=2, batch_size=5)
+    assert metrics["accuracy"] == 1.0 and metrics["temperature"] > 0 and "retrieval_accuracy" in metrics
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and len(rows[0]["top_k"]) == 2
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert json.loads((tmp_path / "p.metrics.json").read_text())["accuracy"] == 1.0
+    vanilla = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "v.jsonl"), mode="likelihood")
+    assert vanilla["samples"] == 16 and 0.0 <= vanilla["accuracy"] <= 1.0
+    with pytest.raises(AttTokError, match="no attribute vocabulary"):
+        run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "x.jsonl"))
