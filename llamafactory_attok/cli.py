@@ -177,6 +177,30 @@ def _eval_report(ns: argparse.Namespace) -> None:
     print(build_report({k: Path(v) for k, v in runs.items()}, out, figures))
 
 
+def _eval_vqa(ns: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from .data.lf_format import write_json
+    from .eval.vqa import DEFAULT_PROMPT, Judge, score_vqa
+
+    judge = None
+    if ns.judge_base_url:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=ns.judge_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
+                        timeout=ns.timeout, max_retries=ns.max_retries)
+        prompt = Path(ns.judge_prompt or DEFAULT_PROMPT).read_text(encoding="utf-8")
+        judge = Judge(client, ns.judge_model, prompt, Path(ns.out).with_suffix(".judge_cache.json"))
+    report = score_vqa(ns.predictions, ns.dataset, judge)
+    write_json(ns.out, report)
+    print(json.dumps({k: report[k] for k in ("closed_accuracy", "open_accuracy", "decided_by_rules",
+                                             "decided_by_judge", "judge")}, indent=2))
+    if report["judge_failures"]:
+        print(f"{len(report['judge_failures'])} judge failures, listed in {ns.out}", file=sys.stderr)
+    return 3 if (judge is not None and judge.unavailable) or report["judge_failures"] else 0
+
+
 def _add_eval_commands(sub) -> None:
     pred = sub.add_parser("predict", help="one-forward class probabilities per sample (JSONL), no generation")
     pred.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
@@ -199,6 +223,16 @@ def _add_eval_commands(sub) -> None:
     cls.add_argument("--vocab", default=None, help="adds vocabulary keywords as class synonyms")
     cls.add_argument("--out", required=True, help="scores JSON (+ .confusion.png)")
     cls.set_defaults(func=_eval_classify)
+    vqa = ev.add_parser("vqa", help="closed/open VQA accuracy: exact match, then an LLM judge")
+    vqa.add_argument("--predictions", required=True)
+    vqa.add_argument("--dataset", required=True, help="the dataset JSON (with answer_type) the predictions come from")
+    vqa.add_argument("--out", required=True)
+    vqa.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint; none: rules only")
+    vqa.add_argument("--judge-model", default="judge")
+    vqa.add_argument("--judge-prompt", default=None, help="prompt file with {question} {answer} {prediction}")
+    vqa.add_argument("--timeout", type=float, default=60.0)
+    vqa.add_argument("--max-retries", type=int, default=3)
+    vqa.set_defaults(func=_eval_vqa)
     rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ...")
     rep.add_argument("--run", action="append", required=True)
     rep.add_argument("--train-dir", action="append", default=[], help="name=output_dir for training curves")

@@ -23,8 +23,17 @@ def keyword_reply(prompt: str) -> str:
     return json.dumps({"keywords": [answer.group(1).strip().lower(), "left"]})
 
 
+def judge_reply(prompt: str) -> str:
+    """Deterministic judge: correct when the reference answer's words appear in the prediction."""
+    answer = re.search(r"Reference answer: (.*)", prompt).group(1).strip().lower()
+    prediction = re.search(r"Model prediction: (.*)", prompt).group(1).strip().lower()
+    return json.dumps({"correct": answer in prediction})
+
+
 class ScriptedServer:
-    def __init__(self, fail_first: list[int] | None = None, delay: float = 0.0, malformed: bool = False) -> None:
+    def __init__(self, fail_first: list[int] | None = None, delay: float = 0.0, malformed: bool = False,
+                 responder=keyword_reply) -> None:
+        self.responder = responder
         self.fail_first = list(fail_first or [])  # HTTP status codes for the first requests
         self.delay, self.malformed = delay, malformed
         self.requests = 0
@@ -45,7 +54,7 @@ class ScriptedServer:
                     return
                 time.sleep(server.delay)
                 prompt = body["messages"][-1]["content"]
-                content = "I think the keywords are fine." if server.malformed else keyword_reply(prompt)
+                content = "I think the keywords are fine." if server.malformed else server.responder(prompt)
                 server.completions += 1
                 self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0,
                                  "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
