@@ -201,6 +201,29 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     return 3 if (judge is not None and judge.unavailable) or report["judge_failures"] else 0
 
 
+def _eval_figures(ns: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .eval.analysis import acc_map_figure, collect, similarity_figure, tsne_figure
+    from .eval.attribute_classifier import load_model_for_inference, read_samples
+    from .eval.predict import resolve_vocab
+
+    model, _, processor = load_model_for_inference(ns.model, ns.adapter, ns.template)
+    vocab = resolve_vocab(ns.model, ns.adapter, ns.vocab)
+    samples = read_samples(ns.dataset)
+    labels = [vocab.tokens.index(s.label_token) for s in samples]
+    features = collect(model, processor, samples, processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens)),
+                       ns.batch_size, ns.device)
+    out = Path(ns.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(vocab.keywords)
+    written = [tsne_figure(features, labels, names, out / "tsne.png"),
+               similarity_figure(features, labels, names, out / "similarity.png")]
+    if features["weights"]:
+        written.append(acc_map_figure(samples, features, labels, out / "acc_maps.png"))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
 def _add_eval_commands(sub) -> None:
     pred = sub.add_parser("predict", help="one-forward class probabilities per sample (JSONL), no generation")
     pred.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
@@ -233,6 +256,16 @@ def _add_eval_commands(sub) -> None:
     vqa.add_argument("--timeout", type=float, default=60.0)
     vqa.add_argument("--max-retries", type=int, default=3)
     vqa.set_defaults(func=_eval_vqa)
+    fig = ev.add_parser("figures", help="t-SNE, similarity heatmaps and ACC attention maps of a trained model")
+    fig.add_argument("--model", required=True)
+    fig.add_argument("--adapter", default=None)
+    fig.add_argument("--dataset", required=True)
+    fig.add_argument("--vocab", default=None)
+    fig.add_argument("--out-dir", required=True)
+    fig.add_argument("--device", default="cpu")
+    fig.add_argument("--batch-size", type=int, default=8)
+    fig.add_argument("--template", default="qwen2_vl")
+    fig.set_defaults(func=_eval_figures)
     rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ...")
     rep.add_argument("--run", action="append", required=True)
     rep.add_argument("--train-dir", action="append", default=[], help="name=output_dir for training curves")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import base_args
+from conftest import assert_ok, base_args, run_cli
 from lf_inprocess import run_sft
 
 from llamafactory_attok.errors import AttTokError
@@ -91,11 +91,17 @@ def test_report_pools_seeds_as_mean_and_std(tmp_path):
     assert "Protocol:" in text and (tmp_path / "report.md").read_text() == text
 
 
-@pytest.mark.slow
-def test_one_forward_prediction_retrieval_and_likelihood(tiny_models, sample_data, tmp_path):
-    out = tmp_path / "adapter"
+@pytest.fixture(scope="module")
+def modality_adapter(tiny_models, sample_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "adapter"
     run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
                       max_steps=100, learning_rate=5e-3))
+    return out
+
+
+@pytest.mark.slow
+def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_models, sample_data, tmp_path):
+    out = modality_adapter
     dataset = str(sample_data / "modality_train.json")
     metrics = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "p.jsonl"), adapter=str(out),
                           val_dataset=dataset, top_k=2, batch_size=5)
@@ -108,3 +114,20 @@ def test_one_forward_prediction_retrieval_and_likelihood(tiny_models, sample_dat
     assert vanilla["samples"] == 16 and 0.0 <= vanilla["accuracy"] <= 1.0
     with pytest.raises(AttTokError, match="no attribute vocabulary"):
         run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "x.jsonl"))
+
+
+@pytest.mark.slow
+def test_analysis_figures_and_report_with_curves(modality_adapter, tiny_models, sample_data, tmp_path):
+    result = run_cli(["attok", "eval", "figures", "--model", str(tiny_models["qwen2_vl"]), "--adapter",
+                      str(modality_adapter), "--dataset", str(sample_data / "modality_train.json"), "--out-dir",
+                      str(tmp_path / "figs"), "--batch-size", "4"], cwd=tmp_path)
+    assert_ok(result)
+    for name in ("tsne.png", "similarity.png", "acc_maps.png"):
+        assert (tmp_path / "figs" / name).stat().st_size > 5000
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps({"accuracy": 1.0}))
+    result = run_cli(["attok", "eval", "report", "--run", f"attok@0={metrics}", "--train-dir",
+                      f"attok={modality_adapter}", "--out", str(tmp_path / "report.md")], cwd=tmp_path)
+    assert_ok(result)
+    assert "![report_curves](report_curves.png)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report_curves.png").is_file()
