@@ -131,3 +131,26 @@ def test_analysis_figures_and_report_with_curves(modality_adapter, tiny_models, 
     assert_ok(result)
     assert "![report_curves](report_curves.png)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_batched_likelihood_equals_one_sequence_at_a_time(tiny_models, sample_data):
+    from PIL import Image
+
+    from llamafactory_attok.eval.attribute_classifier import likelihood_scores, load_model_for_inference, read_samples
+    from llamafactory_attok.testing import chat_inputs
+
+    model, _, processor = load_model_for_inference(str(tiny_models["qwen2_vl"]))
+    samples = read_samples(sample_data / "retina_vanilla_test.json", require_token=False)[:2]
+    names = ["mild diabetic retinopathy", "moderate diabetic retinopathy", "no"]  # shared prefix, unequal lengths
+    batched = likelihood_scores(model, processor, samples, names)
+    for i, sample in enumerate(samples):
+        image = Image.open(sample.image).convert("RGB")
+        prompt_len = chat_inputs(processor, image, sample.question)["input_ids"].shape[1]
+        for j, name in enumerate(names):
+            inputs = chat_inputs(processor, image, sample.question, name)
+            with torch.no_grad():
+                log_probs = torch.log_softmax(model(**inputs).logits[0, :-1].float(), -1)
+            target = inputs["input_ids"][0, 1:]
+            expected = sum(log_probs[t, target[t]].item() for t in range(prompt_len - 1, target.shape[0]))
+            assert batched[i, j].item() == pytest.approx(expected, abs=1e-4)

@@ -126,21 +126,23 @@ def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch
 @torch.no_grad()
 def likelihood_scores(model, processor, samples: list[Sample], class_names: list[str],
                       device: str = "cpu") -> torch.Tensor:
-    """(N, C) summed log-probability of each class name's full token sequence after the prompt."""
+    """(N, C) summed log-probability of each class name's full token sequence after the prompt.
+
+    One forward per sample scores all C names at once (a right-padded batch of prompt + name_c); every token of
+    the name counts, so names sharing their first tokens ("mild …" / "moderate …") are still told apart.
+    """
     model.to(device).eval()
-    tokenizer = processor.tokenizer
+    processor.tokenizer.padding_side = "right"
     rows = []
     for sample in tqdm(samples, desc="likelihood", leave=False):
         image = Image.open(sample.image).convert("RGB")
         prompt_len = chat_inputs(processor, image, sample.question)["input_ids"].shape[1]
-        scores = []
-        for name in class_names:
-            inputs = chat_inputs(processor, image, sample.question, name).to(device)
-            log_probs = torch.log_softmax(model(**inputs).logits[0, :-1].float(), dim=-1)
-            target = inputs["input_ids"][0, 1:]
-            positions = torch.arange(prompt_len - 1, target.shape[0], device=target.device)
-            scores.append(log_probs[positions, target[positions]].sum().item())
-        rows.append(torch.tensor(scores))
-    if tokenizer is None:
-        raise AttTokError("the processor has no tokenizer")
+        inputs = processor(text=[chat_text(sample.question, name) for name in class_names],
+                           images=[image] * len(class_names), padding=True, return_tensors="pt").to(device)
+        log_probs = torch.log_softmax(model(**inputs).logits[:, :-1].float(), dim=-1)
+        targets = inputs["input_ids"][:, 1:]
+        token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        positions = torch.arange(targets.shape[1], device=targets.device).unsqueeze(0)
+        in_name = (positions >= prompt_len - 1) & inputs["attention_mask"][:, 1:].bool()
+        rows.append((token_scores * in_name).sum(-1).cpu())
     return torch.stack(rows)
