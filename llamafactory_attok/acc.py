@@ -43,11 +43,28 @@ class ACCAdapter(nn.Module):
         self.attok_k = nn.Linear(dim, dim, bias=False)
         self.attok_v = nn.Linear(dim, dim, bias=False)
         self.attok_o = nn.Linear(dim, dim, bias=False)
+        self._book_cache: tuple | None = None
         # nn.Linear's own bound U(±1/√d), drawn from an explicit generator so every rank builds the same weights
         bound = 1.0 / math.sqrt(dim)
         with torch.no_grad():
             for layer in (self.attok_q, self.attok_k, self.attok_v, self.attok_o):
                 layer.weight.uniform_(-bound, bound, generator=generator)
+
+    def _project_books(self, entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """B W_K and B W_V: once per forward in training (they change every step), and at inference once for as
+        long as the books and weights stay the same — they do not depend on the image, so a served model pays
+        their 2·3K·d² cost once instead of on every request."""
+        if self.training or torch.is_grad_enabled():
+            self._book_cache = None
+            return self.attok_k(entries), self.attok_v(entries)
+        versions = tuple((w.data_ptr(), w._version) for w in (self.attok_k.weight, self.attok_v.weight))
+        cache = self._book_cache
+        if cache is not None and cache[0] == versions and cache[1].shape == entries.shape and torch.equal(
+                cache[1], entries):
+            return cache[2], cache[3]
+        keys, values = self.attok_k(entries), self.attok_v(entries)
+        self._book_cache = (versions, entries.clone(), keys, values)
+        return keys, values
 
     def forward(
         self,
@@ -63,7 +80,7 @@ class ACCAdapter(nn.Module):
         """
         dtype = self.attok_q.weight.dtype
         entries = books.reshape(-1, books.shape[-1]).to(dtype)
-        keys, values = self.attok_k(entries), self.attok_v(entries)  # once per forward, not once per image
+        keys, values = self._project_books(entries)
         features = visual.to(dtype)
         attended, weights = acc_attention(self.attok_q(features), keys, values, books_valid.reshape(-1))
         delta = self.gamma * self.attok_o(attended)

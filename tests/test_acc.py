@@ -82,3 +82,23 @@ def test_all_four_projections_receive_gradient():
     out.sum().backward()
     for layer in (adapter.attok_q, adapter.attok_k, adapter.attok_v, adapter.attok_o):
         assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_inference_reuses_book_projections_until_books_change():
+    adapter, visual, books = make()
+    adapter.eval()
+    calls = []
+    adapter.attok_k.register_forward_hook(lambda *args: calls.append(1))
+    valid = torch.ones(3, 3, dtype=torch.bool)
+    with torch.no_grad():
+        first, _ = adapter(visual, books, valid)
+        second, _ = adapter(visual * 2, books, valid)
+        assert len(calls) == 1  # keys/values of the unchanged books computed once
+        expected = direct_formula(visual * 2, books, valid, adapter, 0.1)
+        np.testing.assert_allclose(second.double().numpy(), expected, atol=1e-5)
+        adapter(visual, books + 1, valid)
+        assert len(calls) == 2  # new books: projected again
+    adapter.train()
+    out, _ = adapter(visual, books, valid)
+    adapter(visual, books, valid)
+    assert len(calls) == 4  # training: every forward
