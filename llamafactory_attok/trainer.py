@@ -28,6 +28,29 @@ def _zero_participation(params) -> torch.Tensor:
     return sum(p.sum() for p in params) * 0.0
 
 
+def acm_term(module, plan: BatchPlan, device) -> torch.Tensor:
+    """Eq. 9 over this forward's anchors (the final hidden states the head pre-hook kept)."""
+    books, valid = plan.books if plan.books is not None else module.book_entries(device)
+    if plan.hidden is None:
+        anchors = books.new_zeros(0, books.shape[-1])
+    else:
+        anchors = plan.hidden[plan.anchor_batch, plan.anchor_pos]
+    return acm_loss(anchors, plan.anchor_classes, books, valid, module.acm, module.args.attok_tau)
+
+
+def update_prototypes(module, plan: BatchPlan, device) -> None:
+    """Eq. 5 from this micro-batch's real images; sums and counts all-reduced first (every rank, every call)."""
+    bank = module.books.bank
+    if plan.image_means is not None and plan.image_real.any():
+        real = plan.image_real
+        sums, counts = PrototypeBank.class_sums(plan.image_means[real], plan.image_labels[real])
+    else:
+        sums = torch.zeros_like(bank.prototypes, device=device)
+        counts = torch.zeros(bank.prototypes.shape[0], device=device)
+    sums, counts = all_reduce_sums(sums.to(device), counts.to(device))
+    bank.update(sums, counts)
+
+
 class AttTokTrainerMixin:
     """NTP + λ·ACM, prototype updates, AttTok state saved / resumed with every checkpoint."""
 
@@ -64,32 +87,13 @@ class AttTokTrainerMixin:
         acm_value = ntp.new_zeros(())
         weight = self.current_acm_weight() if module.acm is not None else 0.0
         if module.acm is not None:
-            acm_value = self._acm(module, plan, ntp.device)
+            acm_value = acm_term(module, plan, ntp.device)
             total = total + weight * acm_value
         if module.acc is not None and plan.visual_calls == 0:
             total = total + _zero_participation(module.acc.parameters())
-        self._update_prototypes(module, plan, ntp.device)
+        update_prototypes(module, plan, ntp.device)
         self._attok_record(ntp, acm_value, weight, plan)
         return (total, outputs) if return_outputs else total
-
-    def _acm(self, module, plan: BatchPlan, device) -> torch.Tensor:
-        books, valid = plan.books if plan.books is not None else module.book_entries(device)
-        if plan.hidden is None:
-            anchors = books.new_zeros(0, books.shape[-1])
-        else:
-            anchors = plan.hidden[plan.anchor_batch, plan.anchor_pos]
-        return acm_loss(anchors, plan.anchor_classes, books, valid, module.acm, module.args.attok_tau)
-
-    def _update_prototypes(self, module, plan: BatchPlan, device) -> None:
-        bank = module.books.bank
-        if plan.image_means is not None and plan.image_real.any():
-            real = plan.image_real
-            sums, counts = PrototypeBank.class_sums(plan.image_means[real], plan.image_labels[real])
-        else:
-            sums = torch.zeros_like(bank.prototypes, device=device)
-            counts = torch.zeros(bank.prototypes.shape[0], device=device)
-        sums, counts = all_reduce_sums(sums.to(device), counts.to(device))  # every rank, every micro-batch
-        bank.update(sums, counts)
 
     # ---- logging ---------------------------------------------------------------------------------------
 
