@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from .data.lf_format import dataset_entry, write_atomic
 
 RETINA_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_no_dr|>", "no diabetic retinopathy"),
@@ -22,20 +23,6 @@ RETINA_CLASSES: tuple[tuple[str, str], ...] = (
 QUESTION = "<image>Which grade of diabetic retinopathy does this fundus image show?"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 RETINA_NPZ = DATA_DIR / "sources" / "retinamnist" / "retinamnist.npz"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it into place (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _balanced_indices(labels, per_class: int) -> list[int]:
@@ -52,15 +39,6 @@ def _sample(image_rel: str, label: int, with_tokens: bool) -> dict:
         "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}],
         "images": [image_rel],
         "label": keyword,
-    }
-
-
-def dataset_info_entry(file_name: str) -> dict:
-    return {
-        "file_name": file_name,
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "images": "images"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }
 
 
@@ -94,14 +72,14 @@ def build_retina_sample(
             rows_vanilla.append(_sample(rel, int(labels[idx]), with_tokens=False))
         for kind, rows in (("attok", rows_attok), ("vanilla", rows_vanilla)):
             name = f"retina_{kind}_{split}"
-            atomic_write_text(out / f"{name}.json", json.dumps(rows, indent=1))
+            write_atomic(out / f"{name}.json", json.dumps(rows, indent=1))
             written[name] = f"{name}.json"
     vocab = "".join(f'"{tok}": "{kw}"\n' for tok, kw in RETINA_CLASSES)
-    atomic_write_text(out / "retina_vocab.yaml", "# RetinaMNIST DR grades (CC BY 4.0, MedMNIST v2)\n" + vocab)
+    write_atomic(out / "retina_vocab.yaml", "# RetinaMNIST DR grades (CC BY 4.0, MedMNIST v2)\n" + vocab)
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    info.update({name: dataset_info_entry(file) for name, file in written.items()})
-    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+    info.update({name: dataset_entry(file) for name, file in written.items()})
+    write_atomic(info_path, json.dumps(info, indent=2) + "\n")
     return written
 
 
@@ -135,9 +113,9 @@ def build_modality_sample(out_dir: str | os.PathLike, per_class: int = 8, image_
                 "images": [rel],
                 "label": keyword,
             })
-    atomic_write_text(out / "modality_train.json", json.dumps(rows, indent=1))
+    write_atomic(out / "modality_train.json", json.dumps(rows, indent=1))
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    info["modality_train"] = dataset_info_entry("modality_train.json")
-    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
+    info["modality_train"] = dataset_entry("modality_train.json")
+    write_atomic(info_path, json.dumps(info, indent=2) + "\n")
     return "modality_train"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,61 @@ def trainer_log(out: Path) -> list[dict]:
 
 def log_history(out: Path) -> list[dict]:
     return [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+
+
+def add_text_only_dataset(data: Path, name: str, limit: int | None = None) -> str:
+    """A copy of the AttTok training set without images (``<image>`` removed), registered as ``name``."""
+    rows = json.loads((data / "retina_attok_train.json").read_text())[:limit]
+    for row in rows:
+        row.pop("images")
+        row["messages"][0]["content"] = row["messages"][0]["content"].replace("<image>", "")
+    (data / f"{name}.json").write_text(json.dumps(rows))
+    info = json.loads((data / "dataset_info.json").read_text())
+    info[name] = {**info["retina_attok_train"], "file_name": f"{name}.json", "columns": {"messages": "messages"}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    return name
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def lf_api_server(config: Path, cwd: Path, timeout: float = 180):
+    """`llamafactory-cli api` on 127.0.0.1 and a free port; yields an `openai` client once it answers."""
+    from openai import OpenAI
+
+    port = free_port()
+    server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "api", str(config)], cwd=cwd,
+                              env=cli_env(API_HOST="127.0.0.1", API_PORT=str(port)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=60, max_retries=0)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                client.models.list()
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting; give up at the deadline
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(2)
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def modality_adapter(tiny_models, sample_data, tmp_path_factory) -> Path:
+    """An AttTok LoRA adapter (fundus vs chest X-ray) trained until its answers start with the right token."""
+    from lf_inprocess import run_sft
+
+    out = tmp_path_factory.mktemp("modality") / "adapter"
+    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
+                      max_steps=100, learning_rate=5e-3))
+    return out

@@ -3,12 +3,9 @@ a scripted one (happy path, 429/500 retries, timeouts, malformed replies) and `l
 the tiny model (junk replies). The `openai` client is used as is, never mocked."""
 
 import json
-import socket
-import subprocess
-import time
 
 import pytest
-from conftest import REPO, VENV_BIN, cli_env, run_cli, write_yaml
+from conftest import REPO, lf_api_server, run_cli, write_yaml
 from openai import OpenAI
 from scripted_openai import ScriptedServer
 
@@ -101,40 +98,17 @@ def test_cli_end_to_end_on_vqa_rad_subset(tmp_path):
     assert "rad_attok" in info and (out / tagged[0]["images"][0]).is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_junk_from_a_real_lf_api_server_is_reported_not_invented(tiny_models, tmp_path):
     config = write_yaml(tmp_path / "api.yaml", {"model_name_or_path": str(tiny_models["qwen2_vl"]),
                                                  "template": "qwen2_vl", "infer_dtype": "float32",
                                                  "max_new_tokens": 8})
-    port = _free_port()
-    server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "api", str(config)], cwd=tmp_path,
-                              env=cli_env(API_HOST="127.0.0.1", API_PORT=str(port)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=60, max_retries=0)
-        deadline = time.time() + 180
-        while True:
-            try:
-                client.models.list()
-                break
-            except Exception:  # noqa: BLE001 - still starting; give up at the deadline
-                if time.time() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(2)
+    with lf_api_server(config, tmp_path) as client:
         data = tmp_path / "qa.json"
         data.write_text(json.dumps(_rows(ANSWERS[:3])))
         result = run_cli(["attok", "data", "vqa-attributes", str(data), "--out", str(tmp_path / "out"), "--name",
-                          "junk", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "tiny",
+                          "junk", "--base-url", str(client.base_url), "--model", "tiny",
                           "--max-attempts", "2", "--concurrency", "1", "--min-count", "1"], cwd=tmp_path)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert result.returncode == 1
     report = json.loads((tmp_path / "out" / "junk_report.json").read_text())
     assert len(report["failures"]) == 3 and all("malformed reply" in f["error"] for f in report["failures"])

@@ -3,11 +3,10 @@
 Mixed micro-batches (with and without attribute tokens, with and without images) must not hang; prototypes are
 identical on both ranks (checked at every save); only attribute rows change; the adapter reloads."""
 
-import json
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, base_args, train_cli, trainer_log
+from conftest import REPO, add_text_only_dataset, assert_ok, base_args, train_cli, trainer_log
 from lf_inprocess import effective_rows, row_hashes
 from safetensors.torch import load_file
 
@@ -20,15 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def mixed_data(sample_data):
     """Adds a text-only copy of the AttTok set so some micro-batches carry no image."""
-    rows = json.loads((sample_data / "retina_attok_train.json").read_text())[:12]
-    for row in rows:
-        row.pop("images")
-        row["messages"][0]["content"] = row["messages"][0]["content"].replace("<image>", "")
-    (sample_data / "textonly_small.json").write_text(json.dumps(rows))
-    info = json.loads((sample_data / "dataset_info.json").read_text())
-    info["retina_textonly_small"] = {**info["retina_attok_train"], "file_name": "textonly_small.json",
-                                     "columns": {"messages": "messages"}}
-    (sample_data / "dataset_info.json").write_text(json.dumps(info))
+    add_text_only_dataset(sample_data, "retina_textonly_small", limit=12)
     return sample_data
 
 

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_ok, base_args, run_cli
-from lf_inprocess import run_sft
+from conftest import assert_ok, run_cli
 
 from llamafactory_attok.errors import AttTokError
 from llamafactory_attok.eval.attribute_classifier import calibrate_temperature
@@ -89,14 +88,6 @@ def test_report_pools_seeds_as_mean_and_std(tmp_path):
     assert "| vanilla | 2 | 0.600 ± 0.141 | 0.300 ± 0.071 |" in text
     assert "| attok | 2 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
     assert "Protocol:" in text and (tmp_path / "report.md").read_text() == text
-
-
-@pytest.fixture(scope="module")
-def modality_adapter(tiny_models, sample_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "adapter"
-    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
-                      max_steps=100, learning_rate=5e-3))
-    return out
 
 
 @pytest.mark.slow

@@ -5,13 +5,9 @@ import base64
 import json
 import os
 import re
-import socket
-import subprocess
-import time
 
 import pytest
-from conftest import VENV_BIN, assert_ok, base_args, cli_env, run_cli, train_cli, write_yaml
-from lf_inprocess import run_sft
+from conftest import assert_ok, base_args, lf_api_server, run_cli, train_cli, write_yaml
 
 from llamafactory_attok.eval.classification import score_generated
 
@@ -20,12 +16,8 @@ QUESTION = "<image>What kind of image is this?"
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_models, sample_data, tmp_path_factory):
-    """An AttTok LoRA adapter trained until its answers start with the attribute token."""
-    out = tmp_path_factory.mktemp("surfaces") / "adapter"
-    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
-                      max_steps=100, learning_rate=5e-3))
-    return out
+def adapter(modality_adapter):
+    return modality_adapter
 
 
 def _images(sample_data) -> dict[str, str]:
@@ -52,34 +44,12 @@ def test_chat_hides_attribute_tokens_unless_asked(tiny_models, adapter, sample_d
         assert "<|" not in hidden[token] and hidden[token].strip() == re.sub(r"<\|\w+\|>", "", shown[token]).strip()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_openai_compatible_api_answers_an_image_question(tiny_models, adapter, sample_data, tmp_path):
-    from openai import OpenAI
-
     config = write_yaml(tmp_path / "api.yaml", {
         "model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(adapter),
         "template": "qwen2_vl", "infer_dtype": "float32", "do_sample": False, "max_new_tokens": 6,
         "attok_show_tokens": True})
-    port = _free_port()
-    env = cli_env(API_HOST="127.0.0.1", API_PORT=str(port))
-    server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "api", str(config)], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=30, max_retries=0)
-        deadline = time.time() + 180
-        while True:
-            try:
-                client.models.list()
-                break
-            except Exception:  # noqa: BLE001 - the server is still starting; give up at the deadline
-                if time.time() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(2)
+    with lf_api_server(config, tmp_path) as client:
         for token, image in _images(sample_data).items():
             data = base64.b64encode(open(image, "rb").read()).decode()
             reply = client.chat.completions.create(model="attok", temperature=0, max_tokens=6, messages=[{
@@ -87,9 +57,6 @@ def test_openai_compatible_api_answers_an_image_question(tiny_models, adapter, s
                     {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
                     {"type": "text", "text": "What kind of image is this?"}]}])
             assert reply.choices[0].message.content.startswith(token)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_batch_prediction_writes_generated_predictions(tiny_models, adapter, sample_data, tmp_path):

@@ -1,11 +1,10 @@
 """The AttTok trainer inside `run_exp`: ACM falls, ACC trains, ablations, image-free samples, exact resume."""
 
-import json
 import shutil
 
 import pytest
 import torch
-from conftest import base_args, trainer_log
+from conftest import add_text_only_dataset, base_args, trainer_log
 from lf_inprocess import run_sft
 from safetensors.torch import load_file
 
@@ -45,15 +44,7 @@ def test_fig3_ablation_variants_train(acc, acm, tiny_models, sample_data, tmp_pa
 
 
 def test_image_free_samples_are_skipped_for_prototypes_and_counted(tiny_models, sample_data, tmp_path):
-    rows = json.loads((sample_data / "retina_attok_train.json").read_text())
-    for row in rows:
-        row.pop("images")
-        row["messages"][0]["content"] = row["messages"][0]["content"].replace("<image>", "")
-    (sample_data / "textonly.json").write_text(json.dumps(rows))
-    info = json.loads((sample_data / "dataset_info.json").read_text())
-    info["retina_textonly"] = {**info["retina_attok_train"], "file_name": "textonly.json",
-                               "columns": {"messages": "messages"}}
-    (sample_data / "dataset_info.json").write_text(json.dumps(info))
+    add_text_only_dataset(sample_data, "retina_textonly")
     args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, max_steps=3,
                      dataset="retina_textonly")
     probe = run_sft(args)
