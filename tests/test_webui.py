@@ -56,7 +56,10 @@ def webui(tmp_path):
 
 
 def _choose(page, label: str, value: str) -> None:
-    box = page.get_by_label(label, exact=True).first  # the Train tab's widget comes first
+    # the Train tab's widget is the visible one (the Evaluate tab has hidden twins); the list may re-render after a
+    # change elsewhere, so wait for it to be visible again before typing
+    box = page.get_by_label(label, exact=True).filter(visible=True).first
+    box.wait_for(state="visible", timeout=30_000)
     box.click()
     box.fill(value)
     page.keyboard.press("Enter")
@@ -83,7 +86,7 @@ def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_pat
         data_dir = page.get_by_role("textbox", name="Data dir")
         data_dir.fill(str(sample_data))
         data_dir.press("Enter")
-        page.wait_for_timeout(1000)
+        page.wait_for_timeout(3000)  # LlamaBoard reloads the dataset list from the new folder
         _choose(page, "Dataset", "retina_attok_train")
         _choose(page, "Output dir", str(out))
         page.get_by_text("Extra configurations").click()
