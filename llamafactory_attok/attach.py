@@ -73,9 +73,6 @@ class AttTokModule(nn.Module):
         ids = torch.tensor(self.token_ids, dtype=torch.long, device=device)
         return self.books(self.embedding(ids))
 
-    def extra_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     # ---- hooks ------------------------------------------------------------------------------------------
 
     def on_visual_output(self, module, args, kwargs, output):
@@ -94,10 +91,9 @@ class AttTokModule(nn.Module):
             return output
         books, valid = self.book_entries(features.device)
         token_mask = plan.token_mask if plan is not None else None
-        output.pooler_output, weights = self.acc(features, books, valid, token_mask)
+        output.pooler_output, _ = self.acc(features, books, valid, token_mask)
         if plan is not None:
             plan.books = (books, valid)
-            plan.acc_weights = weights
         return output
 
     def on_head_input(self, module, args):

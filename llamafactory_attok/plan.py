@@ -8,7 +8,7 @@ next-token label is an attribute token (the ACM anchors f^a, Eq. 9).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -27,9 +27,7 @@ class BatchPlan:
     image_means: torch.Tensor | None = None
     books: tuple[torch.Tensor, torch.Tensor] | None = None
     hidden: torch.Tensor | None = None
-    acc_weights: torch.Tensor | None = None
     visual_calls: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 def attribute_class_map(token_ids: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
