@@ -55,15 +55,49 @@ def webui(tmp_path):
         server.wait(timeout=30)
 
 
-def _choose(page, label: str, value: str) -> None:
-    # the Train tab's widget is the visible one (the Evaluate tab has hidden twins); the list may re-render after a
-    # change elsewhere, so wait for it to be visible again before typing
-    box = page.get_by_label(label, exact=True).filter(visible=True).first
-    box.wait_for(state="visible", timeout=30_000)
-    box.click()
-    box.fill(value)
+def _choose(page, label: str, value: str, attempts: int = 8) -> None:
+    """Type into a dropdown and pick with Enter. The Train tab's widget is the visible one (the Evaluate tab has
+    hidden twins); Gradio hides a component while one of its events runs, so retry until it is back."""
+    for attempt in range(attempts):
+        box = page.get_by_label(label, exact=True).filter(visible=True).first
+        try:
+            box.click(timeout=5_000)
+            box.fill(value, timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - hidden while an event runs; the last attempt re-raises below
+            if attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(1_000)
     page.keyboard.press("Enter")
     page.wait_for_timeout(300)
+
+
+def _set_data_dir(page, folder: str) -> None:
+    """Type the folder (its change event reloads the Dataset list); retype if the list does not come back."""
+    box = page.get_by_role("textbox", name="Data dir")
+    dataset = page.get_by_label("Dataset", exact=True).filter(visible=True)
+    for _ in range(3):
+        box.fill(folder)
+        box.blur()
+        try:
+            dataset.first.wait_for(state="visible", timeout=20_000)
+            return
+        except Exception:  # noqa: BLE001 - Gradio still re-rendering; type the folder again
+            page.wait_for_timeout(1000)
+    raise AssertionError("LlamaBoard never showed the Dataset list for " + folder)
+
+
+def _fill_train_tab(page, webui, tiny_models, sample_data, out, extra) -> None:
+    page.goto(webui, timeout=60_000)
+    page.wait_for_selector("text=Model path", timeout=60_000)
+    _choose(page, "Model name", "tiny-qwen2-vl")
+    page.get_by_role("textbox", name="Model path").fill(str(tiny_models["qwen2_vl"]))
+    _choose(page, "Chat template", "qwen2_vl")
+    _set_data_dir(page, str(sample_data))
+    _choose(page, "Dataset", "retina_attok_train")
+    _choose(page, "Output dir", str(out))
+    page.get_by_text("Extra configurations").click()
+    page.get_by_role("textbox", name="Extra arguments").fill(json.dumps(extra))
 
 
 def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_path):
@@ -77,20 +111,16 @@ def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_pat
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
-        page.goto(webui, timeout=60_000)
-        page.wait_for_selector("text=Model path", timeout=60_000)
-        _choose(page, "Model name", "tiny-qwen2-vl")
-        page.get_by_role("textbox", name="Model path").fill(str(tiny_models["qwen2_vl"]))
-        _choose(page, "Chat template", "qwen2_vl")
-        data_dir = page.get_by_role("textbox", name="Data dir")
-        data_dir.fill(str(sample_data))
-        data_dir.press("Enter")
-        page.wait_for_timeout(3000)  # LlamaBoard reloads the dataset list from the new folder
-        _choose(page, "Dataset", "retina_attok_train")
-        _choose(page, "Output dir", str(out))
-        page.get_by_text("Extra configurations").click()
-        page.get_by_role("textbox", name="Extra arguments").fill(json.dumps(extra))
+        for attempt in range(4):  # Gradio sometimes keeps a re-rendered dropdown hidden; start over in a new page
+            page = browser.new_page(viewport={"width": 1400, "height": 2200})
+            try:
+                _fill_train_tab(page, webui, tiny_models, sample_data, out, extra)
+                break
+            except Exception:  # noqa: BLE001 - retried in a fresh page; the last attempt re-raises
+                page.screenshot(path=str(ARTIFACTS / f"webui_attempt{attempt}.png"))
+                page.close()
+                if attempt == 3:
+                    raise
         page.get_by_role("button", name="Start").click()
         deadline = time.time() + 300
         while time.time() < deadline and not (out / "attok_state.safetensors").exists():
