@@ -30,14 +30,13 @@ class BatchPlan:
     visual_calls: int = 0
 
 
-def attribute_class_map(token_ids: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.tensor(token_ids, dtype=torch.long, device=device)
-    return ids, torch.arange(len(token_ids), device=device)
+def attribute_ids(token_ids: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(token_ids, dtype=torch.long, device=device)
 
 
 def find_anchors(labels: torch.Tensor, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(batch, position, class) of every position whose next-token label is attribute k (each occurrence)."""
-    ids, _ = attribute_class_map(token_ids, labels.device)
+    ids = attribute_ids(token_ids, labels.device)
     next_labels = labels[:, 1:]
     hits = torch.isin(next_labels, ids).nonzero(as_tuple=False)
     classes = (next_labels[hits[:, 0], hits[:, 1]].unsqueeze(1) == ids.unsqueeze(0)).float().argmax(1)
@@ -46,7 +45,7 @@ def find_anchors(labels: torch.Tensor, token_ids: list[int]) -> tuple[torch.Tens
 
 def sample_attributes(labels: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
     """(B, K) multi-hot: which attribute tokens appear in each sample's labels."""
-    ids, _ = attribute_class_map(token_ids, labels.device)
+    ids = attribute_ids(token_ids, labels.device)
     return (labels.unsqueeze(-1) == ids.view(1, 1, -1)).any(1).to(torch.long)
 
 

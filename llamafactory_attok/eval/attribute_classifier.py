@@ -111,7 +111,7 @@ def calibrate_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
