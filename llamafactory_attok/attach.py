@@ -3,9 +3,9 @@
 The module lives at ``<base model>.attok`` so the Trainer optimises it and DeepSpeed partitions it (it must
 exist before the Trainer is built). Two hooks connect it to the model:
 
-- a forward hook on the vision tower (Qwen2-VL / Qwen2.5-VL ``model.model.visual``; transformers 5 returns an
-  output whose ``pooler_output`` is the merger output at LLM width, already back in image order for
-  Qwen2.5-VL) applies ACC (Eq. 6–7) to real image tokens and records per-image mean tokens for Eq. 5;
+- a forward hook on the module whose output holds the visual tokens at LLM width — named by the model's family
+  (:mod:`llamafactory_attok.families`: the Qwen merger, or the multi-modal projector of Gemma-3 / InternVL /
+  LLaVA) — applies ACC (Eq. 6–7) to real image tokens and records per-image mean tokens for Eq. 5;
 - a forward pre-hook on the output head records the final hidden states (f^a of Eq. 9), so the model is not
   asked for ``output_hidden_states`` of every layer.
 """
@@ -19,6 +19,8 @@ from .acc import ACCAdapter
 from .acm import ACMProjection
 from .args import AttTokArguments
 from .books import AttributeBooks, check_ranks_agree
+from .errors import AttTokError
+from .families import VisionFamily, family_for
 from .log import get_logger
 from .plan import BatchPlan, image_means
 from .rows import gathered
@@ -33,20 +35,17 @@ def base_model_of(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def family_of(base: nn.Module) -> VisionFamily:
+    return family_for(base.config)
+
+
 def vision_tower(base: nn.Module) -> nn.Module:
-    inner = getattr(base, "model", base)
-    tower = getattr(inner, "visual", None)
-    if tower is None:
-        raise ValueError(f"{type(base).__name__} has no `model.visual` vision tower")
-    return tower
+    """The module whose output holds the visual tokens at LLM width (the family's hook point)."""
+    return family_of(base).feature_module(base)
 
 
 def image_token_id(base: nn.Module) -> int:
-    return int(base.config.image_token_id)
-
-
-def merge_size(base: nn.Module) -> int:
-    return int(base.config.vision_config.spatial_merge_size)
+    return family_of(base).image_token_id(base.config)
 
 
 class AttTokModule(nn.Module):
@@ -57,11 +56,13 @@ class AttTokModule(nn.Module):
         dim = keyword_init.shape[1]
         generator = torch.Generator().manual_seed(seed)  # identical on every rank: ZeRO needs equal replicas
         self.args = args
+        self.dim = dim
         self.token_ids = list(token_ids)
         self.books = AttributeBooks(keyword_init, momentum=args.attok_ema)
         self.acc = ACCAdapter(dim, args.attok_acc_gamma, generator) if args.attok_acc else None
         self.acm = ACMProjection(dim) if args.attok_acm else None
         self.plan: BatchPlan | None = None
+        self.family: VisionFamily | None = None  # set by attach()
         self._embedding: list[nn.Module] = []  # a plain list: the model's embedding must not become our submodule
 
     @property
@@ -77,9 +78,13 @@ class AttTokModule(nn.Module):
 
     def on_visual_output(self, module, args, kwargs, output):
         """Vision-tower forward hook: ACC on real image tokens; per-image means for the prototypes."""
-        features = getattr(output, "pooler_output", None)
-        if not torch.is_tensor(features):
+        features = self.family.read_features(output)
+        if features is None:
             return output
+        if features.shape[-1] != self.dim:
+            raise AttTokError(
+                f"{self.family.name}: visual tokens are {features.shape[-1]} wide but the language model is "
+                f"{self.dim} wide; AttTok needs the vision output at LLM width.")
         plan = self.plan
         if plan is not None:
             plan.visual_calls += 1
@@ -91,10 +96,10 @@ class AttTokModule(nn.Module):
             return output
         books, valid = self.book_entries(features.device)
         token_mask = plan.token_mask if plan is not None else None
-        output.pooler_output, _ = self.acc(features, books, valid, token_mask)
+        refined, _ = self.acc(features, books, valid, token_mask)
         if plan is not None:
             plan.books = (books, valid)
-        return output
+        return self.family.write_features(output, refined)
 
     def on_head_input(self, module, args):
         """Output-head pre-hook: keep the final hidden states for the ACM anchors."""
@@ -121,10 +126,16 @@ class AttTokModule(nn.Module):
 
 
 def keyword_embeddings(model: nn.Module, keyword_ids: list[list[int]]) -> torch.Tensor:
-    """(K, d) mean of each keyword's input-embedding rows (§4.1's e_ind initialisation)."""
-    weight = model.get_input_embeddings().weight
+    """(K, d) mean of each keyword's input embeddings (§4.1's e_ind initialisation).
+
+    Rows are scaled like the embedding module scales them on lookup (Gemma's √d ``embed_scale``; 1 elsewhere),
+    so e_ind starts where the text the model reads lives.
+    """
+    embedding = model.get_input_embeddings()
+    scale = float(getattr(embedding, "embed_scale", 1.0))
+    weight = embedding.weight
     with gathered([weight], modify=False):
-        return torch.stack([weight.data[list(ids)].float().mean(0) for ids in keyword_ids]).cpu()
+        return torch.stack([weight.data[list(ids)].float().mean(0) * scale for ids in keyword_ids]).cpu()
 
 
 def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keyword_ids: list[list[int]],
@@ -135,6 +146,7 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
     if isinstance(existing, AttTokModule):
         return existing
     module = AttTokModule(args, token_ids, keyword_embeddings(base, keyword_ids), seed)
+    module.family = family_for(base.config)
     module.to(next(base.parameters()).device)
     base.attok = module
     module._embedding.append(base.get_input_embeddings())

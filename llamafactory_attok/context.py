@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .args import AttTokArguments
 from .errors import AttTokError
-from .families import check_family
+from .families import check_widths
 from .log import get_logger
 from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
 from .state import SavedAttTok
@@ -75,7 +75,8 @@ class AttTokContext:
 
     def setup_model(self, model, tokenizer) -> None:
         """Check the family, grow the embedding only if needed, initialise newly added rows by id."""
-        self.model_type = check_family(getattr(model.config, "model_type", None), "attok")
+        check_widths(model.config, "attok")
+        self.model_type = model.config.model_type
         resized = resize_if_needed(model, tokenizer)
         new = set(self.new_token_ids)
         rows = [(tid, kw) for tid, kw in zip(self.token_ids, self.keyword_ids, strict=True) if tid in new]

@@ -75,10 +75,10 @@ def _check_lf_args(attok: AttTokArguments, model_args, finetuning_args) -> None:
 def _check_model_family(model_args) -> None:
     from transformers import AutoConfig
 
-    from .families import check_family
+    from .families import check_widths
 
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    check_family(getattr(config, "model_type", None), f"model {model_args.model_name_or_path}")
+    check_widths(config, f"model {model_args.model_name_or_path}")
 
 
 def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:

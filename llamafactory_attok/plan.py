@@ -1,6 +1,6 @@
 """Where the attributes and the images of one batch are (plain torch; no model code).
 
-From ``input_ids`` / ``attention_mask`` / ``labels`` / ``image_grid_thw`` it finds, for one forward pass:
+From ``input_ids`` / ``attention_mask`` / ``labels`` and the visual tokens per image it finds, for one forward pass:
 which visual tokens belong to which image, which images are real (LF's collator inserts a dummy 64×64 image
 with attention mask 0 into image-free batches), which attributes each image carries, and the positions whose
 next-token label is an attribute token (the ACM anchors f^a, Eq. 9).
@@ -62,19 +62,29 @@ def image_layout(
     return first[:, 0], real
 
 
-def build_plan(inputs: dict, token_ids: list[int], image_token_id: int, merge_size: int) -> BatchPlan:
+def qwen_image_sizes(inputs: dict, merge_size: int) -> list[int] | None:
+    """Visual tokens per image of a Qwen-style batch: ``image_grid_thw`` over the merge window."""
+    grid = inputs.get("image_grid_thw")
+    if grid is None or inputs.get("pixel_values") is None:
+        return None
+    return (grid.prod(-1) // merge_size**2).tolist()
+
+
+def build_plan(inputs: dict, token_ids: list[int], image_token_id: int, merge_size: int = 2,
+               image_sizes: list[int] | None = None) -> BatchPlan:
+    """The plan of one batch. ``image_sizes`` (visual tokens per image, from the model's family) defaults to the
+    Qwen rule with ``merge_size``; None there, or no pixels, means a batch without images."""
     labels = inputs["labels"]
     anchor_batch, anchor_pos, anchor_classes = find_anchors(labels, token_ids)
     per_sample = sample_attributes(labels, token_ids)
-    grid = inputs.get("image_grid_thw")
-    if grid is None or inputs.get("pixel_values") is None:
+    sizes = image_sizes if image_sizes is not None else qwen_image_sizes(inputs, merge_size)
+    if sizes is None or inputs.get("pixel_values") is None:
         empty = torch.zeros(0, dtype=torch.bool, device=labels.device)
         return BatchPlan(
             token_mask=None, image_sizes=[], image_real=empty, image_labels=per_sample[:0],
             anchor_batch=anchor_batch, anchor_pos=anchor_pos, anchor_classes=anchor_classes,
             samples_with_attribute_no_image=int((per_sample.sum(1) > 0).sum()),
         )
-    sizes = (grid.prod(-1) // merge_size**2).tolist()
     attention = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
     image_sample, image_real = image_layout(inputs["input_ids"], attention, image_token_id, sizes)
     token_mask = torch.repeat_interleave(image_real, torch.tensor(sizes, device=image_real.device))

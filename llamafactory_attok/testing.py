@@ -1,8 +1,10 @@
-"""Tiny offline Qwen2-VL / Qwen2.5-VL models for tests, the demo and benchmarks.
+"""Tiny offline vision-language models of every supported family, for tests, the demo and benchmarks.
 
 Nothing here touches the network: the tokenizer is a byte-level BPE trained with ``tokenizers`` on a small
-built-in corpus and wrapped in ``Qwen2TokenizerFast`` with the Qwen special tokens; the weights are random
-(seeded). LLaMA-Factory loads the result with ``template: qwen2_vl``.
+built-in corpus and wrapped as the family's fast tokenizer (``Qwen2TokenizerFast`` with the Qwen special tokens for
+the Qwen families); the weights are random (seeded). LLaMA-Factory loads the result with the family's own template
+(:data:`TEMPLATES`: ``qwen2_vl``, ``qwen3_vl``, ``gemma3``, ``intern_vl``, ``llava``). The per-family recipes are
+in :mod:`llamafactory_attok.tiny_specs`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-Family = Literal["qwen2_vl", "qwen2_5_vl"]
-FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl")
+from .tiny_specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SPECS, TinySpec
 
-QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+FAMILIES: tuple[str, ...] = tuple(SPECS)
+Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "intern_vl", "llava"]
+QWEN_SPECIAL_TOKENS = QWEN_SPECIALS
+TEMPLATES: dict[str, str] = {family: spec.template for family, spec in SPECS.items()}
 
 _CORPUS = """
 system user assistant you are a helpful assistant. what is shown in this image? which disease does this image show?
@@ -38,119 +33,86 @@ modality organ finding abnormality image shows this patient diagnosis severity l
 0 1 2 3 4 5 6 7 8 9 , . : ; ? ! ( ) - _ / < > | [ ]
 """
 
-SPECIAL_IDS_CONFIG_KEYS = {
-    "image_token_id": "<|image_pad|>",
-    "video_token_id": "<|video_pad|>",
-    "vision_start_token_id": "<|vision_start|>",
-    "vision_end_token_id": "<|vision_end|>",
-}
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
-def build_tiny_tokenizer(vocab_size: int = 400):
-    """Train a byte-level BPE on the built-in corpus and wrap it as a Qwen2 fast tokenizer."""
+def spec_of(family: str) -> TinySpec:
+    """The tiny-model recipe of ``family`` (an LF-style name, or a config ``model_type`` such as ``internvl``)."""
+    family = MODEL_TYPE_ALIASES.get(family, family)
+    if family not in SPECS:
+        raise ValueError(f"Unknown tiny-model family {family!r}; choose from {', '.join(FAMILIES)}.")
+    return SPECS[family]
+
+
+def build_tiny_tokenizer(vocab_size: int = 400, family: Family = "qwen2_vl"):
+    """Train a byte-level BPE on the built-in corpus and wrap it as the family's fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
 
+    spec = spec_of(family)
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        special_tokens=list(spec.specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    tokenizer = Qwen2TokenizerFast(
-        tokenizer_object=bpe,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        unk_token=None,
-        bos_token=None,
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
-    )
-    tokenizer.chat_template = (
-        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-        "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
-        "<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}"
-        "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
+    others = [tok for tok in spec.specials if tok not in (spec.pad, spec.eos, spec.bos)]
+    if spec.specials == QWEN_SPECIALS:
+        tokenizer = Qwen2TokenizerFast(
+            tokenizer_object=bpe, pad_token=spec.pad, eos_token=spec.eos, unk_token=None, bos_token=None,
+            additional_special_tokens=list(QWEN_SPECIALS[1:]),
+        )
+    else:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe, pad_token=spec.pad, eos_token=spec.eos, bos_token=spec.bos,
+            additional_special_tokens=others, extra_special_tokens=dict(spec.named),
+        )
+    if spec.specials == QWEN_SPECIALS:
+        tokenizer.chat_template = _CHAT_TEMPLATE
     return tokenizer
 
 
-def _text_config(vocab_size: int, tokenizer, tied: bool) -> dict:
-    return {
-        "vocab_size": vocab_size,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
-        "tie_word_embeddings": tied,
-        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        "pad_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-    }
-
-
-def build_tiny_config(family: Family, tokenizer, tied: bool = False, spare_rows: int = 0):
-    """Config of a ~200k-parameter model whose vision tower outputs LLM width (64)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
-
-    vocab_size = len(tokenizer) + spare_rows
-    text = _text_config(vocab_size, tokenizer, tied)
-    special_ids = {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in SPECIAL_IDS_CONFIG_KEYS.items()}
-    if family == "qwen2_vl":
-        vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
-                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
-        cls = Qwen2VLConfig
-    elif family == "qwen2_5_vl":
-        vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                  "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
-                  "fullatt_block_indexes": [1]}
-        cls = Qwen2_5_VLConfig
-    else:
-        raise ValueError(f"Unknown tiny-model family {family!r}; choose from {', '.join(FAMILIES)}.")
-    return cls(text_config=text, vision_config=vision, tie_word_embeddings=tied, **special_ids)
+def build_tiny_config(family: Family, tokenizer, tied: bool | None = None, spare_rows: int = 0):
+    """Config of a ~200k-parameter model whose vision output reaches LLM width (64)."""
+    spec = spec_of(family)
+    tied = spec.default_tied if tied is None else tied
+    return spec.config(tokenizer, len(tokenizer) + spare_rows, tied, spec)
 
 
 def build_tiny_processor(family: Family, tokenizer):
-    """Image processor (small pixel budget), video processor and tokenizer bundled as the family's processor."""
-    from transformers import (
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
-    cls = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-               chat_template=tokenizer.chat_template)
+    """Image (small pixel budget) and video processors plus tokenizer, bundled as the family's processor."""
+    return spec_of(family).processor(tokenizer, tokenizer.chat_template)
 
 
 def build_tiny_model(
     out_dir: str | os.PathLike,
     family: Family = "qwen2_vl",
-    tied: bool = False,
+    tied: bool | None = None,
     seed: int = 0,
     spare_rows: int = 0,
 ) -> Path:
     """Write a tiny model folder (config, seeded random weights, tokenizer, processors) and return its path.
 
     ``spare_rows`` adds unused embedding rows beyond the tokenizer, like Qwen2.5-VL's 151936 rows for
-    151665 tokens, so that new tokens fit without a resize. The folder is written atomically.
+    151665 tokens, so that new tokens fit without a resize. ``tied`` defaults to the family's habit (Gemma-3
+    ties the head to the embedding, the others do not). The folder is written atomically.
     """
     import torch
     from transformers import AutoModelForImageTextToText
 
     out = Path(out_dir)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(family=family)
     config = build_tiny_config(family, tokenizer, tied=tied, spare_rows=spare_rows)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
@@ -170,14 +132,11 @@ def build_tiny_model(
     return out
 
 
-def chat_text(question: str, answer_prefix: str = "") -> str:
-    """One image + question in the Qwen chat layout LF's ``qwen2_vl`` template produces."""
-    return (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        f"<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}"
-    )
+def chat_text(question: str, answer_prefix: str = "", family: str = "qwen2_vl") -> str:
+    """One image + question in the chat layout of the family's LF template, image placeholder unexpanded."""
+    return spec_of(family).prompt(question, answer_prefix)
 
 
-def chat_inputs(processor, image, question: str, answer_prefix: str = ""):
+def chat_inputs(processor, image, question: str, answer_prefix: str = "", family: str = "qwen2_vl"):
     """Model inputs for one image + question (see :func:`chat_text`)."""
-    return processor(text=[chat_text(question, answer_prefix)], images=[image], return_tensors="pt")
+    return processor(text=[chat_text(question, answer_prefix, family)], images=[image], return_tensors="pt")

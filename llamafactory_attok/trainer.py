@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .acm import acm_loss
-from .attach import STATE_FILE_NAME, base_model_of, image_token_id, load_state, merge_size, module_of, save_state
+from .attach import STATE_FILE_NAME, base_model_of, load_state, module_of, save_state
 from .books import PrototypeBank, all_reduce_sums
 from .context import AttTokContext
 from .plan import BatchPlan, build_plan
@@ -77,7 +77,9 @@ class AttTokTrainerMixin:
         module = module_of(self.model)
         if module is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        plan = build_plan(inputs, module.token_ids, self._attok_image_token_id, self._attok_merge_size)
+        config = base_model_of(self.model).config
+        plan = build_plan(inputs, module.token_ids, module.family.image_token_id(config),
+                          image_sizes=module.family.image_sizes(inputs, config))
         module.plan = plan
         try:
             ntp, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
@@ -146,12 +148,3 @@ class AttTokTrainerMixin:
             if not path.is_file():
                 raise FileNotFoundError(f"{checkpoint}: AttTok checkpoint lacks {STATE_FILE_NAME}")
             load_state(module, path)
-
-    @property
-    def _attok_image_token_id(self) -> int:
-        return image_token_id(base_model_of(self.model))
-
-    @property
-    def _attok_merge_size(self) -> int:
-        return merge_size(base_model_of(self.model))
-

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..attach import base_model_of, module_of, vision_tower
+from ..attach import base_model_of, family_of, module_of
 from ..testing import chat_text
 from .attribute_classifier import Sample
 
@@ -35,29 +35,28 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
     base = base_model_of(model)
     module = module_of(model)
     captured: list[torch.Tensor] = []
-    handle = vision_tower(base).register_forward_hook(
-        lambda mod, args, kwargs, out: captured.append(out.pooler_output.detach().float()), with_kwargs=True,
-        prepend=True)
-    merge = base.config.vision_config.spatial_merge_size
+    family = family_of(base)
+    handle = family.feature_module(base).register_forward_hook(
+        lambda mod, args, kwargs, out: captured.append(family.read_features(out).detach().float()),
+        with_kwargs=True, prepend=True)
     means, grids, weights = [], [], []
     try:
         processor.tokenizer.padding_side = "left"
         for start in tqdm(range(0, len(samples), batch_size), desc="features", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = processor(text=[chat_text(s.question) for s in batch],
+            inputs = processor(text=[chat_text(s.question, family=base.config.model_type) for s in batch],
                                images=[Image.open(s.image).convert("RGB") for s in batch], padding=True,
                                return_tensors="pt").to(device)
             captured.clear()
             model(**inputs)
             features = captured[0]
-            sizes = (inputs["image_grid_thw"].prod(-1) // merge**2).tolist()
+            sizes = family.image_sizes(inputs, base.config)
             books, valid = module.book_entries(features.device)
             acc_weights = module.acc(features, books, valid)[1] if module.acc is not None else None
             offset = 0
             for i, size in enumerate(sizes):
                 means.append(features[offset:offset + size].mean(0).cpu())
-                t, h, w = inputs["image_grid_thw"][i].tolist()
-                grids.append((h // merge, w // merge))
+                grids.append(family.token_grid(inputs, i, base.config))
                 if acc_weights is not None:
                     weights.append(acc_weights[offset:offset + size].cpu())
                 offset += size
@@ -119,6 +118,10 @@ def acc_map_figure(samples: list[Sample], features: dict, labels: list[int], out
     for axis, sample, weights, grid, label in zip(np.atleast_1d(axes), samples, features["weights"],
                                                   features["grids"], labels, strict=False):
         image = Image.open(sample.image).convert("RGB")
+        axis.set_axis_off()
+        if grid is None:  # tokens of several tiles (InternVL crops): no single map to draw
+            axis.set_title("(tiled image: no single map)", fontsize=7)
+            continue
         own = weights.reshape(weights.shape[0], -1, 3)[:, label].sum(-1).reshape(grid).numpy()
         axis.imshow(image)
         axis.imshow(own, cmap="jet", alpha=0.45, extent=(0, image.width, image.height, 0), interpolation="bilinear")

@@ -75,6 +75,7 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
 
     model.to(device).eval()
     head = base_model_of(model).get_output_embeddings()
+    family = base_model_of(model).config.model_type
     captured = {}
     handle = head.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
     logits, hidden = [], []
@@ -82,7 +83,7 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
         processor.tokenizer.padding_side = "left"  # the last position is every row's first answer position
         for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = processor(text=[chat_text(s.question) for s in batch],
+            inputs = processor(text=[chat_text(s.question, family=family) for s in batch],
                                images=[Image.open(s.image).convert("RGB") for s in batch],
                                padding=True, return_tensors="pt").to(device)
             out = model(**inputs)
@@ -131,13 +132,16 @@ def likelihood_scores(model, processor, samples: list[Sample], class_names: list
     One forward per sample scores all C names at once (a right-padded batch of prompt + name_c); every token of
     the name counts, so names sharing their first tokens ("mild …" / "moderate …") are still told apart.
     """
+    from ..attach import base_model_of
+
     model.to(device).eval()
+    family = base_model_of(model).config.model_type
     processor.tokenizer.padding_side = "right"
     rows = []
     for sample in tqdm(samples, desc="likelihood", leave=False):
         image = Image.open(sample.image).convert("RGB")
-        prompt_len = chat_inputs(processor, image, sample.question)["input_ids"].shape[1]
-        inputs = processor(text=[chat_text(sample.question, name) for name in class_names],
+        prompt_len = chat_inputs(processor, image, sample.question, family=family)["input_ids"].shape[1]
+        inputs = processor(text=[chat_text(sample.question, name, family) for name in class_names],
                            images=[image] * len(class_names), padding=True, return_tensors="pt").to(device)
         log_probs = torch.log_softmax(model(**inputs).logits[:, :-1].float(), dim=-1)
         targets = inputs["input_ids"][:, 1:]

@@ -1,0 +1,236 @@
+"""Per-family recipes for the tiny offline models of :mod:`llamafactory_attok.testing`.
+
+Each :class:`TinySpec` says which special tokens the family's tokenizer carries, how its config and processor are
+built at toy size (LLM width 64, a two-layer vision tower whose output reaches width 64, images of a few visual
+tokens) and how one image + question is laid out in the chat format of the LF template named in ``template``.
+Qwen2-VL / Qwen2.5-VL keep the ``Qwen2TokenizerFast`` wrapping they always had; the other families wrap the same
+byte-level BPE in the generic fast tokenizer with the named special tokens their processors read
+(``tokenizer.image_token``, ``tokenizer.boi_token`` …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+WIDTH = 64  # LLM hidden size of every tiny model
+
+QWEN_SPECIALS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """How to build one family's tiny model (see module docstring)."""
+
+    family: str
+    template: str  # LF template that loads it
+    specials: tuple[str, ...]  # special tokens, the first ids of the vocabulary
+    pad: str
+    eos: str
+    bos: str | None
+    named: dict[str, str] = field(default_factory=dict)  # tokenizer attributes processors read (image_token …)
+    config: Callable = None  # (tokenizer, vocab_size, tied) -> PretrainedConfig
+    processor: Callable = None  # (tokenizer, chat_template) -> ProcessorMixin
+    prompt: Callable = None  # (question, answer_prefix) -> chat text with one image placeholder
+    default_tied: bool = False
+
+
+def _ids(tokenizer, **tokens: str) -> dict[str, int]:
+    return {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in tokens.items()}
+
+
+def _text(tokenizer, vocab_size: int, tied: bool, spec: TinySpec, **extra) -> dict:
+    ids = _ids(tokenizer, pad_token_id=spec.pad, eos_token_id=spec.eos, bos_token_id=spec.bos or spec.pad)
+    return {"vocab_size": vocab_size, "hidden_size": WIDTH, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+            "tie_word_embeddings": tied, **ids, **extra}
+
+
+# ---- Qwen2-VL / Qwen2.5-VL / Qwen3-VL ----------------------------------------------------------------------
+
+QWEN_IMAGE_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                  "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+
+
+def _qwen_prompt(question: str, answer_prefix: str = "") -> str:
+    return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            f"<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}")
+
+
+def _qwen3_prompt(question: str, answer_prefix: str = "") -> str:
+    return ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+            f"{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}")
+
+
+def _qwen2_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+    from transformers import Qwen2VLConfig
+
+    text = _text(tokenizer, vocab_size, tied, spec, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": WIDTH, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2}
+    return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
+                         **_ids(tokenizer, **QWEN_IMAGE_IDS))
+
+
+def _qwen2_5_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+    from transformers import Qwen2_5_VLConfig
+
+    text = _text(tokenizer, vocab_size, tied, spec, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": WIDTH,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+              "fullatt_block_indexes": [1]}
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
+                            **_ids(tokenizer, **QWEN_IMAGE_IDS))
+
+
+def _qwen3_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+    from transformers import Qwen3VLConfig
+
+    text = _text(tokenizer, vocab_size, tied, spec, head_dim=16,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                  "mrope_interleaved": True})
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": WIDTH,
+              "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
+              "deepstack_visual_indexes": [0]}
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
+                         **_ids(tokenizer, **QWEN_IMAGE_IDS))
+
+
+def _qwen_processor(cls_name: str, patch_size: int):
+    def build(tokenizer, chat_template: str):
+        import transformers
+        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
+
+        side = patch_size * 2
+        pixels = {"min_pixels": (side * 2) ** 2, "max_pixels": (side * 4) ** 2}
+        image_processor = Qwen2VLImageProcessor(patch_size=patch_size, **pixels)
+        if cls_name == "Qwen3VLProcessor":
+            size = {"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}
+            video_processor = Qwen3VLVideoProcessor(patch_size=patch_size, size=size)
+        else:
+            video_processor = Qwen2VLVideoProcessor(**pixels)
+        cls = getattr(transformers, cls_name)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                   chat_template=chat_template)
+
+    return build
+
+
+# ---- Gemma-3 (MedGemma) -------------------------------------------------------------------------------------
+
+GEMMA3_TOKENS_PER_IMAGE = 4
+
+
+def _gemma3_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+    from transformers import Gemma3Config
+
+    text = _text(tokenizer, vocab_size, tied, spec, head_dim=16, query_pre_attn_scalar=16, sliding_window=64,
+                 layer_types=["sliding_attention", "full_attention"])
+    text["hidden_activation"] = "gelu_pytorch_tanh"
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 56, "patch_size": 14}
+    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,
+                        tie_word_embeddings=tied,
+                        **_ids(tokenizer, boi_token_index="<start_of_image>", eoi_token_index="<end_of_image>",
+                               image_token_index="<image_soft_token>"))
+
+
+def _gemma3_processor(tokenizer, chat_template: str):
+    from transformers import Gemma3ImageProcessor, Gemma3Processor
+
+    image_processor = Gemma3ImageProcessor(size={"height": 56, "width": 56})
+    return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template,
+                           image_seq_length=GEMMA3_TOKENS_PER_IMAGE)
+
+
+def _gemma3_prompt(question: str, answer_prefix: str = "") -> str:
+    return f"<bos><start_of_turn>user\n<start_of_image>{question}<end_of_turn>\n<start_of_turn>model\n{answer_prefix}"
+
+
+# ---- InternVL (HF-native, InternVL3 layout) -----------------------------------------------------------------
+
+INTERNVL_TOKENS_PER_TILE = 4  # (56 / 14)² · 0.5²
+
+
+def _intern_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+    from transformers import InternVLConfig
+
+    text = {**_text(tokenizer, vocab_size, tied, spec), "model_type": "qwen2"}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": [56, 56], "patch_size": [14, 14]}
+    return InternVLConfig(vision_config=vision, text_config=text, image_seq_length=INTERNVL_TOKENS_PER_TILE,
+                          tie_word_embeddings=tied, **_ids(tokenizer, image_token_id="<IMG_CONTEXT>"))
+
+
+def _intern_vl_processor(tokenizer, chat_template: str):
+    from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+
+    image_processor = GotOcr2ImageProcessor(size={"height": 56, "width": 56}, crop_to_patches=False)
+    video_processor = InternVLVideoProcessor(size={"height": 56, "width": 56})
+    return InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                             image_seq_length=INTERNVL_TOKENS_PER_TILE, chat_template=chat_template)
+
+
+def _intern_vl_prompt(question: str, answer_prefix: str = "") -> str:
+    return f"<|im_start|>user\n<IMG_CONTEXT>\n{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}"
+
+
+# ---- LLaVA-1.5 ----------------------------------------------------------------------------------------------
+
+def _llava_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+    from transformers import LlavaConfig
+
+    text = {**_text(tokenizer, vocab_size, tied, spec), "model_type": "llama"}
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14, "projection_dim": 32}
+    return LlavaConfig(vision_config=vision, text_config=text, image_seq_length=4, tie_word_embeddings=tied,
+                       vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       **_ids(tokenizer, image_token_index="<image>"))
+
+
+def _llava_processor(tokenizer, chat_template: str):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=chat_template)
+
+
+def _llava_prompt(question: str, answer_prefix: str = "") -> str:
+    return f"USER: <image>\n{question} ASSISTANT:{answer_prefix}"
+
+
+MODEL_TYPE_ALIASES = {"internvl": "intern_vl"}  # config model_type -> family name used here and by LF templates
+
+SPECS: dict[str, TinySpec] = {
+    spec.family: spec
+    for spec in (
+        TinySpec("qwen2_vl", "qwen2_vl", QWEN_SPECIALS, "<|endoftext|>", "<|im_end|>", None,
+                 config=_qwen2_vl_config, processor=_qwen_processor("Qwen2VLProcessor", 14), prompt=_qwen_prompt),
+        TinySpec("qwen2_5_vl", "qwen2_vl", QWEN_SPECIALS, "<|endoftext|>", "<|im_end|>", None,
+                 config=_qwen2_5_vl_config, processor=_qwen_processor("Qwen2_5_VLProcessor", 14),
+                 prompt=_qwen_prompt),
+        TinySpec("qwen3_vl", "qwen3_vl", QWEN_SPECIALS, "<|endoftext|>", "<|im_end|>", None,
+                 config=_qwen3_vl_config, processor=_qwen_processor("Qwen3VLProcessor", 16), prompt=_qwen3_prompt),
+        TinySpec("gemma3", "gemma3",
+                 ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                  "<end_of_image>", "<image_soft_token>"),
+                 "<pad>", "<eos>", "<bos>",
+                 named={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                        "eoi_token": "<end_of_image>"},
+                 config=_gemma3_config, processor=_gemma3_processor, prompt=_gemma3_prompt, default_tied=True),
+        TinySpec("intern_vl", "intern_vl",
+                 ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
+                 "<|endoftext|>", "<|im_end|>", None,
+                 named={"start_image_token": "<img>", "end_image_token": "</img>",
+                        "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+                 config=_intern_vl_config, processor=_intern_vl_processor, prompt=_intern_vl_prompt),
+        TinySpec("llava", "llava", ("<unk>", "<s>", "</s>", "<image>"), "<unk>", "</s>", "<s>",
+                 named={"image_token": "<image>"},
+                 config=_llava_config, processor=_llava_processor, prompt=_llava_prompt),
+    )
+}
