@@ -10,10 +10,10 @@ from .testing import FAMILIES
 
 
 def _tiny_model(ns: argparse.Namespace) -> None:
-    from .testing import build_tiny_model
+    from .testing import TEMPLATES, build_tiny_model
 
     path = build_tiny_model(ns.out, ns.family, tied=ns.tied, seed=ns.seed, spare_rows=ns.spare_rows)
-    print(f"tiny {ns.family} model written to {path}")
+    print(f"tiny {ns.family} model written to {path} (LLaMA-Factory template: {TEMPLATES[ns.family]})")
 
 
 def _sample_data(ns: argparse.Namespace) -> None:
@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build a tiny offline Qwen2-VL / Qwen2.5-VL (random weights)")
     tiny.add_argument("out")
     tiny.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
-    tiny.add_argument("--tied", action="store_true", help="tie the output head to the input embedding")
+    tiny.add_argument("--tied", action="store_true", default=None,
+                      help="tie the output head to the input embedding (default: the family's habit)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--spare-rows", type=int, default=0, help="unused embedding rows beyond the tokenizer")
     tiny.set_defaults(func=_tiny_model)

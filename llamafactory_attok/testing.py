@@ -116,6 +116,9 @@ def build_tiny_model(
     config = build_tiny_config(family, tokenizer, tied=tied, spare_rows=spare_rows)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
+    spec = spec_of(family)
+    if spec.finish is not None:
+        spec.finish(model)
     processor = build_tiny_processor(family, tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -36,6 +36,7 @@ class TinySpec:
     processor: Callable = None  # (tokenizer, chat_template) -> ProcessorMixin
     prompt: Callable = None  # (question, answer_prefix) -> chat text with one image placeholder
     default_tied: bool = False
+    finish: Callable | None = None  # (model) -> None: fix-ups of the random weights
 
 
 def _ids(tokenizer, **tokens: str) -> dict[str, int]:
@@ -138,6 +139,15 @@ def _gemma3_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
                                image_token_index="<image_soft_token>"))
 
 
+def _gemma3_finish(model) -> None:
+    """transformers initialises Gemma-3's projection to zeros (real checkpoints overwrite it); a random tiny model
+    would then feed all-zero visual tokens and no image could ever be told from another."""
+    import torch
+
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, model.config.initializer_range)
+
+
 def _gemma3_processor(tokenizer, chat_template: str):
     from transformers import Gemma3ImageProcessor, Gemma3Processor
 
@@ -152,7 +162,8 @@ def _gemma3_prompt(question: str, answer_prefix: str = "") -> str:
 
 # ---- InternVL (HF-native, InternVL3 layout) -----------------------------------------------------------------
 
-INTERNVL_TOKENS_PER_TILE = 4  # (56 / 14)² · 0.5²
+INTERNVL_TILE = 112
+INTERNVL_TOKENS_PER_TILE = 16  # (112 / 14)² · 0.5²; LF's intern_vl system prompt is long, so not fewer
 
 
 def _intern_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
@@ -160,7 +171,7 @@ def _intern_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
 
     text = {**_text(tokenizer, vocab_size, tied, spec), "model_type": "qwen2"}
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "image_size": [56, 56], "patch_size": [14, 14]}
+              "image_size": [INTERNVL_TILE, INTERNVL_TILE], "patch_size": [14, 14]}
     return InternVLConfig(vision_config=vision, text_config=text, image_seq_length=INTERNVL_TOKENS_PER_TILE,
                           tie_word_embeddings=tied, **_ids(tokenizer, image_token_id="<IMG_CONTEXT>"))
 
@@ -168,8 +179,9 @@ def _intern_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
 def _intern_vl_processor(tokenizer, chat_template: str):
     from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
 
-    image_processor = GotOcr2ImageProcessor(size={"height": 56, "width": 56}, crop_to_patches=False)
-    video_processor = InternVLVideoProcessor(size={"height": 56, "width": 56})
+    tile = {"height": INTERNVL_TILE, "width": INTERNVL_TILE}
+    image_processor = GotOcr2ImageProcessor(size=tile, crop_to_patches=False)
+    video_processor = InternVLVideoProcessor(size=tile)
     return InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                              image_seq_length=INTERNVL_TOKENS_PER_TILE, chat_template=chat_template)
 
@@ -222,7 +234,8 @@ SPECS: dict[str, TinySpec] = {
                  "<pad>", "<eos>", "<bos>",
                  named={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                         "eoi_token": "<end_of_image>"},
-                 config=_gemma3_config, processor=_gemma3_processor, prompt=_gemma3_prompt, default_tied=True),
+                 config=_gemma3_config, processor=_gemma3_processor, prompt=_gemma3_prompt, default_tied=True,
+                 finish=_gemma3_finish),
         TinySpec("intern_vl", "intern_vl",
                  ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
                  "<|endoftext|>", "<|im_end|>", None,

@@ -1,5 +1,7 @@
 """The shipped recipes parse (AttTok keys strictly, LF keys by LF's own parser) and the CPU recipe trains."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,10 @@ def test_cpu_recipe_trains(tiny_models, tmp_path):
                  "plot_loss=false"]
     assert_ok(run_cli(["llamafactory-cli", "train", str(recipe), *overrides], cwd=tmp_path))
     assert (tmp_path / "out" / "attok_state.safetensors").is_file()
+
+
+def test_gpu_smoke_skips_cleanly_without_a_local_model(tmp_path):
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "nothing")}
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_smoke.sh")], env=env, capture_output=True, text=True)
+    assert_ok(result)
+    assert result.stdout.startswith("SKIP: no local 7B-class model")

@@ -59,7 +59,7 @@ class VisionFamily:
     # ---- images of one batch --------------------------------------------------------------------------------
 
     def image_token_id(self, config) -> int:
-        return int(config.image_token_id)
+        return int(getattr(config, "image_token_id", None) or config.image_token_index)
 
     def image_sizes(self, inputs: dict, config) -> list[int] | None:
         """Visual tokens per image, in feature order; None when the batch carries no pixels."""

@@ -17,8 +17,5 @@ class Gemma3Family(ProjectorFamily):
     model_types = ("gemma3",)
     templates = ("gemma3",)
 
-    def image_token_id(self, config) -> int:
-        return int(getattr(config, "image_token_id", None) or config.image_token_index)
-
     def tokens_per_image(self, inputs: dict, config) -> int:
         return int(config.mm_tokens_per_image)

@@ -14,9 +14,6 @@ class LlavaFamily(ProjectorFamily):
     model_types = ("llava",)
     templates = ("llava",)
 
-    def image_token_id(self, config) -> int:
-        return int(getattr(config, "image_token_id", None) or config.image_token_index)
-
     def tokens_per_image(self, inputs: dict, config) -> int:
         vision = config.vision_config
         side = int(vision.image_size) // int(vision.patch_size)

@@ -1,0 +1,154 @@
+"""AttTok end to end on every family behind the per-family seam (llamafactory_attok/families/): Qwen3-VL, Gemma-3
+(MedGemma), InternVL and LLaVA-1.5 tiny models, trained by LF with the family's own template.
+
+Per family, one 40-step LoRA run on the two-attribute modality set (fundus vs chest X-ray), then:
+ACM falls and ACC/θ/books get gradient every step; only the attribute rows of embed and head change;
+ACC changes exactly the real image tokens (LF's dummy image is left as the tower made it); the saved adapter
+reloads through LF's loaders with the training-time logits.
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import base_args, train_cli, trainer_log
+from lf_inprocess import run_sft
+from PIL import Image
+
+from llamafactory_attok.attach import base_model_of, family_of, module_of
+from llamafactory_attok.errors import AttTokError
+from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+from llamafactory_attok.families import SUPPORTED_FAMILIES, check_widths, family_for
+from llamafactory_attok.plan import build_plan
+from llamafactory_attok.testing import (
+    TEMPLATES,
+    build_tiny_config,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    chat_inputs,
+)
+
+NEW_FAMILIES = ["qwen3_vl", "gemma3", "intern_vl", "llava"]
+
+
+def test_registry_serves_every_family_and_refuses_others_pointing_to_the_seam():
+    for family in [*NEW_FAMILIES, "qwen2_vl", "qwen2_5_vl"]:
+        config = build_tiny_config(family, build_tiny_tokenizer(family=family))
+        assert check_widths(config).name == family
+    assert set(SUPPORTED_FAMILIES) == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "internvl", "llava"}
+
+    class Config:
+        model_type = "mllama"
+
+    with pytest.raises(AttTokError) as error:
+        family_for(Config(), "model x")
+    message = str(error.value)
+    assert "'mllama'" in message and all(name in message for name in SUPPORTED_FAMILIES)
+    assert "llamafactory_attok/families/" in message
+
+
+def test_vision_width_other_than_llm_width_is_refused_at_startup(sample_data, tmp_path):
+    """A Qwen2-VL whose merger ends at 32 while the LLM is 64 wide: refused before any weight is loaded."""
+    config = build_tiny_config("qwen2_vl", build_tiny_tokenizer())
+    config.vision_config.hidden_size = 32
+    with pytest.raises(AttTokError, match="vision output is 32 wide but the language model is 64 wide"):
+        check_widths(config)
+    folder = tmp_path / "unmerged"
+    folder.mkdir()
+    config.save_pretrained(folder)
+    result = train_cli(tmp_path, base_args(folder, sample_data, tmp_path / "out", attok=True))
+    assert result.returncode != 0
+    assert "vision output is 32 wide but the language model is 64 wide" in result.stderr
+
+
+@pytest.fixture(scope="module", params=NEW_FAMILIES)
+def trained(request, sample_data, tmp_path_factory):
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    model = build_tiny_model(root / "model", family)
+    out = root / "adapter"
+    args = base_args(model, sample_data, out, attok=True, max_steps=40, dataset="modality_train",
+                     learning_rate=1e-2, lr_scheduler_type="constant", attok_acm_schedule="constant",
+                     template=TEMPLATES[family])
+    probe = run_sft(args)
+    token_ids = json.loads((out / "attok_config.json").read_text())["token_ids"]
+    return {"family": family, "model": model, "out": out, "probe": probe, "token_ids": token_ids}
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_acm_falls_and_every_attok_part_gets_gradient(trained):
+    acm = [e["loss_acm"] for e in trainer_log(trained["out"]) if "loss_acm" in e]
+    assert len(acm) == 40
+    assert sum(acm[-5:]) / 5 < sum(acm[:5]) / 5, acm
+    for name in ("acc.attok_q.weight", "acc.attok_k.weight", "acc.attok_v.weight", "acc.attok_o.weight",
+                 "acm.attok_theta.weight", "books.attok_keyword_embeds"):
+        assert all(step[name] > 0 for step in trained["probe"].grads), name
+    assert module_of(trained["probe"].model).books.bank.seen.all()
+
+
+def test_only_attribute_rows_change(trained):
+    probe = trained["probe"]
+    assert len(trained["token_ids"]) == 2
+    for start, end in zip(probe.start, probe.end, strict=True):
+        changed = [i for i, (a, b) in enumerate(zip(start, end, strict=True)) if a != b]
+        assert changed == trained["token_ids"]
+
+
+def _inputs(trained, processor):
+    image = Image.new("RGB", (64, 64), (40, 160, 90))
+    return chat_inputs(processor, image, "which modality is this image?", family=trained["family"])
+
+
+@torch.no_grad()
+def _last_logits(model, inputs):
+    model.eval()
+    return model(**inputs).logits[0, -1].float()
+
+
+def _embeds_seen_by_llm(model, inputs, plan=None):
+    base = base_model_of(model)
+    seen = {}
+    handle = base.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone()),
+        with_kwargs=True)
+    module_of(model).plan = plan
+    try:
+        _last_logits(model, inputs)
+    finally:
+        handle.remove()
+        module_of(model).plan = None
+    return seen["embeds"][0]
+
+
+def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_tokens(trained):
+    model, tokenizer, processor = load_model_for_inference(str(trained["model"]), adapter=str(trained["out"]),
+                                                           template=TEMPLATES[trained["family"]])
+    inputs = _inputs(trained, processor)
+    reloaded, original = _last_logits(model, inputs), _last_logits(trained["probe"].model, inputs)
+    # LF merges the LoRA weights on reload: float rounding of W + BA after 40 steps at lr 1e-2 reaches ~2e-5
+    torch.testing.assert_close(reloaded, original, atol=1e-4, rtol=1e-4)
+
+    base = base_model_of(model)
+    family = family_of(base)
+    image_rows = inputs["input_ids"][0] == family.image_token_id(base.config)
+    assert image_rows.sum() == sum(family.image_sizes(inputs, base.config))
+    acc = module_of(model).acc
+    with_acc = _embeds_seen_by_llm(model, inputs)
+    acc.gamma = 0.0
+    without_acc = _embeds_seen_by_llm(model, inputs)
+    acc.gamma = 0.1
+    assert torch.equal(with_acc[~image_rows], without_acc[~image_rows])  # text untouched, bit for bit
+    assert (with_acc[image_rows] != without_acc[image_rows]).any(-1).all()  # every image token changed
+
+    dummy = dict(inputs)  # the same image as LF's dummy (attention mask 0 on its tokens)
+    dummy["attention_mask"] = inputs["attention_mask"].masked_fill(image_rows.unsqueeze(0), 0)
+    dummy["labels"] = torch.full_like(inputs["input_ids"], -100)
+    plan = build_plan(dummy, trained["token_ids"], family.image_token_id(base.config),
+                      image_sizes=family.image_sizes(dummy, base.config))
+    assert not plan.image_real.any()
+    acc.gamma = 0.0
+    reference = _embeds_seen_by_llm(model, dummy)
+    acc.gamma = 0.1
+    assert torch.equal(_embeds_seen_by_llm(model, dummy, plan), reference)
