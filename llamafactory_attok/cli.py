@@ -213,7 +213,7 @@ def _eval_figures(ns: argparse.Namespace) -> None:
     samples = read_samples(ns.dataset)
     labels = [vocab.tokens.index(s.label_token) for s in samples]
     features = collect(model, processor, samples, processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens)),
-                       ns.batch_size, ns.device)
+                       ns.batch_size, ns.device, ns.template)
     out = Path(ns.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(vocab.keywords)

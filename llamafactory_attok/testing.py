@@ -135,11 +135,16 @@ def build_tiny_model(
     return out
 
 
-def chat_text(question: str, answer_prefix: str = "", family: str = "qwen2_vl") -> str:
-    """One image + question in the chat layout of the family's LF template, image placeholder unexpanded."""
-    return spec_of(family).prompt(question, answer_prefix)
+def chat_text(question: str, answer_prefix: str = "", family: str = "qwen2_vl", template: str | None = None) -> str:
+    """One image + question in the chat layout of LF's ``template`` (default: the family's own) for ``family``, up to
+    the first answer token, image placeholder unexpanded (the processor expands it)."""
+    spec = spec_of(family)
+    return spec.prompt(question, answer_prefix, template or spec.template)
 
 
-def chat_inputs(processor, image, question: str, answer_prefix: str = "", family: str = "qwen2_vl"):
-    """Model inputs for one image + question (see :func:`chat_text`)."""
-    return processor(text=[chat_text(question, answer_prefix, family)], images=[image], return_tensors="pt")
+def chat_inputs(processor, image, question: str, answer_prefix: str = "", family: str = "qwen2_vl",
+                template: str | None = None):
+    """Model inputs for one image + question (see :func:`chat_text`). Images go one list per text, the form every
+    family's processor accepts (Gemma-3's insists on it)."""
+    return processor(text=[chat_text(question, answer_prefix, family, template)], images=[[image]],
+                     return_tensors="pt")

@@ -34,7 +34,7 @@ class TinySpec:
     named: dict[str, str] = field(default_factory=dict)  # tokenizer attributes processors read (image_token …)
     config: Callable = None  # (tokenizer, vocab_size, tied) -> PretrainedConfig
     processor: Callable = None  # (tokenizer, chat_template) -> ProcessorMixin
-    prompt: Callable = None  # (question, answer_prefix) -> chat text with one image placeholder
+    prompt: Callable = None  # (question, answer_prefix, template) -> chat text with one image placeholder
     default_tied: bool = False
     finish: Callable | None = None  # (model) -> None: fix-ups of the random weights
 
@@ -56,14 +56,17 @@ QWEN_IMAGE_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_
                   "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
 
 
-def _qwen_prompt(question: str, answer_prefix: str = "") -> str:
+def _qwen_prompt(question: str, answer_prefix: str = "", template: str | None = None) -> str:
     return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
             f"<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}")
 
 
-def _qwen3_prompt(question: str, answer_prefix: str = "") -> str:
+def _qwen3_prompt(question: str, answer_prefix: str = "", template: str | None = "qwen3_vl") -> str:
+    """LF's reasoning template ``qwen3_vl`` puts an empty thought before a CoT-free answer; ``qwen3_vl_nothink``
+    does not."""
+    thought = "<think>\n\n</think>\n\n" if template in (None, "qwen3_vl") else ""
     return ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-            f"{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}")
+            f"{question}<|im_end|>\n<|im_start|>assistant\n{thought}{answer_prefix}")
 
 
 def _qwen2_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
@@ -156,7 +159,7 @@ def _gemma3_processor(tokenizer, chat_template: str):
                            image_seq_length=GEMMA3_TOKENS_PER_IMAGE)
 
 
-def _gemma3_prompt(question: str, answer_prefix: str = "") -> str:
+def _gemma3_prompt(question: str, answer_prefix: str = "", template: str | None = None) -> str:
     return f"<bos><start_of_turn>user\n<start_of_image>{question}<end_of_turn>\n<start_of_turn>model\n{answer_prefix}"
 
 
@@ -186,7 +189,7 @@ def _intern_vl_processor(tokenizer, chat_template: str):
                              image_seq_length=INTERNVL_TOKENS_PER_TILE, chat_template=chat_template)
 
 
-def _intern_vl_prompt(question: str, answer_prefix: str = "") -> str:
+def _intern_vl_prompt(question: str, answer_prefix: str = "", template: str | None = None) -> str:
     return f"<|im_start|>user\n<IMG_CONTEXT>\n{question}<|im_end|>\n<|im_start|>assistant\n{answer_prefix}"
 
 
@@ -212,7 +215,7 @@ def _llava_processor(tokenizer, chat_template: str):
                           chat_template=chat_template)
 
 
-def _llava_prompt(question: str, answer_prefix: str = "") -> str:
+def _llava_prompt(question: str, answer_prefix: str = "", template: str | None = None) -> str:
     return f"USER: <image>\n{question} ASSISTANT:{answer_prefix}"
 
 

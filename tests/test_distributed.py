@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from llamafactory_attok.attach import module_of
 from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+from llamafactory_attok.testing import TEMPLATES, build_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +24,13 @@ def mixed_data(sample_data):
     return sample_data
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_on_two_cpu_ranks(stage, tiny_models, mixed_data, tmp_path):
+@pytest.mark.parametrize(("family", "stage"), [("qwen2_vl", 2), ("qwen2_vl", 3), ("gemma3", 3)])
+def test_zero_on_two_cpu_ranks(family, stage, tiny_models, mixed_data, tmp_path):
+    """Gemma-3 (MedGemma) adds a tied head and the projector hook point under ZeRO-3 partitioning."""
+    model = tiny_models[family] if family in tiny_models else build_tiny_model(tmp_path / family, family)
     out = tmp_path / f"z{stage}"
-    args = base_args(tiny_models["qwen2_vl"], mixed_data, out, attok=True, max_steps=20, save_steps=10,
-                     weight_decay=0.1, per_device_train_batch_size=2,
+    args = base_args(model, mixed_data, out, attok=True, max_steps=20, save_steps=10,
+                     weight_decay=0.1, per_device_train_batch_size=2, template=TEMPLATES[family],
                      dataset="retina_attok_train,retina_vanilla_train,retina_textonly_small",
                      deepspeed=str(REPO / "examples" / "deepspeed" / f"ds_z{stage}.json"))
     result = train_cli(tmp_path, args, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
@@ -39,8 +42,8 @@ def test_zero_on_two_cpu_ranks(stage, tiny_models, mixed_data, tmp_path):
     state = load_file(str(out / "attok_state.safetensors"))
     assert state["param.acc.attok_q.weight"].shape == (64, 64) and state["bank.seen"].any()
 
-    base, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]))
-    trained, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]), adapter=str(out))
+    base, _, _ = load_model_for_inference(str(model), template=TEMPLATES[family])
+    trained, _, _ = load_model_for_inference(str(model), adapter=str(out), template=TEMPLATES[family])
     for before, after in zip(effective_rows(base), effective_rows(trained), strict=True):
         assert row_hashes(after[:400]) == row_hashes(before[:400])  # every pre-existing row, bit for bit
         assert not torch.equal(after[400:405], before[400:405])

@@ -17,7 +17,11 @@ from PIL import Image
 
 from llamafactory_attok.attach import base_model_of, family_of, module_of
 from llamafactory_attok.errors import AttTokError
-from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+from llamafactory_attok.eval.attribute_classifier import (
+    attribute_probabilities,
+    load_model_for_inference,
+    read_samples,
+)
 from llamafactory_attok.families import SUPPORTED_FAMILIES, check_widths, family_for
 from llamafactory_attok.plan import build_plan
 from llamafactory_attok.testing import (
@@ -110,9 +114,11 @@ def _last_logits(model, inputs):
 def _embeds_seen_by_llm(model, inputs, plan=None):
     base = base_model_of(model)
     seen = {}
-    handle = base.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone()),
-        with_kwargs=True)
+
+    def capture(module, args, kwargs):
+        seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone())
+
+    handle = base.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
     module_of(model).plan = plan
     try:
         _last_logits(model, inputs)
@@ -122,9 +128,15 @@ def _embeds_seen_by_llm(model, inputs, plan=None):
     return seen["embeds"][0]
 
 
-def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_tokens(trained):
+def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_tokens(trained, sample_data):
     model, tokenizer, processor = load_model_for_inference(str(trained["model"]), adapter=str(trained["out"]),
                                                            template=TEMPLATES[trained["family"]])
+    # the one-forward reader (`attok predict`) prompts in the family's layout: the trained modality is read back
+    samples = read_samples(sample_data / "modality_train.json")
+    probs = attribute_probabilities(model, processor, samples, trained["token_ids"])
+    truth = torch.tensor([trained["token_ids"].index(tokenizer.convert_tokens_to_ids(s.label_token)) for s in samples])
+    assert (probs.argmax(-1) == truth).float().mean() >= 0.75
+
     inputs = _inputs(trained, processor)
     reloaded, original = _last_logits(model, inputs), _last_logits(trained["probe"].model, inputs)
     # LF merges the LoRA weights on reload: float rounding of W + BA after 40 steps at lr 1e-2 reaches ~2e-5

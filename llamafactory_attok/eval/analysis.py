@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 @torch.no_grad()
 def collect(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", template: str | None = None) -> dict:
     """Per image: mean visual token (pre-ACC), token grid and ACC weights; plus the books of the model."""
     model.to(device).eval()
     base = base_model_of(model)
@@ -44,8 +44,9 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
         processor.tokenizer.padding_side = "left"
         for start in tqdm(range(0, len(samples), batch_size), desc="features", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = processor(text=[chat_text(s.question, family=base.config.model_type) for s in batch],
-                               images=[Image.open(s.image).convert("RGB") for s in batch], padding=True,
+            inputs = processor(text=[chat_text(s.question, family=base.config.model_type, template=template)
+                                     for s in batch],
+                               images=[[Image.open(s.image).convert("RGB")] for s in batch], padding=True,
                                return_tensors="pt").to(device)
             captured.clear()
             model(**inputs)

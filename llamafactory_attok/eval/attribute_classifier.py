@@ -69,7 +69,7 @@ def load_model_for_inference(model_name_or_path: str, adapter: str | None = None
 
 @torch.no_grad()
 def first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
-                         device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                         device: str = "cpu", template: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position."""
     from ..attach import base_model_of
 
@@ -83,8 +83,8 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
         processor.tokenizer.padding_side = "left"  # the last position is every row's first answer position
         for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = processor(text=[chat_text(s.question, family=family) for s in batch],
-                               images=[Image.open(s.image).convert("RGB") for s in batch],
+            inputs = processor(text=[chat_text(s.question, family=family, template=template) for s in batch],
+                               images=[[Image.open(s.image).convert("RGB")] for s in batch],
                                padding=True, return_tensors="pt").to(device)
             out = model(**inputs)
             logits.append(out.logits[:, -1, token_ids].float().cpu())
@@ -95,8 +95,10 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
 
 
 def attribute_probabilities(model, processor, samples: list[Sample], token_ids: list[int],
-                            temperature: float = 1.0, device: str = "cpu", batch_size: int = 8) -> torch.Tensor:
-    logits, _ = first_answer_outputs(model, processor, samples, token_ids, batch_size=batch_size, device=device)
+                            temperature: float = 1.0, device: str = "cpu", batch_size: int = 8,
+                            template: str | None = None) -> torch.Tensor:
+    logits, _ = first_answer_outputs(model, processor, samples, token_ids, batch_size=batch_size, device=device,
+                                     template=template)
     return torch.softmax(logits / temperature, dim=-1)
 
 
@@ -126,7 +128,7 @@ def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch
 
 @torch.no_grad()
 def likelihood_scores(model, processor, samples: list[Sample], class_names: list[str],
-                      device: str = "cpu") -> torch.Tensor:
+                      device: str = "cpu", template: str | None = None) -> torch.Tensor:
     """(N, C) summed log-probability of each class name's full token sequence after the prompt.
 
     One forward per sample scores all C names at once (a right-padded batch of prompt + name_c); every token of
@@ -140,9 +142,10 @@ def likelihood_scores(model, processor, samples: list[Sample], class_names: list
     rows = []
     for sample in tqdm(samples, desc="likelihood", leave=False):
         image = Image.open(sample.image).convert("RGB")
-        prompt_len = chat_inputs(processor, image, sample.question, family=family)["input_ids"].shape[1]
-        inputs = processor(text=[chat_text(sample.question, name, family) for name in class_names],
-                           images=[image] * len(class_names), padding=True, return_tensors="pt").to(device)
+        prompt = chat_inputs(processor, image, sample.question, family=family, template=template)
+        prompt_len = prompt["input_ids"].shape[1]
+        inputs = processor(text=[chat_text(sample.question, name, family, template) for name in class_names],
+                           images=[[image]] * len(class_names), padding=True, return_tensors="pt").to(device)
         log_probs = torch.log_softmax(model(**inputs).logits[:, :-1].float(), dim=-1)
         targets = inputs["input_ids"][:, 1:]
         token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -54,11 +54,11 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
         if unknown:
             raise AttTokError(f"{dataset}: samples {unknown[:5]} carry tokens outside the model's vocabulary")
         truth = [vocab.tokens.index(s.label_token) for s in samples]
-        logits, hidden = first_answer_outputs(model, processor, samples, token_ids, batch_size, device)
+        logits, hidden = first_answer_outputs(model, processor, samples, token_ids, batch_size, device, template)
         temperature = 1.0
         if val_dataset:
             val = read_samples(val_dataset)
-            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, device)
+            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, device, template)
             temperature = calibrate_temperature(val_logits, torch.tensor([vocab.tokens.index(s.label_token)
                                                                            for s in val]))
         probs = torch.softmax(logits / temperature, dim=-1)
@@ -69,7 +69,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
             raise AttTokError(f"{dataset}: likelihood scoring needs each sample's `label` (class name)")
         names = list(dict.fromkeys(s.label for s in samples))
         truth = [names.index(s.label) for s in samples]
-        probs = torch.softmax(likelihood_scores(model, processor, samples, names, device), dim=-1)
+        probs = torch.softmax(likelihood_scores(model, processor, samples, names, device, template), dim=-1)
         temperature, retrieval = 1.0, None
     else:
         raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
