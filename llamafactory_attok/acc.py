@@ -5,6 +5,15 @@
 
 F: visual tokens after the merger (N×d, LLM width); B: the 3K book entries. The book's keys and values do not
 depend on the image, so they are projected once per forward and shared by every visual token of every image.
+
+Projecting the books costs 2·3K·d² multiply-adds per forward, which dominates at large K. By associativity the
+same attention needs no projected book at all:
+
+    (F W_Q)(B W_K)ᵀ = ((F W_Q) W_Kᵀ) Bᵀ              softmax(·) (B W_V) = (softmax(·) B) W_V
+
+which costs 2·N·d² instead — cheaper whenever the N visual tokens of a forward are fewer than the 3K entries
+(e.g. 64 tokens of a 224² image against K = 1000). Training takes the cheaper order per forward; the result is
+the same up to floating-point rounding (tested against float64). Inference reuses cached book projections.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class ACCAdapter(nn.Module):
         self.attok_v = nn.Linear(dim, dim, bias=False)
         self.attok_o = nn.Linear(dim, dim, bias=False)
         self._book_cache: tuple | None = None
+        self.absorb_books: bool | None = None  # None: choose per forward (N < 3K); True/False force an order
         # nn.Linear's own bound U(±1/√d), drawn from an explicit generator so every rank builds the same weights
         bound = 1.0 / math.sqrt(dim)
         with torch.no_grad():
@@ -66,6 +76,12 @@ class ACCAdapter(nn.Module):
         self._book_cache = (versions, entries.clone(), keys, values)
         return keys, values
 
+    def _absorbs(self, num_tokens: int, num_entries: int) -> bool:
+        if self.absorb_books is not None:
+            return self.absorb_books
+        training = self.training or torch.is_grad_enabled()  # inference has the book cache instead
+        return training and num_tokens < num_entries
+
     def forward(
         self,
         visual: torch.Tensor,
@@ -80,9 +96,18 @@ class ACCAdapter(nn.Module):
         """
         dtype = self.attok_q.weight.dtype
         entries = books.reshape(-1, books.shape[-1]).to(dtype)
-        keys, values = self._project_books(entries)
         features = visual.to(dtype)
-        attended, weights = acc_attention(self.attok_q(features), keys, values, books_valid.reshape(-1))
+        queries = self.attok_q(features)
+        if self._absorbs(features.shape[0], entries.shape[0]):
+            # Q W_K against raw entries, then W_V after the weighted sum: no (3K, d) projection is formed.
+            # (attok_k.weight is read outside attok_k's forward: under ZeRO-3 attach() registers it as an
+            # external parameter of this module.)
+            attended, weights = acc_attention(queries @ self.attok_k.weight, entries, entries,
+                                              books_valid.reshape(-1))
+            attended = self.attok_v(attended)
+        else:
+            keys, values = self._project_books(entries)
+            attended, weights = acc_attention(queries, keys, values, books_valid.reshape(-1))
         delta = self.gamma * self.attok_o(attended)
         if token_mask is not None:
             delta = delta * token_mask.to(delta.dtype).unsqueeze(-1)

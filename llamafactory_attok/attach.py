@@ -23,7 +23,7 @@ from .errors import AttTokError
 from .families import VisionFamily, family_for
 from .log import get_logger
 from .plan import BatchPlan, image_means
-from .rows import gathered
+from .rows import gathered, is_zero3
 
 STATE_FILE_NAME = "attok_state.safetensors"
 logger = get_logger(__name__)
@@ -148,6 +148,10 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
     module = AttTokModule(args, token_ids, keyword_embeddings(base, keyword_ids), seed)
     module.family = family_for(base.config)
     module.to(next(base.parameters()).device)
+    if module.acc is not None and is_zero3():  # ACC may read W_K outside attok_k's forward (see acc.py)
+        import deepspeed
+
+        deepspeed.zero.register_external_parameter(module.acc, module.acc.attok_k.weight)
     base.attok = module
     module._embedding.append(base.get_input_embeddings())
     object.__setattr__(module, "_hooks", [

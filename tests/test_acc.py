@@ -99,6 +99,38 @@ def test_inference_reuses_book_projections_until_books_change():
         adapter(visual, books + 1, valid)
         assert len(calls) == 2  # new books: projected again
     adapter.train()
+    adapter.absorb_books = False  # 5 tokens < 9 entries would take the order that never projects the books
     out, _ = adapter(visual, books, valid)
     adapter(visual, books, valid)
     assert len(calls) == 4  # training: every forward
+
+
+def test_both_multiplication_orders_match_the_formula_and_each_other_with_gradients():
+    """N < 3K takes the absorbed order ((Q W_K) Bᵀ, (A B) W_V), N ≥ 3K projects the books; both are Eq. 6–7."""
+    results = {}
+    for absorb in (True, False):
+        adapter, visual, books = make(n=5, k=3)  # 5 tokens, 9 entries
+        adapter.double()
+        adapter.absorb_books = absorb
+        books = books.double().requires_grad_(True)
+        valid = torch.ones(3, 3, dtype=torch.bool)
+        valid[1, 2] = False
+        out, weights = adapter(visual.double(), books, valid)
+        np.testing.assert_allclose(out.detach().numpy(), direct_formula(visual, books.detach(), valid, adapter, 0.1),
+                                   atol=1e-12)
+        out.square().sum().backward()
+        results[absorb] = (out.detach(), weights, books.grad,
+                           [layer.weight.grad for layer in (adapter.attok_q, adapter.attok_k, adapter.attok_v)])
+    for a, b in zip(results[True][:3], results[False][:3], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    for a, b in zip(results[True][3], results[False][3], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_the_cheaper_order_is_chosen_per_forward():
+    adapter, _, _ = make()
+    assert adapter._absorbs(num_tokens=64, num_entries=3000)  # 224² image, K = 1000
+    assert not adapter._absorbs(num_tokens=64, num_entries=21)  # K = 7
+    adapter.eval()
+    with torch.no_grad():
+        assert not adapter._absorbs(num_tokens=64, num_entries=3000)  # serving: cached book projections
