@@ -158,6 +158,8 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
         vision_tower(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
         base.get_output_embeddings().register_forward_pre_hook(module.on_head_input),
     ])
+    logger.info("AttTok: family %s, visual tokens hooked at %s, output head %s", module.family.name,
+                module.family.feature_path, "tied to the embedding" if module.family.tied(base) else "untied")
     # never written into model weights by save_pretrained: it has its own file
     ignore = list(getattr(base, "_keys_to_ignore_on_save", None) or [])
     base._keys_to_ignore_on_save = ignore + [f"attok.{name}" for name in module.state_dict()]
