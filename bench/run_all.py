@@ -1,4 +1,4 @@
-"""`make bench`: items 1–5 of BENCHMARKS.md on this machine, results into bench_results/ (≈ 22 min on 2 cores).
+"""`make bench`: items 1–5 and 7 of BENCHMARKS.md, results into bench_results/ (≈ 10 min on an idle 2-core VM).
 
 The accuracy grid (item 4) uses 40 training images per class and 4 epochs — a subset of the official splits, said
 next to the numbers in BENCHMARKS.md.
