@@ -39,15 +39,6 @@ def family_of(base: nn.Module) -> VisionFamily:
     return family_for(base.config)
 
 
-def vision_tower(base: nn.Module) -> nn.Module:
-    """The module whose output holds the visual tokens at LLM width (the family's hook point)."""
-    return family_of(base).feature_module(base)
-
-
-def image_token_id(base: nn.Module) -> int:
-    return family_of(base).image_token_id(base.config)
-
-
 class AttTokModule(nn.Module):
     """Books, ACC and θ of one run, plus the per-forward :class:`BatchPlan` the hooks fill."""
 
@@ -155,7 +146,7 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
     base.attok = module
     module._embedding.append(base.get_input_embeddings())
     object.__setattr__(module, "_hooks", [
-        vision_tower(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
+        module.family.feature_module(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
         base.get_output_embeddings().register_forward_pre_hook(module.on_head_input),
     ])
     logger.info("AttTok: family %s, visual tokens hooked at %s, output head %s", module.family.name,
