@@ -16,6 +16,7 @@ OUT = REPO / "bench_results"
 STEPS = [
     ("startup", ["-m", "bench.startup", "--runs", "60"]),
     ("flops", ["-m", "bench.flops"]),
+    ("flops_families", ["-m", "bench.flops_families"]),
     ("params_memory", ["-m", "bench.params_memory"]),
     ("step_time", ["-m", "bench.step_time", "--steps", "60", "--rss"]),
     ("throughput", ["-m", "bench.throughput"]),
