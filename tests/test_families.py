@@ -101,8 +101,12 @@ def test_only_attribute_rows_change(trained):
 
 
 def _inputs(trained, processor):
-    image = Image.new("RGB", (64, 64), (40, 160, 90))
-    return chat_inputs(processor, image, "which modality is this image?", family=trained["family"])
+    """A 224×160 image: InternVL's processor cuts it into several 112² tiles (one image, one token run)."""
+    image = Image.new("RGB", (224, 160), (40, 160, 90))
+    inputs = chat_inputs(processor, image, "which modality is this image?", family=trained["family"])
+    if trained["family"] == "intern_vl":
+        assert inputs["pixel_values"].shape[0] > 1
+    return inputs
 
 
 @torch.no_grad()
