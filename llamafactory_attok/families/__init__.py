@@ -8,16 +8,7 @@ from .registry import SEAM, check_widths, family_for, register_family, supported
 
 SUPPORTED_FAMILIES: tuple[str, ...] = supported_model_types()
 
-
-def check_family(model_type: str | None, where: str) -> str:
-    """``model_type`` if a family serves it, else an :class:`AttTokError` listing the supported ones."""
-    from types import SimpleNamespace
-
-    family_for(SimpleNamespace(model_type=model_type), where)
-    return model_type
-
-
 __all__ = [
-    "SEAM", "SUPPORTED_FAMILIES", "MergerFamily", "ProjectorFamily", "VisionFamily", "check_family", "check_widths",
+    "SEAM", "SUPPORTED_FAMILIES", "MergerFamily", "ProjectorFamily", "VisionFamily", "check_widths",
     "family_for", "register_family", "supported_model_types",
 ]

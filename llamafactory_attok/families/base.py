@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..plan import qwen_image_sizes
+
 
 class VisionFamily:
     """Base class of a family (see module docstring). Subclasses set ``name`` / ``model_types`` and override."""
@@ -94,10 +96,7 @@ class MergerFamily(VisionFamily):
         return int(config.vision_config.spatial_merge_size)
 
     def image_sizes(self, inputs: dict, config) -> list[int] | None:
-        grid = inputs.get("image_grid_thw")
-        if grid is None or inputs.get("pixel_values") is None:
-            return None
-        return (grid.prod(-1) // self.merge_size(config) ** 2).tolist()
+        return qwen_image_sizes(inputs, self.merge_size(config))
 
     def token_grid(self, inputs: dict, index: int, config) -> tuple[int, int] | None:
         _, h, w = inputs["image_grid_thw"][index].tolist()
