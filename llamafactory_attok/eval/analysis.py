@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..attach import base_model_of, family_of, module_of
+from ..plan import image_means
 from ..testing import chat_text
 from .attribute_classifier import Sample
 
@@ -53,14 +54,10 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
             features = captured[0]
             sizes = family.image_sizes(inputs, base.config)
             books, valid = module.book_entries(features.device)
-            acc_weights = module.acc(features, books, valid)[1] if module.acc is not None else None
-            offset = 0
-            for i, size in enumerate(sizes):
-                means.append(features[offset:offset + size].mean(0).cpu())
-                grids.append(family.token_grid(inputs, i, base.config))
-                if acc_weights is not None:
-                    weights.append(acc_weights[offset:offset + size].cpu())
-                offset += size
+            means.extend(image_means(features, sizes).cpu())
+            grids.extend(family.token_grids(inputs, sizes, base.config))
+            if module.acc is not None:
+                weights.extend(w.cpu() for w in torch.split(module.acc(features, books, valid)[1], sizes))
         books, valid = module.book_entries(torch.device(device))
     finally:
         handle.remove()

@@ -67,9 +67,10 @@ class VisionFamily:
         """Visual tokens per image, in feature order; None when the batch carries no pixels."""
         raise NotImplementedError
 
-    def token_grid(self, inputs: dict, index: int, config) -> tuple[int, int] | None:
-        """(rows, cols) of image ``index``'s visual tokens for ACC maps, or None when not one grid."""
-        return None
+    def token_grids(self, inputs: dict, sizes: list[int], config) -> list[tuple[int, int] | None]:
+        """(rows, cols) of each image's visual tokens for ACC maps (``sizes`` from :meth:`image_sizes`), None
+        for an image whose tokens are not one grid."""
+        return [None] * len(sizes)
 
     # ---- embeddings -----------------------------------------------------------------------------------------
 
@@ -98,10 +99,9 @@ class MergerFamily(VisionFamily):
     def image_sizes(self, inputs: dict, config) -> list[int] | None:
         return qwen_image_sizes(inputs, self.merge_size(config))
 
-    def token_grid(self, inputs: dict, index: int, config) -> tuple[int, int] | None:
-        _, h, w = inputs["image_grid_thw"][index].tolist()
+    def token_grids(self, inputs: dict, sizes: list[int], config) -> list[tuple[int, int] | None]:
         merge = self.merge_size(config)
-        return h // merge, w // merge
+        return [(h // merge, w // merge) for _, h, w in inputs["image_grid_thw"].tolist()]
 
 
 class ProjectorFamily(VisionFamily):
@@ -124,7 +124,6 @@ class ProjectorFamily(VisionFamily):
             return None
         return [self.tokens_per_image(inputs, config)] * int(pixels.shape[0])
 
-    def token_grid(self, inputs: dict, index: int, config) -> tuple[int, int] | None:
-        count = self.tokens_per_image(inputs, config)
-        side = int(round(count ** 0.5))
-        return (side, side) if side * side == count else None
+    def token_grids(self, inputs: dict, sizes: list[int], config) -> list[tuple[int, int] | None]:
+        sides = [int(round(size ** 0.5)) for size in sizes]
+        return [(side, side) if side * side == size else None for side, size in zip(sides, sizes, strict=True)]
