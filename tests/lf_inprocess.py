@@ -61,3 +61,29 @@ def run_sft(args: dict, keep_start_rows: bool = False) -> Probe:
     probe = Probe(keep_start_rows)
     run_exp(dict(args), callbacks=[probe])
     return probe
+
+
+@torch.no_grad()
+def last_logits(model, inputs) -> torch.Tensor:
+    """Logits at the last position of the first row, in eval mode."""
+    model.eval()
+    return model(**inputs).logits[0, -1].float()
+
+
+def embeds_seen_by_llm(model, inputs, plan=None) -> torch.Tensor:
+    """The ``inputs_embeds`` the language model receives (visual tokens after ACC), first row; ``plan`` is handed
+    to the AttTok module for the forward (None: no batch plan, as at inference)."""
+    base = base_model_of(model)
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone())
+
+    handle = base.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    module_of(model).plan = plan
+    try:
+        last_logits(model, inputs)
+    finally:
+        handle.remove()
+        module_of(model).plan = None
+    return seen["embeds"][0]

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 from conftest import assert_ok, base_args, run_cli, train_cli, trainer_log, write_yaml
-from lf_inprocess import run_sft
+from lf_inprocess import embeds_seen_by_llm, last_logits, run_sft
 from PIL import Image
 
 from llamafactory_attok.attach import base_model_of, family_of, module_of
@@ -109,29 +109,6 @@ def _inputs(trained, processor):
     return inputs
 
 
-@torch.no_grad()
-def _last_logits(model, inputs):
-    model.eval()
-    return model(**inputs).logits[0, -1].float()
-
-
-def _embeds_seen_by_llm(model, inputs, plan=None):
-    base = base_model_of(model)
-    seen = {}
-
-    def capture(module, args, kwargs):
-        seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone())
-
-    handle = base.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
-    module_of(model).plan = plan
-    try:
-        _last_logits(model, inputs)
-    finally:
-        handle.remove()
-        module_of(model).plan = None
-    return seen["embeds"][0]
-
-
 def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_tokens(trained, sample_data):
     model, tokenizer, processor = load_model_for_inference(str(trained["model"]), adapter=str(trained["out"]),
                                                            template=TEMPLATES[trained["family"]])
@@ -142,7 +119,7 @@ def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_token
     assert (probs.argmax(-1) == truth).float().mean() >= 0.75
 
     inputs = _inputs(trained, processor)
-    reloaded, original = _last_logits(model, inputs), _last_logits(trained["probe"].model, inputs)
+    reloaded, original = last_logits(model, inputs), last_logits(trained["probe"].model, inputs)
     # LF merges the LoRA weights on reload: float rounding of W + BA after 40 steps at lr 1e-2 reaches ~2e-5
     torch.testing.assert_close(reloaded, original, atol=1e-4, rtol=1e-4)
 
@@ -151,9 +128,9 @@ def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_token
     image_rows = inputs["input_ids"][0] == family.image_token_id(base.config)
     assert image_rows.sum() == sum(family.image_sizes(inputs, base.config))
     acc = module_of(model).acc
-    with_acc = _embeds_seen_by_llm(model, inputs)
+    with_acc = embeds_seen_by_llm(model, inputs)
     acc.gamma = 0.0
-    without_acc = _embeds_seen_by_llm(model, inputs)
+    without_acc = embeds_seen_by_llm(model, inputs)
     acc.gamma = 0.1
     assert torch.equal(with_acc[~image_rows], without_acc[~image_rows])  # text untouched, bit for bit
     assert (with_acc[image_rows] != without_acc[image_rows]).any(-1).all()  # every image token changed
@@ -165,9 +142,9 @@ def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_token
                       image_sizes=family.image_sizes(dummy, base.config))
     assert not plan.image_real.any()
     acc.gamma = 0.0
-    reference = _embeds_seen_by_llm(model, dummy)
+    reference = embeds_seen_by_llm(model, dummy)
     acc.gamma = 0.1
-    assert torch.equal(_embeds_seen_by_llm(model, dummy, plan), reference)
+    assert torch.equal(embeds_seen_by_llm(model, dummy, plan), reference)
 
 
 def test_export_merges_into_a_folder_that_reloads_with_equal_logits(trained, tmp_path):
@@ -184,4 +161,4 @@ def test_export_merges_into_a_folder_that_reloads_with_equal_logits(trained, tmp
     adapter, _, _ = load_model_for_inference(str(trained["model"]), adapter=str(trained["out"]), template=template)
     inputs = _inputs(trained, processor)
     # two merges of the same LoRA in float32 (export vs load time) round differently: ~2e-5 seen
-    torch.testing.assert_close(_last_logits(merged, inputs), _last_logits(adapter, inputs), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last_logits(merged, inputs), last_logits(adapter, inputs), atol=1e-4, rtol=1e-4)

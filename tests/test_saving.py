@@ -4,7 +4,7 @@ Also: ACC touches only real image tokens of the loaded model."""
 import pytest
 import torch
 from conftest import assert_ok, base_args, run_cli, write_yaml
-from lf_inprocess import run_sft
+from lf_inprocess import embeds_seen_by_llm, last_logits, run_sft
 from PIL import Image
 
 from llamafactory_attok.attach import base_model_of, module_of
@@ -29,18 +29,12 @@ def _inputs(processor, sample_data):
     return chat_inputs(processor, Image.open(sample.image).convert("RGB"), sample.question)
 
 
-@torch.no_grad()
-def _logits(model, inputs):
-    model.eval()
-    return model(**inputs).logits[0, -1].float()
-
-
 def test_adapter_reload_gives_the_training_time_logits(trained, tiny_models, sample_data):
     out, training_model = trained
     model, tokenizer, processor = load_model_for_inference(str(tiny_models["qwen2_5_vl"]), adapter=str(out))
     assert tokenizer.convert_tokens_to_ids("<|fundus_no_dr|>") == 400
     inputs = _inputs(processor, sample_data)
-    reloaded, original = _logits(model, inputs), _logits(training_model, inputs)
+    reloaded, original = last_logits(model, inputs), last_logits(training_model, inputs)
     torch.testing.assert_close(reloaded[TOKEN_IDS], original[TOKEN_IDS], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(reloaded[:400], original[:400], atol=1e-5, rtol=1e-5)
     assert module_of(model).books.bank.seen.all()
@@ -57,25 +51,8 @@ def test_export_merges_into_a_folder_that_reloads_with_equal_logits(trained, tin
     assert {"attok_state.safetensors", "attok_vocab.yaml", "attok_config.json"} <= {p.name for p in export.iterdir()}
     model, _, processor = load_model_for_inference(str(export))
     inputs = _inputs(processor, sample_data)
-    torch.testing.assert_close(_logits(model, inputs)[TOKEN_IDS], _logits(training_model, inputs)[TOKEN_IDS],
+    torch.testing.assert_close(last_logits(model, inputs)[TOKEN_IDS], last_logits(training_model, inputs)[TOKEN_IDS],
                                atol=1e-5, rtol=1e-5)
-
-
-def _embeds_seen_by_llm(model, inputs, plan=None):
-    base = base_model_of(model)
-    seen = {}
-
-    def capture(module, args, kwargs):
-        seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone())
-
-    handle = base.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
-    module_of(model).plan = plan
-    try:
-        _logits(model, inputs)
-    finally:
-        handle.remove()
-        module_of(model).plan = None
-    return seen["embeds"][0]
 
 
 def test_acc_changes_only_real_image_tokens(trained, tiny_models, sample_data):
@@ -84,9 +61,9 @@ def test_acc_changes_only_real_image_tokens(trained, tiny_models, sample_data):
     inputs = _inputs(processor, sample_data)
     image_rows = inputs["input_ids"][0] == base_model_of(model).config.image_token_id
     acc = module_of(model).acc
-    with_acc = _embeds_seen_by_llm(model, inputs)
+    with_acc = embeds_seen_by_llm(model, inputs)
     acc.gamma = 0.0
-    without_acc = _embeds_seen_by_llm(model, inputs)
+    without_acc = embeds_seen_by_llm(model, inputs)
     acc.gamma = 0.1
     assert torch.equal(with_acc[~image_rows], without_acc[~image_rows])  # text untouched, bit for bit
     assert (with_acc[image_rows] != without_acc[image_rows]).any(-1).all()  # every image token changed
@@ -97,6 +74,6 @@ def test_acc_changes_only_real_image_tokens(trained, tiny_models, sample_data):
     plan = build_plan(dummy, TOKEN_IDS, base_model_of(model).config.image_token_id, 2)
     assert not plan.image_real.any()
     acc.gamma = 0.0
-    reference = _embeds_seen_by_llm(model, dummy)
+    reference = embeds_seen_by_llm(model, dummy)
     acc.gamma = 0.1
-    assert torch.equal(_embeds_seen_by_llm(model, dummy, plan), reference)
+    assert torch.equal(embeds_seen_by_llm(model, dummy, plan), reference)
