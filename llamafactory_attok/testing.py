@@ -67,20 +67,18 @@ def build_tiny_tokenizer(vocab_size: int = 400, family: Family = "qwen2_vl"):
         show_progress=False,
     )
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    others = [tok for tok in spec.specials if tok not in (spec.pad, spec.eos, spec.bos)]
     if spec.specials == QWEN_SPECIALS:
         tokenizer = Qwen2TokenizerFast(
             tokenizer_object=bpe, pad_token=spec.pad, eos_token=spec.eos, unk_token=None, bos_token=None,
             additional_special_tokens=list(QWEN_SPECIALS[1:]),
         )
-    else:
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=bpe, pad_token=spec.pad, eos_token=spec.eos, bos_token=spec.bos,
-            additional_special_tokens=others, extra_special_tokens=dict(spec.named),
-        )
-    if spec.specials == QWEN_SPECIALS:
         tokenizer.chat_template = _CHAT_TEMPLATE
-    return tokenizer
+        return tokenizer
+    others = [tok for tok in spec.specials if tok not in (spec.pad, spec.eos, spec.bos)]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token=spec.pad, eos_token=spec.eos, bos_token=spec.bos,
+        additional_special_tokens=others, extra_special_tokens=dict(spec.named),
+    )
 
 
 def build_tiny_config(family: Family, tokenizer, tied: bool | None = None, spare_rows: int = 0):
