@@ -49,17 +49,26 @@ def _inputs(config):
 
 
 @torch.no_grad()
-def model_flops(llm_layers: int, vis_depth: int, full_blocks: list[int]) -> int:
+def forward_flops(cls, config, inputs: dict) -> int:
+    """FLOPs of one forward (last-position logits) of ``cls`` built from ``config`` with uninitialised bf16 weights."""
     from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = cls._from_config(config, dtype=torch.bfloat16)
+    model = model.to_empty(device="cpu").eval()
+    for name, buffer in model.named_buffers():  # to_empty leaves index buffers as garbage; FLOPs need valid ids
+        if name.endswith("position_ids"):
+            buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
+    with FlopCounterMode(display=False) as counter:
+        model(**inputs, logits_to_keep=1)
+    return counter.get_total_flops()
+
+
+def model_flops(llm_layers: int, vis_depth: int, full_blocks: list[int]) -> int:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = _config(llm_layers, vis_depth, full_blocks)
-    with init_empty_weights():
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, torch_dtype=torch.bfloat16)
-    model = model.to_empty(device="cpu").eval()
-    with FlopCounterMode(display=False) as counter:
-        model(**_inputs(config), logits_to_keep=1)
-    return counter.get_total_flops()
+    return forward_flops(Qwen2_5_VLForConditionalGeneration, config, _inputs(config))
 
 
 def vanilla_7b_flops() -> dict[str, float]:

@@ -19,6 +19,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.flops import forward_flops
 from llamafactory_attok.acc import ACCAdapter
 
 TEXT_TOKENS = 24
@@ -71,20 +72,8 @@ def _qwen3_vl(llm_layers: int, vision_layers: int):
     return Qwen3VLForConditionalGeneration, config, inputs
 
 
-@torch.no_grad()
 def count(builder, llm_layers: int, vision_layers: int) -> int:
-    from accelerate import init_empty_weights
-
-    cls, config, inputs = builder(llm_layers, vision_layers)
-    with init_empty_weights():
-        model = cls._from_config(config, dtype=torch.bfloat16)
-    model = model.to_empty(device="cpu").eval()
-    for name, buffer in model.named_buffers():  # to_empty leaves index buffers as garbage; FLOPs need valid ids
-        if name.endswith("position_ids"):
-            buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
-    with FlopCounterMode(display=False) as counter:
-        model(**inputs, logits_to_keep=1)
-    return counter.get_total_flops()
+    return forward_flops(*builder(llm_layers, vision_layers))
 
 
 def vanilla_flops(builder, spec: dict) -> float:
