@@ -38,13 +38,8 @@ class _PatchingLoader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        self._loader.exec_module(module)
-        from llamafactory_attok import integration
-
-        if self._disabled:
-            integration.warn_when_disabled(self._name, module)
-        else:
-            integration.patch_module(self._name, module)
+        self._loader.exec_module(module)  # LF's own import errors are LF's: they propagate unchanged
+        _patch_safely(self._name, module, self._disabled)
 
     def __getattr__(self, item):
         return getattr(self._loader, item)
@@ -71,6 +66,26 @@ class _Finder:
         return None
 
 
+def _patch_safely(name, module, disabled):
+    """Hand ``module`` to ``integration``; whatever goes wrong there, the LF import itself succeeds (one warning)."""
+    try:
+        from llamafactory_attok import integration
+
+        handle = integration.warn_when_disabled if disabled else integration.patch_module
+        handle(name, module)
+    except Exception as err:  # the plugin must never break a vanilla LF import
+        try:
+            from llamafactory_attok import integration
+
+            integration.PATCH_FAILURES[name] = f"{type(err).__name__}: {err}"
+        except Exception:  # noqa: S110 - integration itself failed to import; the warning below says so
+            pass
+        sys.stderr.write(
+            f"llamafactory-attok: could not patch {name} ({type(err).__name__}: {err}); LLaMA-Factory runs as "
+            "shipped, and AttTok runs will stop with an error.\n"
+        )
+
+
 def is_disabled() -> bool:
     return os.environ.get("ATTOK_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -83,11 +98,7 @@ def install() -> None:
         finder = _Finder(disabled=is_disabled())
         sys.meta_path.insert(0, finder)
         already = [name for name in finder.targets if name in sys.modules]
-        if already:  # LF imported before us (unusual): patch what is loaded now
-            from llamafactory_attok import integration
-
-            for name in already:
-                handle = integration.warn_when_disabled if finder.disabled else integration.patch_module
-                handle(name, sys.modules[name])
+        for name in already:  # LF imported before us (unusual): patch what is loaded now
+            _patch_safely(name, sys.modules[name], finder.disabled)
     except Exception as err:  # interpreter start must never fail; say why instead of staying silent
         sys.stderr.write(f"llamafactory-attok: startup hook not installed: {err!r}\n")

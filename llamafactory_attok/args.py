@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import AttTokError
 
 ACM_SCHEDULES = ("linear", "cosine", "constant")
+_FIELD_KIND: dict[str, str] = {}  # field name -> annotation string, filled below the dataclass
 
 
 @dataclass
@@ -39,6 +41,9 @@ class AttTokArguments:
     )
 
     def __post_init__(self) -> None:
+        for key, value in self.to_dict().items():
+            if _FIELD_KIND.get(key) == "float" and not math.isfinite(value):
+                raise AttTokError(f"{key} must be a finite number, got {value!r}.")
         if self.attok_acc_gamma < 0:
             raise AttTokError(f"attok_acc_gamma must be >= 0, got {self.attok_acc_gamma}.")
         if not 0.0 <= self.attok_ema < 1.0:
@@ -58,6 +63,7 @@ class AttTokArguments:
 
 VALID_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AttTokArguments))
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(AttTokArguments)}
+_FIELD_KIND.update(_FIELD_TYPES)
 
 
 def is_attok_key(key: str) -> bool:
@@ -87,8 +93,18 @@ def _coerce(key: str, value: Any) -> Any:
     return str(value)  # Literal choices are checked in AttTokArguments.__post_init__
 
 
+def _closest_key(key: str) -> list[str]:
+    """Closest valid key, comparing also the last word (``attok_gama`` -> ``attok_acc_gamma``, not ``attok_ema``)."""
+    tail = key.rsplit("_", 1)[-1]
+    by_tail = {k.rsplit("_", 1)[-1]: k for k in VALID_KEYS if "_" in k}
+    hit = difflib.get_close_matches(tail, list(by_tail), n=1, cutoff=0.75) if "_" in key else []
+    if hit:
+        return [by_tail[hit[0]]]
+    return difflib.get_close_matches(key, VALID_KEYS, n=1)
+
+
 def unknown_key_message(key: str) -> str:
-    hint = difflib.get_close_matches(key, VALID_KEYS, n=1)
+    hint = _closest_key(key)
     suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
     return f"Unknown AttTok argument {key!r}.{suggestion} Valid keys: {', '.join(VALID_KEYS)}."
 

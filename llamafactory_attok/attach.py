@@ -12,6 +12,8 @@ exist before the Trainer is built). Two hooks connect it to the model:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -54,6 +56,7 @@ class AttTokModule(nn.Module):
         self.acm = ACMProjection(dim) if args.attok_acm else None
         self.plan: BatchPlan | None = None
         self.family: VisionFamily | None = None  # set by attach()
+        self.expects_trainer = False  # a training run: every training forward must come through the AttTok trainer
         self._embedding: list[nn.Module] = []  # a plain list: the model's embedding must not become our submodule
 
     @property
@@ -93,9 +96,26 @@ class AttTokModule(nn.Module):
         return self.family.write_features(output, refined)
 
     def on_head_input(self, module, args):
-        """Output-head pre-hook: keep the final hidden states for the ACM anchors."""
-        if self.plan is not None and self.acm is not None and args:
+        """Output-head pre-hook: keep the final hidden states for the ACM anchors.
+
+        In a training run, a training-mode forward without a batch plan means LF's trainer is not the AttTok
+        trainer (the trainer swap was bypassed): stop instead of training without ACM and prototypes.
+        """
+        if self.plan is None:
+            if self.expects_trainer and module.training and torch.is_grad_enabled():
+                raise AttTokError(
+                    "a training forward reached the model outside the AttTok trainer (LLaMA-Factory's "
+                    "CustomSeq2SeqTrainer was not replaced): ACM and the prototypes would silently not train.")
+            return
+        if self.acm is not None and args:
             self.plan.hidden = args[0]
+
+    def on_model_input(self, module, args, kwargs):
+        """Model forward pre-hook: refuse videos, in training and at inference alike (see ``compat.VIDEO_REASON``)."""
+        if kwargs.get("pixel_values_videos") is not None:
+            from .compat import VIDEO_REASON
+
+            raise AttTokError(f"a batch carries videos (pixel_values_videos): {VIDEO_REASON}.")
 
     # ---- state -----------------------------------------------------------------------------------------
 
@@ -148,6 +168,7 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
     object.__setattr__(module, "_hooks", [
         module.family.feature_module(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
         base.get_output_embeddings().register_forward_pre_hook(module.on_head_input),
+        base.register_forward_pre_hook(module.on_model_input, with_kwargs=True),
     ])
     logger.info("AttTok: family %s, visual tokens hooked at %s, output head %s", module.family.name,
                 module.family.feature_path, "tied to the embedding" if module.family.tied(base) else "untied")
@@ -180,6 +201,14 @@ def load_state(module: AttTokModule, path) -> None:
     """Load the state file into ``module`` (collective under ZeRO-3: rank 0 writes, then broadcasts)."""
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
-    with gathered(list(module.parameters()), modify=True):
-        module.load_trainable_state(state)
+    if not Path(path).is_file():
+        raise AttTokError(f"{path}: AttTok state file missing; without it ACC and the books would start fresh.")
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # SafetensorError, OSError, ...: re-raised with the file named
+        raise AttTokError(f"{path}: unreadable AttTok state ({type(err).__name__}: {err}).") from err
+    try:
+        with gathered(list(module.parameters()), modify=True):
+            module.load_trainable_state(state)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise AttTokError(f"{path}: AttTok state does not fit this run ({type(err).__name__}: {err}).") from err

@@ -9,6 +9,7 @@ keeps both moments at zero, and without decoupled decay the update is exactly ze
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -106,20 +107,65 @@ def init_attribute_rows(model, token_ids: Sequence[int], keyword_ids: Sequence[S
                     weight.data[row] = weight.data[list(ids)].float().mean(0).to(weight.dtype)
 
 
+def full_rows(weight: torch.Tensor) -> int:
+    """Rows of an embedding weight; under ZeRO-3 the partitioned tensor is empty and ``ds_shape`` is the truth."""
+    shape = getattr(weight, "ds_shape", None)
+    return int(shape[0]) if shape is not None else int(weight.size(0))
+
+
 def row_mask(num_rows: int, token_ids: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(num_rows, 1, dtype=like.dtype, device=like.device)
     mask[list(token_ids)] = 1
     return mask
 
 
+def _mask_gradient(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if grad.shape[0] != mask.shape[0]:
+        raise AttTokError(
+            f"embedding gradient has {grad.shape[0]} rows but the attribute-row mask {mask.shape[0]}: cannot keep "
+            "the non-attribute rows frozen (paper A.1).")
+    return grad * mask.to(device=grad.device, dtype=grad.dtype)
+
+
 def mask_non_attribute_gradients(model, token_ids: Sequence[int]) -> list:
-    """Make embed/head trainable with a hook that zeroes the gradient of every non-attribute row."""
+    """Make embed/head trainable with a hook that zeroes the gradient of every non-attribute row.
+
+    The gradient a hook sees is full-sized under ZeRO-3 too (it is computed on the gathered weight before
+    DeepSpeed reduce-scatters it), so the mask has the full row count (``ds_shape``), not the partition's.
+    """
     handles = []
     for weight in (w for w in embedding_and_head(model) if w is not None):
         weight.requires_grad_(True)
-        mask = row_mask(weight.size(0), token_ids, weight)
-        handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.dtype)))
+        mask = row_mask(full_rows(weight), token_ids, weight)
+        handles.append(weight.register_hook(functools.partial(_mask_gradient, mask=mask)))
     return handles
+
+
+def check_rows_trainable(model, token_ids: Sequence[int], finetuning_type: str) -> None:
+    """After LF's adapter setup, before step 1: the attribute rows of embed (and an untied head) must train.
+
+    LoRA: PEFT trainable-token layers cover exactly ``token_ids`` with a trainable delta; full / freeze: the whole
+    embed / head weights require grad (their other rows are masked). Anything else is an error naming the cause.
+    """
+    ids = sorted(token_ids)
+    if finetuning_type in ("full", "freeze"):
+        for weight in (w for w in embedding_and_head(model) if w is not None):
+            if not weight.requires_grad:
+                raise AttTokError("attribute rows are not trainable after LLaMA-Factory's adapter setup "
+                                  f"({finetuning_type}): the embedding/head weight does not require grad.")
+        return
+    layers = [m for m in model.modules() if type(m).__name__ == "TrainableTokensLayer"]
+    covered = [m for m in layers if any(sorted(v) == ids for v in getattr(m, "token_indices", {}).values())]
+    trainable = [m for m in covered if any(p.requires_grad for p in m.trainable_tokens_delta.parameters())]
+    base = getattr(model, "get_base_model", lambda: model)()
+    _, head = embedding_and_head(base)
+    needed = 1 if head is None else 2
+    if len(trainable) < needed:
+        raise AttTokError(
+            f"attribute rows are not trainable after LLaMA-Factory's adapter setup ({finetuning_type}): found "
+            f"{len(trainable)} trainable-token layer(s) over the attribute ids, need {needed} (embed"
+            f"{'' if head is None else ' and lm_head'}). LF built its PEFT config without AttTok's "
+            "trainable_token_indices (an option such as use_unsloth, or an LF change).")
 
 
 def trainable_token_indices(model, token_ids: Sequence[int]) -> dict[str, list[int]] | list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -9,24 +10,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import AttTokError
 from .vocab import VOCAB_FILE_NAME, AttributeVocab, load_vocab
 
 CONFIG_FILE_NAME = "attok_config.json"
 FORMAT_VERSION = 1
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter before Python 3.13)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    """Write ``data`` to ``path`` atomically and durably, with the mode a plain ``open(path, "w")`` would give.
+
+    A temp file in the same folder is written, fsynced, given mode ``0o666 & ~umask`` (``mkstemp`` creates 0600,
+    which a colleague sharing the output folder could not read), renamed over ``path``, and the folder is fsynced:
+    readers never see half a file, and a crash at any point leaves either the old or the new file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
 
 
 @dataclass
@@ -49,11 +80,42 @@ def save_description(folder: str | os.PathLike, vocab: AttributeVocab, config: d
     atomic_write_bytes(folder / CONFIG_FILE_NAME, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
 
-def find_saved(folders: list[str | os.PathLike | None]) -> SavedAttTok | None:
-    """The last folder (adapters are applied in order) that carries an AttTok description, if any."""
+ATTOK_FILES = (CONFIG_FILE_NAME, VOCAB_FILE_NAME, "attok_state.safetensors")
+
+
+def find_saved_quietly(folders: list[str | os.PathLike | None]) -> Path | None:
+    """The last folder holding any AttTok file, without reading it (for warnings and refusals)."""
     for folder in reversed([f for f in folders if f]):
         path = Path(folder)
-        if (path / CONFIG_FILE_NAME).is_file() and (path / VOCAB_FILE_NAME).is_file():
-            config = json.loads((path / CONFIG_FILE_NAME).read_text(encoding="utf-8"))
-            return SavedAttTok(path, load_vocab(path / VOCAB_FILE_NAME), config)
+        if any((path / name).is_file() for name in ATTOK_FILES):
+            return path
     return None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AttTokError(f"{path}: unreadable AttTok config ({type(err).__name__}: {err}).") from err
+    if not isinstance(config, dict) or not isinstance(config.get("token_ids"), list) or "args" not in config:
+        raise AttTokError(f"{path}: not an AttTok config (needs `token_ids` and `args`).")
+    return config
+
+
+def find_saved(folders: list[str | os.PathLike | None]) -> SavedAttTok | None:
+    """The last folder (adapters are applied in order) that carries an AttTok description, if any.
+
+    A folder with some AttTok files but not all of them (config, vocabulary, state) is an error naming the
+    missing file: loading it without them would give fresh ACC and books, i.e. silently wrong outputs.
+    """
+    path = find_saved_quietly(folders)
+    if path is None:
+        return None
+    missing = [name for name in ATTOK_FILES if not (path / name).is_file()]
+    if missing:
+        raise AttTokError(
+            f"{path}: AttTok files {', '.join(str(path / m) for m in missing)} missing (the folder holds "
+            f"{', '.join(n for n in ATTOK_FILES if n not in missing)}); copy the whole output folder."
+        )
+    config = _read_config(path / CONFIG_FILE_NAME)
+    return SavedAttTok(path, load_vocab(path / VOCAB_FILE_NAME), config)

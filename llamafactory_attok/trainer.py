@@ -6,6 +6,7 @@ prototype EMA (Eq. 5) is updated after each training micro-batch from all-reduce
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from .acm import acm_loss
 from .attach import STATE_FILE_NAME, base_model_of, load_state, module_of, save_state
 from .books import PrototypeBank, all_reduce_sums
 from .context import AttTokContext
+from .errors import AttTokError
 from .plan import BatchPlan, build_plan
 from .rows import embedding_parameter_names
 from .schedule import acm_weight
@@ -82,9 +84,19 @@ class AttTokTrainerMixin:
                           image_sizes=module.family.image_sizes(inputs, config))
         module.plan = plan
         try:
-            ntp, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            result = super().compute_loss(model, inputs, True, num_items_in_batch)
         finally:
             module.plan = None
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise AttTokError(
+                "LLaMA-Factory's compute_loss returned no model outputs (a custom loss such as use_asft_loss?); "
+                "AttTok needs (loss, outputs) to add λ·ACM.")
+        ntp, outputs = result
+        if module.acm is not None and plan.anchor_pos.numel() and plan.hidden is None:
+            raise AttTokError(
+                f"step {self.state.global_step + 1}: the batch has {plan.anchor_pos.numel()} attribute-token "
+                "positions but the output head never saw the hidden states (ACM anchors, Eq. 9). Likely cause: a "
+                "fused-loss kernel that skips lm_head(...), such as enable_liger_kernel; turn it off.")
         total = ntp
         acm_value = ntp.new_zeros(())
         weight = self.current_acm_weight() if module.acm is not None else 0.0
@@ -103,8 +115,14 @@ class AttTokTrainerMixin:
         totals = getattr(self, "_attok_totals", None)
         if totals is None:
             totals = self._attok_totals = {"loss_ntp": 0.0, "loss_acm": 0.0, "acm_weight": 0.0, "n": 0}
-        totals["loss_ntp"] += float(ntp.detach())
-        totals["loss_acm"] += float(acm_value.detach())
+        values = {"loss_ntp": float(ntp.detach()), "loss_acm": float(acm_value.detach())}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:  # stop before the optimizer step writes non-finite weights (and before any save)
+            raise AttTokError(
+                f"step {self.state.global_step + 1}: {', '.join(f'{k} = {v}' for k, v in bad.items())}; stopping "
+                f"instead of training (and saving) a broken model. Lower the learning rate or check the data.")
+        totals["loss_ntp"] += values["loss_ntp"]
+        totals["loss_acm"] += values["loss_acm"]
         totals["acm_weight"] += weight
         totals["n"] += 1
         self._attok_no_image = getattr(self, "_attok_no_image", 0) + plan.samples_with_attribute_no_image
@@ -144,7 +162,4 @@ class AttTokTrainerMixin:
         super()._load_optimizer_and_scheduler(checkpoint)
         module = module_of(self.model)
         if checkpoint is not None and module is not None:
-            path = Path(checkpoint) / STATE_FILE_NAME
-            if not path.is_file():
-                raise FileNotFoundError(f"{checkpoint}: AttTok checkpoint lacks {STATE_FILE_NAME}")
-            load_state(module, path)
+            load_state(module, Path(checkpoint) / STATE_FILE_NAME)  # missing / unreadable: an error naming it
