@@ -53,15 +53,16 @@ REFUSED: tuple[Rule, ...] = (
          "are never captured and ACM would be 0 every step"),
     Rule("model", "use_unsloth", _on,
          "unsloth builds its LoRA model without LF's LoraConfig, so the attribute rows would not train"),
-    Rule("model", "resize_vocab", _on, _OWN_TOKENS),
-    Rule("model", "add_special_tokens", _set, _OWN_TOKENS),
+    # most specific first: LF derives add_special_tokens from new_special_tokens_config
     Rule("model", "new_special_tokens_config", _set, _OWN_TOKENS),
+    Rule("model", "add_special_tokens", _set, _OWN_TOKENS),
+    Rule("model", "resize_vocab", _on, _OWN_TOKENS),
     Rule("model", "quantization_bit", _set,
          "QLoRA (bitsandbytes) is untested with AttTok: it needs CUDA, which this project's test machines lack, "
          "and a quantized model cannot grow embedding rows for new tokens"),
     Rule("model", "use_kt", _on, "KTransformers replaces the model's modules; untested with AttTok's hooks"),
+    Rule("data", "neat_packing", _on, _PACKING),  # before packing: LF sets packing when neat_packing is on
     Rule("data", "packing", _on, _PACKING),
-    Rule("data", "neat_packing", _on, _PACKING),
     Rule("finetuning", "use_mca", _on,
          "MCore-Adapter replaces the transformers model and trainer that AttTok hooks into"),
     Rule("finetuning", "use_asft_loss", _on,

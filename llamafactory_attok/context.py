@@ -58,9 +58,23 @@ class AttTokContext:
                 f"answers; AttTok needs answers prefixed with tokens such as {self.vocab.tokens[0]}."
             )
 
+    def _check_new_tokens(self, tokenizer) -> None:
+        """An explicit vocabulary may not take over tokens the tokenizer already has (``<|im_end|>``, …): their
+        rows would train as attribute rows. Tokens of the saved run being loaded or continued are allowed."""
+        own = set(self.saved.vocab.tokens) if self.saved is not None else set()
+        existing = tokenizer.get_vocab()
+        taken = [t for t in self.vocab.tokens if t in existing and t not in own]
+        if taken:
+            raise AttTokError(
+                f"{self.args.attok_vocab}: attribute token(s) {', '.join(taken)} already exist in the tokenizer of "
+                "the base model (id " + ", ".join(str(existing[t]) for t in taken) + "); an attribute token must be "
+                "new, or its existing row would be retrained. Rename them.")
+
     def setup_tokenizer(self, tokenizer) -> None:
         """Resolve the vocabulary, check the data, add the tokens and look up keyword ids (§4.1)."""
         self.vocab = self._resolve_vocab(tokenizer)
+        if self.args.attok_vocab:
+            self._check_new_tokens(tokenizer)
         if self.training and self.datasets:
             self._check_data(tokenizer)
         special = not self.args.attok_show_tokens  # special tokens are hidden by skip_special_tokens

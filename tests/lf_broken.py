@@ -1,0 +1,62 @@
+"""Run `llamafactory-cli` in this process after breaking the plugin's view of LLaMA-Factory (fail-safe tests).
+
+Usage: python lf_broken.py MODE CONFIG.yaml
+  raise-loader    the loader patcher raises (a patcher bug)
+  drop-symbol     LF's parser module loses `_parse_train_mca_args` before the plugin patches it (an LF release
+                  that renamed it; LF's own train path does not use it, so vanilla LF still works)
+  fake-version    LF reports version 0.9.6: nothing private may be touched
+"""
+
+import sys
+
+from llamafactory_attok import _boot, integration
+
+
+class _DropSymbol:
+    """A meta-path finder in front of the plugin's: runs LF's module body, then deletes one symbol."""
+
+    def __init__(self, module: str, symbol: str) -> None:
+        self.module, self.symbol = module, symbol
+
+    def find_spec(self, name, path, target=None):
+        if name != self.module:
+            return None
+        plugin = next(f for f in sys.meta_path if isinstance(f, _boot._Finder))
+        spec = plugin.find_spec(name, path, target)
+        inner, symbol = spec.loader._loader, self.symbol
+
+        class Loader:
+            def create_module(self, spec):
+                return inner.create_module(spec)
+
+            def exec_module(self, module):
+                inner.exec_module(module)
+                delattr(module, symbol)
+
+        spec.loader._loader = Loader()
+        return spec
+
+
+def main() -> None:
+    mode, config = sys.argv[1], sys.argv[2]
+    if mode == "raise-loader":
+        def broken(module):
+            raise RuntimeError("simulated patcher bug")
+
+        integration._PATCHERS[integration.LOADER] = broken
+    elif mode == "drop-symbol":
+        sys.meta_path.insert(0, _DropSymbol(integration.PARSER, "_parse_train_mca_args"))
+    elif mode == "fake-version":
+        import llamafactory.extras.env as env
+
+        env.VERSION = "0.9.6"
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    from llamafactory.cli import main as cli_main
+
+    sys.argv = ["llamafactory-cli", "train", config]
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Fail-safe integration (rule 1: vanilla LF is never hurt; rule 2: AttTok does what it says or stops loudly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_ok, base_args, cli_env, log_history, run_cli, train_cli, write_yaml
+from lf_inprocess import run_sft
+
+from llamafactory_attok import integration
+from llamafactory_attok.compat import REFUSED
+from llamafactory_attok.errors import AttTokError
+from llamafactory_attok.state import atomic_write_bytes
+
+HERE = Path(__file__).resolve().parent
+
+
+def _broken_run(mode: str, tmp: Path, args: dict):
+    import subprocess
+
+    config = write_yaml(tmp / f"{mode}-{Path(args['output_dir']).name}.yaml", args)
+    return subprocess.run([sys.executable, str(HERE / "lf_broken.py"), mode, str(config)], cwd=tmp, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+# ---- rule 1: a broken patch never hurts vanilla LF; rule 2: AttTok then refuses, naming version and patch point
+
+
+@pytest.mark.slow
+def test_broken_patches_leave_vanilla_lf_bit_identical_and_refuse_attok(tiny_models, sample_data, tmp_path):
+    model = tiny_models["qwen2_vl"]
+    vanilla = {"dataset": "retina_vanilla_train", "max_steps": 3}
+    assert_ok(train_cli(tmp_path, base_args(model, sample_data, tmp_path / "disabled", **vanilla), ATTOK_DISABLE="1"))
+    reference = [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(tmp_path / "disabled")]
+    assert len(reference) == 3
+    expected = {"raise-loader": "llamafactory.model.loader: RuntimeError: simulated patcher bug",
+                "drop-symbol": "llamafactory.hparams.parser._parse_train_mca_args does not exist",
+                "fake-version": "built for LLaMA-Factory 0.9.5, found 0.9.6"}
+    for mode, message in expected.items():
+        out = tmp_path / mode
+        result = _broken_run(mode, tmp_path, base_args(model, sample_data, out, **vanilla))
+        assert_ok(result)
+        assert [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(out)] == reference, mode
+        if mode != "fake-version":
+            assert "llamafactory-attok: could not patch" in result.stderr  # one warning naming what failed
+        refused = _broken_run(mode, tmp_path, base_args(model, sample_data, tmp_path / f"{mode}-attok", attok=True))
+        assert refused.returncode != 0, mode
+        assert message in refused.stderr, refused.stderr[-3000:]
+        assert "0.9.6" in refused.stderr if mode == "fake-version" else "LLaMA-Factory 0.9.5" in refused.stderr
+        assert not (tmp_path / f"{mode}-attok").exists()
+
+
+def test_unsupported_version_touches_nothing_private(tmp_path):
+    code = (
+        "import llamafactory.extras.env as e; e.VERSION = '0.9.6'\n"
+        "import llamafactory.hparams.parser as p, llamafactory.model.loader as l, llamafactory.model.adapter as a\n"
+        "import peft\n"
+        "print(hasattr(p._parse_train_args, '__wrapped__'), hasattr(p.read_args, '__wrapped__'),"
+        " hasattr(l, '__attok_patched__'), a.LoraConfig is peft.LoraConfig)\n"
+        "try:\n    p.get_train_args({'attok': True, 'stage': 'sft'})\nexcept Exception as err:\n    print(err)\n"
+    )
+    result = run_cli(["python", "-c", code], cwd=tmp_path)
+    assert_ok(result)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == "False True False True"
+    assert "AttTok keys attok cannot be honoured: llamafactory-attok was built for LLaMA-Factory 0.9.5" in lines[-1]
+
+
+def test_patch_module_never_raises_and_records_why(monkeypatch, capsys):
+    class Module:
+        __name__ = "llamafactory.model.loader"
+
+    monkeypatch.setattr(integration, "PATCH_FAILURES", {})
+    integration.patch_module(integration.LOADER, Module())  # lacks patch_tokenizer / patch_model / init_adapter
+    assert "llamafactory.model.loader.patch_tokenizer does not exist" in integration.PATCH_FAILURES[integration.LOADER]
+    assert "could not patch llamafactory.model.loader" in capsys.readouterr().err
+    assert not hasattr(Module, "__attok_patched__")
+
+
+def test_patchers_are_all_or_nothing():
+    class Module:
+        __name__ = "llamafactory.model.loader"
+        patch_tokenizer = patch_model = staticmethod(lambda *a: None)
+
+    module = Module()
+    with pytest.raises(integration.PatchPointMissing, match="init_adapter"):
+        integration._patch_loader(module)
+    assert not hasattr(module.patch_tokenizer, "__wrapped__")
+
+
+# ---- rule 2: every LF option that interacts is refused at start-up, by name
+
+
+def _refusal_args(model, data, out, option: str, tmp_path: Path) -> dict:
+    values = {"enable_liger_kernel": True, "use_unsloth": True, "resize_vocab": True, "add_special_tokens": "<x>",
+              "quantization_bit": 4, "use_kt": True, "packing": True, "neat_packing": True, "use_mca": True,
+              "use_asft_loss": True, "use_dft_loss": True, "use_eaft_loss": True, "finetuning_type": "oft",
+              "use_galore": True, "use_apollo": True, "use_badam": True, "use_adam_mini": True, "use_muon": True}
+    if option == "new_special_tokens_config":
+        path = tmp_path / "special.yaml"
+        path.write_text('"<|x|>": an extra token\n')
+        values[option] = str(path)
+    args = base_args(model, data, out, attok=True, **{option: values[option]})
+    if option in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon"):
+        args.update(finetuning_type="full")
+        args.pop("lora_target")
+    return args
+
+
+@pytest.mark.parametrize("option", sorted({rule.option for rule in REFUSED}))
+def test_interacting_lf_options_are_refused_by_name(option, tiny_models, sample_data, tmp_path):
+    from llamafactory.hparams import get_train_args
+
+    args = _refusal_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", option, tmp_path)
+    with pytest.raises(AttTokError, match=f"attok: true cannot be combined with `{option}: "):
+        get_train_args(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_video_datasets_are_refused(tiny_models, sample_data, tmp_path):
+    from llamafactory.hparams import get_train_args
+
+    info = json.loads((sample_data / "dataset_info.json").read_text())
+    data = tmp_path / "data"
+    data.mkdir()
+    info = {"clips": {**info["retina_attok_train"], "columns": {"messages": "messages", "videos": "videos"}}}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    args = base_args(tiny_models["qwen2_vl"], data, tmp_path / "out", attok=True, dataset="clips")
+    with pytest.raises(AttTokError, match="dataset 'clips' maps a `videos` column: AttTok does not support video"):
+        get_train_args(args)
+
+
+@pytest.mark.slow
+def test_refusal_end_to_end_through_the_cli(tiny_models, sample_data, tmp_path):
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, enable_liger_kernel=True)
+    result = train_cli(tmp_path, args)
+    assert result.returncode != 0
+    assert "attok: true cannot be combined with `enable_liger_kernel: True`: Liger's fused" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_float_keys_are_refused(tiny_models, sample_data, tmp_path):
+    from llamafactory.hparams import get_train_args
+
+    for key in ("attok_acc_gamma", "attok_tau", "attok_acm_weight", "attok_ema"):
+        args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, **{key: "nan"})
+        with pytest.raises(AttTokError, match=f"{key} must be a finite number, got nan"):
+            get_train_args(args)
+
+
+def test_vocabulary_may_not_take_over_existing_tokens(tiny_models, sample_data, tmp_path):
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    vocab = tmp_path / "v.yaml"
+    vocab.write_text('"<|im_end|>": end of message\n"<|fundus_no_dr|>": no diabetic retinopathy\n')
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, attok_vocab=str(vocab),
+                     dataset="modality_train")
+    model_args, *_ = get_train_args(args)
+    with pytest.raises(AttTokError, match=rf"{vocab}: attribute token\(s\) <\|im_end\|> already exist"):
+        load_tokenizer(model_args)
+
+
+# ---- rule 2 at run time: mechanisms verified where they are used
+
+
+def test_lora_config_stays_a_class_with_attribute_rows():
+    import llamafactory.model.adapter as adapter
+    import peft
+
+    assert isinstance(adapter.LoraConfig, type) and issubclass(adapter.LoraConfig, peft.LoraConfig)
+    token = integration._TOKEN_INDICES.set([7, 9])
+    try:
+        config = adapter.LoraConfig(r=4, target_modules=["q_proj"])
+    finally:
+        integration._TOKEN_INDICES.reset(token)
+    assert isinstance(config, peft.LoraConfig) and config.trainable_token_indices == [7, 9]
+    assert adapter.LoraConfig(r=4, target_modules=["q_proj"]).trainable_token_indices is None
+
+
+def test_trainer_factory_finds_positional_finetuning_args():
+    made = {}
+
+    class LFTrainer:
+        def __init__(self, model=None, args=None, finetuning_args=None, processor=None, **kwargs):
+            made["lf"] = True
+
+    class Args:
+        _attok = type("Ctx", (), {"token_ids": [400], "training": False})()
+
+    make = integration._trainer_factory(LFTrainer)
+    make.attok_trainer_cls.__init__ = lambda self, *a, attok, **kw: made.update(attok=attok)
+    make(None, None, Args())
+    assert made == {"attok": Args._attok}
+
+
+def test_log_keys_that_never_reach_trainer_log_stop_the_run(tmp_path):
+    from llamafactory.train.callbacks import LogCallback
+
+    class SilentLog(LogCallback):  # an LF whose on_log stopped writing through _write_log
+        def on_log(self, args, state, control, **kwargs):
+            return None
+
+    class Args:
+        should_save = True
+        output_dir = str(tmp_path)
+
+    state = type("State", (), {"log_history": [{"loss": 1.0, "loss_ntp": 0.9, "loss_acm": 0.1}], "global_step": 1,
+                               "num_input_tokens_seen": 0, "max_steps": 1})()
+    for callback, fails in ((SilentLog(), True), (LogCallback(), False)):
+        integration._forward_attok_logs([callback])
+        callback.on_train_begin(Args(), state, None)
+        callback.on_log(Args(), state, None)
+        if fails:
+            with pytest.raises(AttTokError, match="loss_ntp / loss_acm never reached trainer_log.jsonl"):
+                callback.on_train_end(Args(), state, None)
+        else:
+            callback.on_train_end(Args(), state, None)
+            assert json.loads((tmp_path / "trainer_log.jsonl").read_text().splitlines()[-1])["loss_acm"] == 0.1
+
+
+@pytest.mark.slow
+def test_runtime_checks_stop_a_silently_degraded_run(tiny_models, sample_data, tmp_path, monkeypatch):
+    """Hidden-state capture missing (what Liger's fused loss does), the trainer swap bypassed, a NaN loss: each
+    stops the run with an error instead of training something else; nothing is saved."""
+    from transformers import TrainerCallback
+
+    from llamafactory_attok.attach import module_of
+
+    class DropHeadHook(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            module_of(model)._hooks[1].remove()
+
+    class PoisonWeights(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "norm" in n).fill_(float("nan"))
+
+    from llamafactory.train.tuner import run_exp
+
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "hook", attok=True, max_steps=2)
+    with pytest.raises(AttTokError, match="output head never saw the hidden states.*enable_liger_kernel"):
+        run_exp(dict(args), callbacks=[DropHeadHook()])
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "nan", attok=True, max_steps=2)
+    with pytest.raises(AttTokError, match=r"step 1: loss_ntp = nan"):
+        run_exp(dict(args), callbacks=[PoisonWeights()])
+    assert not (tmp_path / "nan" / "adapter_model.safetensors").exists()
+    import llamafactory.train.sft.workflow as workflow
+
+    monkeypatch.setattr(workflow, "CustomSeq2SeqTrainer", workflow.CustomSeq2SeqTrainer.__wrapped__)
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "bypass", attok=True, max_steps=2)
+    with pytest.raises(AttTokError, match="outside the AttTok trainer"):
+        run_sft(args)
+
+
+# ---- saved AttTok folders: missing / truncated / corrupt files are errors naming the file
+
+
+def test_incomplete_or_corrupt_attok_folders_name_the_file(modality_adapter, tiny_models, tmp_path):
+    import shutil
+
+    from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+    from llamafactory_attok.state import find_saved
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(modality_adapter, folder)
+    state = folder / "attok_state.safetensors"
+    data = state.read_bytes()
+    state.unlink()
+    with pytest.raises(AttTokError, match=f"{state} missing"):
+        load_model_for_inference(str(tiny_models["qwen2_vl"]), adapter=str(folder))
+    state.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AttTokError, match=f"{state}: unreadable AttTok state"):
+        load_model_for_inference(str(tiny_models["qwen2_vl"]), adapter=str(folder))
+    (folder / "attok_config.json").write_text("{not json")
+    with pytest.raises(AttTokError, match=f"{folder / 'attok_config.json'}: unreadable AttTok config"):
+        find_saved([folder])
+
+
+@pytest.mark.slow
+def test_disabled_plugin_explains_an_adapter_it_cannot_load(modality_adapter, tiny_models, tmp_path):
+    code = (f"from llamafactory_attok.eval.attribute_classifier import load_model_for_inference as load\n"
+            f"load({str(tiny_models['qwen2_vl'])!r}, adapter={str(modality_adapter)!r})")
+    result = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1")
+    assert result.returncode != 0
+    assert "loading this AttTok run with ATTOK_DISABLE=1 failed" in result.stderr
+    assert "unset ATTOK_DISABLE" in result.stderr
+
+
+# ---- files: umask honoured, durable, a crash before the rename leaves the old file
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_honour_the_umask(umask, mode, tmp_path):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_crash_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "attok_config.json"
+    target.write_bytes(b"old")
+
+    def crash(*args):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["attok_config.json"]
+
+
