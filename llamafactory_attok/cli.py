@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .errors import AttTokError
 from .testing import FAMILIES
 
 
@@ -60,21 +61,23 @@ def _data_vqa_rad(ns: argparse.Namespace) -> None:
 
 
 def _data_vqa_attributes(ns: argparse.Namespace) -> int:
-    import json
     import os
     from pathlib import Path
 
     from openai import OpenAI
 
-    from .data.lf_format import dataset_entry, merge_dataset_info, write_json, write_vocab
+    from .data.lf_format import check_free_names, dataset_entry, merge_dataset_info, read_json, write_json, write_vocab
     from .data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
 
     src = Path(ns.input)
     out = Path(ns.out)
+    check_free_names(out, [ns.name], ns.overwrite, paths=[f"{ns.name}.json", f"{ns.name}_vocab.yaml"])
+    rows = read_json(src)
+    if not isinstance(rows, list) or not rows:
+        raise AttTokError(f"{src}: expected a non-empty JSON list of sharegpt samples")
     client = OpenAI(base_url=ns.base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"), timeout=ns.timeout,
                     max_retries=ns.max_retries)
     llm = KeywordLLM(client, ns.model, ReplyCache(out / f"{ns.name}_llm_cache.json"), max_attempts=ns.max_attempts)
-    rows = json.loads(src.read_text(encoding="utf-8"))
     result = extract_attributes(rows, llm, min_count=ns.min_count, concurrency=ns.concurrency,
                                 single_modality=ns.single_modality, default_modality=ns.modality)
     write_json(out / f"{ns.name}_report.json", result.report)
@@ -90,6 +93,13 @@ def _data_vqa_attributes(ns: argparse.Namespace) -> int:
     print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
           f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {ns.name}_report.json)")
     return 1 if failures else 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_data_commands(sub) -> None:
@@ -110,7 +120,8 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--test-ratio", type=float, default=0.2)
     cls.add_argument("--no-augment", action="store_true")
     cls.add_argument("--augment-target", type=int, default=None, help="images per class after augmentation")
-    cls.add_argument("--max-per-class", type=int, default=None, help="keep at most this many per class and split")
+    cls.add_argument("--max-per-class", type=_positive_int, default=None,
+                     help="keep at most this many per class and split")
     cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
     cls.add_argument("--overwrite", action="store_true")
     cls.set_defaults(func=_data_classify)
@@ -162,18 +173,25 @@ def _eval_classify(ns: argparse.Namespace) -> None:
           f"unparseable {scores.unparseable}/{scores.total} -> {out}")
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    """``name=value`` arguments as a dict."""
+    bad = [item for item in items if "=" not in item or not item.split("=", 1)[0]]
+    if bad:
+        raise AttTokError(f"{flag} {bad[0]!r}: expected name=value")
+    return dict(item.split("=", 1) for item in items)
+
+
 def _eval_report(ns: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .eval.figures import training_curves
     from .eval.report import build_report
 
-    runs = dict(item.split("=", 1) for item in ns.run)
+    runs = _pairs(ns.run, "--run")
     out = Path(ns.out)
     figures = []
     if ns.train_dir:
-        figures.append(training_curves(dict(item.split("=", 1) for item in ns.train_dir),
-                                       out.with_name(out.stem + "_curves.png")))
+        figures.append(training_curves(_pairs(ns.train_dir, "--train-dir"), out.with_name(out.stem + "_curves.png")))
     print(build_report({k: Path(v) for k, v in runs.items()}, out, figures))
 
 
@@ -296,8 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input (:class:`AttTokError`) is reported on stderr with exit status 2."""
     ns = build_parser().parse_args(argv)
-    return ns.func(ns) or 0
+    try:
+        return ns.func(ns) or 0
+    except AttTokError as err:
+        print(f"attok: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

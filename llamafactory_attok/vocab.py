@@ -98,16 +98,35 @@ def vocab_from_mapping(mapping: dict, source: str, text: str = "") -> AttributeV
     return AttributeVocab(tuple(mapping), tuple(str(v).strip() for v in mapping.values()))
 
 
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of ``path``; a missing or non-UTF-8 file is an :class:`AttTokError` naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise AttTokError(f"{path}: file does not exist.") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise AttTokError(f"{path}: line {line}: not UTF-8 text (byte {data[err.start]:#04x}: {err.reason}); "
+                          "save the file as UTF-8.") from err
+
+
 def load_vocab(path: str | Path) -> AttributeVocab:
     """Read and validate a vocabulary YAML file; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise AttTokError(f"attok_vocab: file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)  # marks (and the duplicate-key error) name the file, not "<unicode string>"
     try:
-        mapping = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        mapping = loader.get_single_data()
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed vocabulary YAML: {err}") from err
+    finally:
+        loader.dispose()
     if not isinstance(mapping, dict):
         kind = type(mapping).__name__
         raise AttTokError(f"{path}: the vocabulary must be a YAML mapping token -> keyword, got {kind}.")

@@ -3,6 +3,9 @@
 import csv
 import hashlib
 import json
+import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +135,139 @@ def test_label_missing_from_class_map_names_the_sample(tmp_path):
     with pytest.raises(AttTokError, match=r"pneumonia/0.png: label 'pneumonia' is not in the class map"):
         build_classification(items, _class_map(tmp_path, "modality: xray\nclasses:\n  normal: normal\n"),
                              tmp_path / "out", "cx")
+
+
+# --- bad input and safety of the output folder -------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file (hidden ones included) under ``folder`` with its bytes; folders as ``None``."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def _image_digests(out: Path, dataset: str) -> list[tuple[str, str]]:
+    return [(r["label"], hashlib.sha256((out / r["images"][0]).read_bytes()).hexdigest()) for r in _rows(out, dataset)]
+
+
+def _csv(tmp_path: Path, images: list[tuple[str, str]], name: str = "labels.csv") -> Path:
+    table = tmp_path / name
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "diagnosis"])
+        writer.writerows(images)
+    return table
+
+
+def test_vanilla_build_of_the_same_name_never_touches_the_attok_images(tmp_path):
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    build_classification(items, _class_map(tmp_path), out, "cx", augment=False, seed=1)
+    before = {d: _image_digests(out, d) for d in ("cx_open_train", "cx_close_test")}
+    reordered = list(sources.from_image_folder(_folder(tmp_path / "again")))[::-1]
+    build_classification(reordered, _class_map(tmp_path), out, "cx", augment=False, seed=5, vanilla=True)
+    assert {d: _image_digests(out, d) for d in before} == before
+    assert all(r["images"][0].startswith("cx_vanilla_images/") for r in _rows(out, "cx_vanilla_open_train"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_collision_check_covers_every_path_not_only_dataset_names(tmp_path):
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    build_classification(items, _class_map(tmp_path), out, "cx", augment=False)
+    (out / "dataset_info.json").unlink()  # the names are free again, the files are not
+    before = _snapshot(out)
+    with pytest.raises(AttTokError, match=r"out: files cx_close_test.json, .*cx_images, .*cx_vocab.yaml already "
+                                          r"exist; pass --overwrite to replace them"):
+        build_classification(items[::-1], _class_map(tmp_path), out, "cx", augment=False)
+    assert _snapshot(out) == before
+
+
+def test_overwrite_replaces_the_previous_build_as_a_whole(tmp_path):
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(_folder(tmp_path, counts=(10, 5))))
+    build_classification(items, _class_map(tmp_path), out, "cx", augment=False, val_ratio=0.2)
+    assert (out / "cx_open_val.json").is_file()
+    items = list(sources.from_image_folder(_folder(tmp_path / "again", counts=(10, 5))))[::-1]
+    build_classification(items, _class_map(tmp_path), out, "cx", augment=False, val_ratio=0.0, overwrite=True)
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert "cx_open_val" not in info and not (out / "cx_open_val.json").exists()  # no stale split of the old build
+    for dataset in info:
+        assert all((out / r["images"][0]).is_file() for r in _rows(out, dataset))
+    referenced = {r["images"][0] for d in info for r in _rows(out, d)}
+    assert {str(p.relative_to(out)) for p in (out / "cx_images").rglob("*.png")} == referenced
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("bad", ["truncated", "not_an_image"])
+def test_unreadable_csv_image_names_csv_line_and_image_and_leaves_output_as_before(tmp_path, capsys, bad):
+    from llamafactory_attok.cli import main
+
+    folder = _folder(tmp_path)
+    good = sorted(folder.rglob("*.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good[0].read_bytes()[:60] if bad == "truncated" else b"not a png\n")
+    table = _csv(tmp_path, [(str(p.relative_to(tmp_path)), p.parent.name) for p in good[:3]]
+                 + [("broken.png", "normal")] + [(str(p.relative_to(tmp_path)), p.parent.name) for p in good[3:]])
+    out = tmp_path / "out"
+    build_classification(list(sources.from_image_folder(folder)), _class_map(tmp_path), out, "other", augment=False)
+    before = _snapshot(out)
+    message = r"labels.csv: line 5: image .*broken.png: cannot be read as an image"
+    with pytest.raises(AttTokError, match=message):
+        build_classification(list(sources.from_csv(table, "path", "diagnosis", None)), _class_map(tmp_path), out,
+                             "cx")
+    assert _snapshot(out) == before
+    argv = ["data", "classify", str(table), "--format", "csv", "--image-col", "path", "--label-col", "diagnosis",
+            "--class-map", str(_class_map(tmp_path)), "--name", "cx"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert _snapshot(out) == before
+    assert main([*argv, "--out", str(tmp_path / "new" / "out")]) == 2  # a folder the build made is removed again
+    assert not (tmp_path / "new" / "out").exists()
+
+
+def test_header_only_csv_is_refused(tmp_path, capsys):
+    from llamafactory_attok.cli import main
+
+    table = _csv(tmp_path, [])
+    with pytest.raises(AttTokError, match=r"labels.csv: no data rows below the header; nothing to build"):
+        list(sources.from_csv(table, "path", "diagnosis", None))
+    assert main(["data", "classify", str(table), "--format", "csv", "--image-col", "path", "--label-col",
+                 "diagnosis", "--class-map", str(_class_map(tmp_path)), "--name", "cx", "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "labels.csv: no data rows below the header" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_class_without_images_is_refused_naming_class_and_class_map(tmp_path):
+    class_map = _class_map(tmp_path, CLASS_MAP + "  effusion: {name: pleural effusion}\n")
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    with pytest.raises(AttTokError, match=r"classes.yaml: class\(es\) 'effusion' \(pleural effusion\) have no image "
+                                          r"in the source"):
+        build_classification(items, class_map, tmp_path / "out", "cx")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_class_map_names_the_file(tmp_path):
+    path = tmp_path / "classes.yaml"
+    path.write_bytes(CLASS_MAP.encode() + "  x: {name: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(AttTokError, match=r"classes.yaml: line 5: not UTF-8 text"):
+        build_classification(list(sources.from_image_folder(_folder(tmp_path))), path, tmp_path / "out", "cx")
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o077, 0o600, 0o700), (0o022, 0o644, 0o755)])
+def test_written_files_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        build_classification(items, _class_map(tmp_path), out, "cx", image_size=24)
+    finally:
+        os.umask(previous)
+    png = next((out / "cx_images" / "train").glob("*.png"))
+    aug = next((out / "cx_images" / "train_aug").glob("*.png"))
+    for path in (out / "dataset_info.json", out / "cx_open_train.json", out / "cx_vocab.yaml", png, aug):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    for path in (out / "cx_images", out / "cx_images" / "train"):
+        assert stat.S_IMODE(path.stat().st_mode) == dir_mode, path

@@ -11,6 +11,7 @@ from scripted_openai import ScriptedServer
 
 from llamafactory_attok.data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
 from llamafactory_attok.data.vqa_rad import build_vqa_rad
+from llamafactory_attok.errors import AttTokError
 from llamafactory_attok.vocab import load_vocab
 
 VQA_RAD = REPO.parent / "shared" / "data" / "vqa_rad"  # the public release, beside every checkout and CI clone
@@ -113,3 +114,53 @@ def test_junk_from_a_real_lf_api_server_is_reported_not_invented(tiny_models, tm
     report = json.loads((tmp_path / "out" / "junk_report.json").read_text())
     assert len(report["failures"]) == 3 and all("malformed reply" in f["error"] for f in report["failures"])
     assert not (tmp_path / "out" / "junk_vocab.yaml").exists()
+
+
+def _fake_vqa_rad(tmp_path, entries: list[dict], images: dict[str, bytes]):
+    source = tmp_path / "release"
+    (source / "VQA_RAD Image Folder").mkdir(parents=True)
+    for name, data in images.items():
+        (source / "VQA_RAD Image Folder" / name).write_bytes(data)
+    base = {"question": "Is it normal?", "answer": "yes", "answer_type": "CLOSED", "phrase_type": "freeform"}
+    (source / "VQA_RAD Dataset Public.json").write_text(json.dumps([{**base, **e} for e in entries]))
+    return source
+
+
+def _files_under(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_vqa_rad_bad_entry_writes_nothing(tmp_path):
+    source = _fake_vqa_rad(tmp_path, [{"qid": 1, "image_name": "a.jpg"}, {"qid": 2, "image_name": "a.jpg",
+                                                                           "phrase_type": "oops"}], {"a.jpg": b"A"})
+    with pytest.raises(AttTokError, match=r"Public.json: entry 1 \(qid 2\): unknown phrase_type 'oops'"):
+        build_vqa_rad(source, tmp_path / "out", "rad")
+    assert not (tmp_path / "out").exists()
+
+
+def test_vqa_rad_never_overwrites_an_image_another_dataset_uses(tmp_path):
+    out = tmp_path / "out"
+    build_vqa_rad(_fake_vqa_rad(tmp_path / "v1", [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"A"}), out, "rad")
+    (out / "dataset_info.json").unlink()  # dataset names free again; the image is still used by rad_train
+    before = _files_under(out)
+    source = _fake_vqa_rad(tmp_path / "v2", [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"B"})
+    with pytest.raises(AttTokError, match=r"rad_images/a.jpg: already exists with other content than .*a.jpg; "
+                                          r"pass --overwrite"):
+        build_vqa_rad(source, out, "rad")
+    assert _files_under(out) == before
+    build_vqa_rad(_fake_vqa_rad(tmp_path / "v3", [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"A"}), out, "rad")
+    assert (out / "rad_images" / "a.jpg").read_bytes() == b"A"  # identical: reused
+
+
+def test_vqa_attributes_name_collision_is_refused_before_any_call(tmp_path, capsys):
+    from llamafactory_attok.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tagged.json").write_text("[]\n")
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(_rows(ANSWERS[:1])))
+    assert main(["data", "vqa-attributes", str(data), "--out", str(out), "--name", "tagged", "--base-url",
+                 "http://127.0.0.1:9/v1", "--model", "m"]) == 2
+    assert f"{out}: files tagged.json already exist; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["tagged.json"]  # no report, no cache

@@ -145,3 +145,100 @@ def test_batched_likelihood_equals_one_sequence_at_a_time(tiny_models, sample_da
             target = inputs["input_ids"][0, 1:]
             expected = sum(log_probs[t, target[t]].item() for t in range(prompt_len - 1, target.shape[0]))
             assert batched[i, j].item() == pytest.approx(expected, abs=1e-4)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"predict": "no DR", "label": ', r"line 2: invalid JSON: Expecting value"),
+    ('{"prompt": "p", "label": "<|fundus_mild_dr|> mild DR"}', r"line 2: a prediction needs the string field\(s\) "
+                                                                r"predict \(as in LLaMA-Factory's"),
+])
+def test_bad_prediction_line_names_file_and_line(tmp_path, capsys, line, message):
+    from llamafactory_attok.cli import main
+
+    dataset, rows = _dataset(tmp_path, ["no DR", "mild DR"])
+    predictions = _predictions(tmp_path, rows[:1], ["no DR"])
+    predictions.write_text(predictions.read_text() + line + "\n")
+    with pytest.raises(AttTokError, match=f"generated_predictions.jsonl: {message}"):
+        score_generated(predictions, dataset)
+    out = tmp_path / "scores.json"
+    assert main(["eval", "classify", "--predictions", str(predictions), "--dataset", str(dataset), "--out",
+                 str(out)]) == 2
+    assert f"{predictions}: {message.split(':')[0]}" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".confusion.png").exists()
+
+
+def test_dataset_sample_without_messages_names_the_sample(tmp_path):
+    dataset, rows = _dataset(tmp_path, ["no DR", "mild DR"])
+    predictions = _predictions(tmp_path, rows, ["no DR", "mild DR"])
+    dataset.write_text(json.dumps([rows[0], {"images": ["x.png"], "label": "mild DR"}]))
+    with pytest.raises(AttTokError, match=r"test.json: sample 1: needs `messages` with a user and an assistant"):
+        score_generated(predictions, dataset)
+
+
+def _image_dataset(tmp_path, images):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    rows = [{"messages": [{"role": "user", "content": "<image>q"},
+                          {"role": "assistant", "content": "<|fundus_no_dr|> no DR"}],
+             "images": [image], "label": "no DR"} for image in images]
+    (tmp_path / "test.json").write_text(json.dumps(rows))
+    (tmp_path / "vocab.yaml").write_text('"<|fundus_no_dr|>": no DR\n"<|fundus_mild_dr|>": mild DR\n')
+    return tmp_path / "test.json", tmp_path / "vocab.yaml"
+
+
+def test_predict_missing_image_names_sample_and_path_before_loading_the_model(tmp_path, capsys):
+    from llamafactory_attok.cli import main
+
+    dataset, vocab = _image_dataset(tmp_path, ["ok.png", "missing.png"])
+    message = f"{dataset}: sample 1: image {tmp_path / 'missing.png'} does not exist"
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(AttTokError) as caught:
+        run_predict(str(tmp_path / "no-such-model"), str(dataset), str(out), vocab_path=str(vocab))
+    assert str(caught.value) == message
+    assert main(["predict", "--model", str(tmp_path / "no-such-model"), "--dataset", str(dataset), "--vocab",
+                 str(vocab), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unreadable_image_names_sample_and_path(tmp_path):
+    from llamafactory_attok.eval.attribute_classifier import open_image, read_samples
+
+    dataset, _ = _image_dataset(tmp_path, ["ok.png", "broken.png"])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    samples = read_samples(dataset)
+    assert open_image(samples[0]).size == (8, 8)
+    with pytest.raises(AttTokError, match=rf"test.json: sample 1: image {tmp_path / 'broken.png'} cannot be read"):
+        open_image(samples[1])
+
+
+def test_report_run_without_name_is_refused(tmp_path, capsys):
+    from llamafactory_attok.cli import main
+
+    assert main(["eval", "report", "--run", "metrics.json", "--out", str(tmp_path / "r.md")]) == 2
+    assert "--run 'metrics.json': expected name=value" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_eval_outputs_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from llamafactory_attok.cli import main
+
+    dataset, rows = _dataset(tmp_path, ["no DR", "mild DR"])
+    predictions = _predictions(tmp_path, rows, ["no DR", "mild DR"])
+    out = tmp_path / "scores.json"
+    previous = os.umask(0o027)
+    try:
+        assert main(["eval", "classify", "--predictions", str(predictions), "--dataset", str(dataset), "--out",
+                     str(out)]) == 0
+    finally:
+        os.umask(previous)
+    for path in (out, out.with_suffix(".confusion.png")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    assert out.with_suffix(".confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

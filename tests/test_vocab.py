@@ -48,10 +48,21 @@ def test_naming_rule_names_file_and_line(tmp_path, token):
         load_vocab(path)
 
 
-def test_duplicated_token_names_both_lines(tmp_path):
+def test_duplicated_token_names_the_file_and_both_lines(tmp_path):
     path = write(tmp_path, '"<|fundus_sdr|>": a\n"<|fundus_mdr|>": b\n"<|fundus_sdr|>": c\n')
-    with pytest.raises(AttTokError, match=r"line 3: duplicated attribute token '<\|fundus_sdr\|>' .*line 1"):
+    with pytest.raises(AttTokError) as caught:
         load_vocab(path)
+    assert str(caught.value) == (f"{path}: line 3: duplicated attribute token '<|fundus_sdr|>' "
+                                 "(first defined on line 1).")
+
+
+def test_non_utf8_vocabulary_names_the_file_and_line(tmp_path):
+    path = tmp_path / "vocab.yaml"
+    path.write_bytes('"<|fundus_sdr|>": severe\n"<|fundus_cafe|>": caf\xe9\n'.encode("latin-1"))
+    with pytest.raises(AttTokError) as caught:
+        load_vocab(path)
+    assert str(caught.value) == (f"{path}: line 2: not UTF-8 text (byte 0xe9: invalid continuation byte); "
+                                 "save the file as UTF-8.")
 
 
 def test_empty_keyword(tmp_path):

@@ -1,14 +1,25 @@
 """`attok data classify`: a labelled image source → LF sharegpt datasets with attribute tokens (paper A.2, §5.1).
 
-Outputs, for the dataset name N: ``N_images/`` (PNG), ``N_{open,close}_{train,val,test}.json``, ``N_vocab.yaml``
-and their ``dataset_info.json`` entries (``--vanilla``: ``N_vanilla_…`` without tokens, no vocabulary).
-Open-ended questions list no candidates; close-ended ones list all class names, in an order shuffled per sample.
+Outputs, for the dataset name N and the prefix P (N, or ``N_vanilla`` with ``--vanilla``): ``P_images/`` (PNG),
+``P_{open,close}_{train,val,test}.json``, ``N_vocab.yaml`` (AttTok builds only) and their ``dataset_info.json``
+entries. Open-ended questions list no candidates; close-ended ones list all class names, in an order shuffled per
+sample. Every class of the class map needs at least one image (an option no sample can have is refused).
+
+Safety: each build owns its images folder (a vanilla build of N writes ``N_vanilla_images/``, never N's images).
+Before anything is written, every dataset name and path the build writes must be free, else an error (unless
+``overwrite``). Images are written to a temp folder inside the output folder and renamed into place at the end, so
+a failed build leaves the output folder as it was; with ``overwrite`` the previous build of P (images folder, JSON
+files, ``dataset_info.json`` entries) is replaced as a whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
-from collections import defaultdict
+import shutil
+import tempfile
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +27,8 @@ import yaml
 from PIL import Image
 
 from ..errors import AttTokError
-from ..vocab import validate_token_name
+from ..state import fsync_dir
+from ..vocab import read_text, validate_token_name
 from .augment import balance
 from .lf_format import (
     attribute_token,
@@ -25,6 +37,7 @@ from .lf_format import (
     merge_dataset_info,
     sharegpt_row,
     write_json,
+    write_png,
     write_vocab,
 )
 from .sources import SPLITS, Item
@@ -47,7 +60,7 @@ def load_class_map(path: str | Path) -> tuple[str, dict[str, ClassSpec]]:
     """YAML: ``modality: fundus`` and ``classes: {label: {name, keyword?, concept?}}`` (or ``label: name``)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed class map: {err}") from err
     if not isinstance(raw, dict) or "modality" not in raw or not isinstance(raw.get("classes"), dict):
@@ -84,8 +97,15 @@ def stratified_split(items: list[Item], val_ratio: float, test_ratio: float, see
 
 
 def _load_image(item: Item, size: int) -> Image.Image:
-    image = item.image if isinstance(item.image, Image.Image) else Image.open(item.image)
-    image = image.convert("RGB")
+    try:
+        if isinstance(item.image, Image.Image):
+            image = item.image.convert("RGB")
+        else:
+            with Image.open(item.image) as opened:
+                image = opened.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:  # not an image, truncated, bad header (PIL's own errors)
+        where = item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
+        raise AttTokError(f"{where}: cannot be read as an image ({type(err).__name__}: {err})") from err
     if min(image.size) < size:  # small sources (MedMNIST 28×28) are upscaled; larger ones kept
         scale = size / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
@@ -100,6 +120,40 @@ def _question(kind: str, modality: str, specs: list[ClassSpec], rng: random.Rand
     return CLOSE_QUESTION.format(modality=modality, options=", ".join(names))
 
 
+def _check_items(items: list[Item], specs: dict[str, ClassSpec], class_map: str | Path) -> None:
+    if not items:
+        raise AttTokError("the source has no samples; nothing to build")
+    for item in items:
+        if item.label not in specs:
+            raise AttTokError(f"{item.source}: label {item.label!r} is not in the class map {class_map}")
+    counts = Counter(item.label for item in items)
+    empty = [f"{label!r} ({specs[label].name})" for label in specs if not counts[label]]
+    if empty:
+        raise AttTokError(f"{class_map}: class(es) {', '.join(empty)} have no image in the source; a close-ended "
+                          "option no sample can have would be offered: remove them from the class map or add images")
+
+
+def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, images_dir: str, image_size: int,
+                  augment: bool, augment_target: int | None, seed: int) -> dict[str, list[tuple[str, str, dict]]]:
+    """Write the PNGs under ``root/images_dir``; return split -> (label, path relative to the output, extra)."""
+    per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
+    train_images: dict[str, list[Image.Image]] = defaultdict(list)
+    for index, item in enumerate(items):
+        rel = f"{images_dir}/{item.split}/{index:06d}.png"
+        image = _load_image(item, image_size)
+        write_png(root / rel, image)
+        per_split[item.split].append((item.label, rel, {"source": item.source}))
+        if item.split == "train":
+            train_images[item.label].append(image)
+    if augment and train_images:
+        for label, images in balance(train_images, augment_target, seed, image_size).items():
+            for j, image in enumerate(images):
+                rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}.png"
+                write_png(root / rel, image)
+                per_split["train"].append((label, rel, {"source": "augmented"}))
+    return per_split
+
+
 def build_classification(items: list[Item], class_map: str | Path, out_dir: str | Path, name: str, *,
                          image_size: int = 112, seed: int = 42, val_ratio: float = 0.1, test_ratio: float = 0.2,
                          augment: bool = True, augment_target: int | None = None, vanilla: bool = False,
@@ -107,32 +161,44 @@ def build_classification(items: list[Item], class_map: str | Path, out_dir: str 
     """Write images, datasets, vocabulary and ``dataset_info.json`` entries; return dataset name → file name."""
     out = Path(out_dir)
     modality, specs = load_class_map(class_map)
-    for item in items:
-        if item.label not in specs:
-            raise AttTokError(f"{item.source}: label {item.label!r} is not in the class map {class_map}")
+    _check_items(items, specs, class_map)
+    prefix = f"{name}_vanilla" if vanilla else name
+    images_dir = f"{prefix}_images"
+    vocab_file = None if vanilla else f"{name}_vocab.yaml"
+    datasets = [f"{prefix}_{kind}_{split}" for kind in ("open", "close") for split in SPLITS]
+    check_free_names(out, datasets, overwrite,
+                     paths=[images_dir, *(f"{d}.json" for d in datasets), *([vocab_file] if vocab_file else [])])
     if any(item.split is None for item in items):
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)
-    prefix = f"{name}_vanilla" if vanilla else name
-    check_free_names(out, [f"{prefix}_{kind}_{split}" for kind in ("open", "close") for split in SPLITS], overwrite)
-    per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)  # split -> (label, rel path, extra)
-    train_images: dict[str, list[Image.Image]] = defaultdict(list)
-    for index, item in enumerate(items):
-        rel = f"{name}_images/{item.split}/{index:06d}.png"
-        image = _load_image(item, image_size)
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        image.save(out / rel)
-        per_split[item.split].append((item.label, rel, {"source": item.source}))
-        if item.split == "train":
-            train_images[item.label].append(image)
-    if augment and train_images:
-        for label, images in balance(train_images, augment_target, seed, image_size).items():
-            for j, image in enumerate(images):
-                rel = f"{name}_images/train_aug/{specs[label].token[2:-2]}_{j:05d}.png"
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                image.save(out / rel)
-                per_split["train"].append((label, rel, {"source": "augmented"}))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
+    try:
+        per_split = _write_images(items, specs, staging, images_dir, image_size, augment, augment_target, seed)
+    except BaseException:
+        shutil.rmtree(staging)
+        if created:
+            with contextlib.suppress(OSError):  # removed only while still empty
+                out.rmdir()
+        raise
     ordered = [specs[k] for k in specs]
-    written: dict[str, str] = {}
+    rows_of = _datasets(per_split, specs, ordered, modality, prefix, seed, vanilla)
+    stale = [d for d in datasets if d not in rows_of]  # written by a build being replaced, not by this one
+    try:
+        _commit(out, staging, images_dir, rows_of, stale)
+        if vocab_file:
+            write_vocab(out / vocab_file, {s.token: s.keyword for s in ordered},
+                        f"attribute vocabulary of {name} ({modality}), written by `attok data classify`")
+        merge_dataset_info(out, {d: dataset_entry(f"{d}.json") for d in rows_of}, overwrite=overwrite, remove=stale)
+    finally:
+        shutil.rmtree(staging)
+    return {d: f"{d}.json" for d in rows_of}
+
+
+def _datasets(per_split: dict[str, list[tuple[str, str, dict]]], specs: dict[str, ClassSpec],
+              ordered: list[ClassSpec], modality: str, prefix: str, seed: int, vanilla: bool) -> dict[str, list[dict]]:
+    """Dataset name -> sharegpt rows, for every (kind, split) with samples."""
+    rows_of: dict[str, list[dict]] = {}
     for split in SPLITS:
         for kind in ("open", "close"):
             rng = random.Random(f"{seed}-{split}-{kind}")
@@ -143,11 +209,23 @@ def build_classification(items: list[Item], class_map: str | Path, out_dir: str 
                 question = _question(kind, modality, ordered, rng)
                 rows.append(sharegpt_row(question, answer, [rel], label=spec.name, **extra))
             if rows:
-                dataset = f"{prefix}_{kind}_{split}"
-                write_json(out / f"{dataset}.json", rows)
-                written[dataset] = f"{dataset}.json"
-    if not vanilla:
-        write_vocab(out / f"{name}_vocab.yaml", {s.token: s.keyword for s in ordered},
-                    f"attribute vocabulary of {name} ({modality}), written by `attok data classify`")
-    merge_dataset_info(out, {d: dataset_entry(f) for d, f in written.items()}, overwrite=overwrite)
-    return written
+                rows_of[f"{prefix}_{kind}_{split}"] = rows
+    return rows_of
+
+
+def _commit(out: Path, staging: Path, images_dir: str, rows_of: dict[str, list[dict]], stale: list[str]) -> None:
+    """Swap the staged images folder in (a previous one moves into ``staging``), then write the JSON files."""
+    target, previous = out / images_dir, staging / "previous"
+    if os.path.lexists(target):  # only reached with overwrite
+        os.replace(target, previous)
+    try:
+        os.replace(staging / images_dir, target)
+    except BaseException:
+        if os.path.lexists(previous):
+            os.replace(previous, target)
+        raise
+    fsync_dir(out)
+    for dataset, rows in rows_of.items():
+        write_json(out / f"{dataset}.json", rows)
+    for dataset in stale:
+        (out / f"{dataset}.json").unlink(missing_ok=True)

@@ -1,14 +1,21 @@
-"""Writing LLaMA-Factory datasets: sharegpt rows, atomic JSON, merging ``dataset_info.json`` entries."""
+"""Writing LLaMA-Factory datasets: sharegpt rows, atomic JSON / PNG, merging ``dataset_info.json`` entries.
+
+Every file the plugin writes goes through :func:`~llamafactory_attok.state.atomic_write_bytes` (temp file, fsync,
+``0o666 & ~umask``, rename); readers here turn bad JSON into an :class:`AttTokError` naming the file and line.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import AttTokError
 from ..state import atomic_write_bytes
+from ..vocab import read_text
 
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
 
@@ -32,6 +39,27 @@ def dataset_entry(file_name: str) -> dict:
             "columns": {"messages": "messages", "images": "images"}, "tags": dict(SHAREGPT_TAGS)}
 
 
+def read_json(path: str | os.PathLike):
+    """Parse a JSON file; invalid JSON is an :class:`AttTokError` naming the file, line and column."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise AttTokError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from err
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, object]]:
+    """``(line number, value)`` for every non-blank line of a JSONL file; a bad line names file and line."""
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise AttTokError(f"{path}: line {number}: invalid JSON: {err.msg} (column {err.colno})") from err
+    return rows
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Temp file in the same folder, then rename: an interrupted run never leaves half a file."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -41,20 +69,43 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
-def check_free_names(out_dir: str | os.PathLike, names: list[str], overwrite: bool) -> None:
-    """Refuse, before anything is written, to reuse dataset names already in ``dataset_info.json``."""
+def write_png(path: str | os.PathLike, image) -> None:
+    """Encode a PIL image as PNG in memory, then write it atomically."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _dataset_info(out_dir: str | os.PathLike) -> tuple[Path, dict]:
     path = Path(out_dir) / "dataset_info.json"
-    existing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    clashes = sorted(set(existing) & set(names))
-    if clashes and not overwrite:
-        raise AttTokError(f"{path}: datasets {', '.join(clashes)} already exist; pass --overwrite to replace them.")
+    info = read_json(path) if path.exists() else {}
+    if not isinstance(info, dict):
+        raise AttTokError(f"{path}: expected a JSON object of dataset entries, got {type(info).__name__}")
+    return path, info
 
 
-def merge_dataset_info(out_dir: str | os.PathLike, entries: dict[str, dict], overwrite: bool = False) -> Path:
-    """Add ``entries`` to ``out_dir/dataset_info.json``, keeping existing ones; a name collision is an error."""
+def check_free_names(out_dir: str | os.PathLike, names: Iterable[str], overwrite: bool,
+                     paths: Iterable[str] = ()) -> None:
+    """Refuse, before anything is written, to reuse dataset names of ``dataset_info.json`` or existing ``paths``."""
+    if overwrite:
+        return
+    path, info = _dataset_info(out_dir)
+    datasets = sorted(set(info) & set(names))
+    files = sorted(p for p in paths if os.path.lexists(Path(out_dir) / p))
+    clashes = ([f"datasets {', '.join(datasets)}"] if datasets else []) + ([f"files {', '.join(files)}"] if files
+                                                                            else [])
+    if clashes:
+        raise AttTokError(f"{path if datasets else out_dir}: {' and '.join(clashes)} already exist; pass --overwrite "
+                          "to replace them.")
+
+
+def merge_dataset_info(out_dir: str | os.PathLike, entries: dict[str, dict], overwrite: bool = False,
+                       remove: Iterable[str] = ()) -> Path:
+    """Add ``entries`` to ``out_dir/dataset_info.json`` (dropping ``remove``), keeping others; a clash is an error."""
     check_free_names(out_dir, list(entries), overwrite)
-    path = Path(out_dir) / "dataset_info.json"
-    info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    path, info = _dataset_info(out_dir)
+    for name in remove:
+        info.pop(name, None)
     info.update(entries)
     write_atomic(path, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return path

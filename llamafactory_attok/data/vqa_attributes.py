@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError, field_validator
 from tqdm import tqdm
 
-from .lf_format import attribute_token, write_atomic
+from .lf_format import attribute_token, read_json, write_atomic
 
 NON_DISCRIMINATIVE = re.compile(
     r"\b(left|right|upper|lower|anterior|posterior|medial|lateral|bilateral|small|large|big|round|oval|"
@@ -71,7 +71,7 @@ class ReplyCache:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[str, str] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        self.entries: dict[str, str] = read_json(path) if path.exists() else {}
         self.lock = threading.Lock()
 
     def get(self, key: str) -> str | None:

@@ -16,13 +16,13 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..attach import base_model_of, family_of, module_of
 from ..plan import image_means
 from ..testing import chat_text
-from .attribute_classifier import Sample
+from .attribute_classifier import Sample, open_image
+from .figures import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
@@ -47,7 +47,7 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
             batch = samples[start:start + batch_size]
             inputs = processor(text=[chat_text(s.question, family=base.config.model_type, template=template)
                                      for s in batch],
-                               images=[[Image.open(s.image).convert("RGB")] for s in batch], padding=True,
+                               images=[[open_image(s)] for s in batch], padding=True,
                                return_tensors="pt").to(device)
             captured.clear()
             model(**inputs)
@@ -84,9 +84,7 @@ def tsne_figure(features: dict, labels: list[int], class_names: list[str], out: 
     axis.set_title("t-SNE: images (dots), attribute tokens (stars), keyword embeddings (plus)")
     axis.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def similarity_figure(features: dict, labels: list[int], class_names: list[str], out: Path) -> Path:
@@ -103,9 +101,7 @@ def similarity_figure(features: dict, labels: list[int], class_names: list[str],
         axis.set_title(f"class-mean visual vs {title}")
         fig.colorbar(image, ax=axis)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def acc_map_figure(samples: list[Sample], features: dict, labels: list[int], out: Path, count: int = 6) -> Path:
@@ -115,7 +111,7 @@ def acc_map_figure(samples: list[Sample], features: dict, labels: list[int], out
     fig, axes = plt.subplots(1, count, figsize=(2.5 * count, 2.8))
     for axis, sample, weights, grid, label in zip(np.atleast_1d(axes), samples, features["weights"],
                                                   features["grids"], labels, strict=False):
-        image = Image.open(sample.image).convert("RGB")
+        image = open_image(sample)
         axis.set_axis_off()
         if grid is None:  # tokens of several tiles (InternVL crops): no single map to draw
             axis.set_title("(tiled image: no single map)", fontsize=7)
@@ -127,6 +123,4 @@ def acc_map_figure(samples: list[Sample], features: dict, labels: list[int], out
         axis.set_title(sample.label or "", fontsize=7)
     fig.suptitle("ACC attention to the image's own attribute book")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.lf_format import read_json
 from ..errors import AttTokError
 from ..testing import chat_inputs, chat_text
 from ..vocab import TOKEN_IN_TEXT
@@ -30,27 +30,50 @@ class Sample:
     question: str
     label_token: str | None
     label: str | None = None
+    dataset: str = ""  # the file it was read from, for error messages
+
+
+def _turn(row: dict, role: str) -> str:
+    return next(t["content"] for t in row["messages"] if isinstance(t, dict) and t.get("role") == role
+                and isinstance(t.get("content"), str))
 
 
 def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None,
                  require_token: bool = True) -> list[Sample]:
-    """Sharegpt samples with one image; the label token is the first attribute token of the answer."""
+    """Sharegpt samples with one image; the label token is the first attribute token of the answer.
+
+    Errors name the file and the sample index; every image must exist.
+    """
     path = Path(dataset_json)
     root = Path(media_dir) if media_dir else path.parent
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    if not rows:
-        raise AttTokError(f"{path}: no samples")
+    rows = read_json(path)
+    if not isinstance(rows, list) or not rows:
+        raise AttTokError(f"{path}: no samples (expected a non-empty JSON list of sharegpt samples)")
     samples = []
     for index, row in enumerate(rows):
-        turns = row["messages"]
-        answer = next(t["content"] for t in turns if t["role"] == "assistant")
+        try:
+            answer, question = _turn(row, "assistant"), _turn(row, "user").replace("<image>", "")
+            image = root / row["images"][0]
+        except (KeyError, IndexError, TypeError, StopIteration) as err:
+            raise AttTokError(f"{path}: sample {index}: needs `messages` with a user and an assistant turn "
+                              f"(role/content) and one entry in `images` ({type(err).__name__}: {err})") from err
+        if not image.is_file():
+            raise AttTokError(f"{path}: sample {index}: image {image} does not exist")
         tokens = TOKEN_IN_TEXT.findall(answer)
         if require_token and not tokens:
             raise AttTokError(f"{path}: sample {index}: the answer has no attribute token to score against")
-        question = next(t["content"] for t in turns if t["role"] == "user").replace("<image>", "")
-        samples.append(Sample(index, root / row["images"][0], question, tokens[0] if tokens else None,
-                              row.get("label")))
+        samples.append(Sample(index, image, question, tokens[0] if tokens else None, row.get("label"), str(path)))
     return samples
+
+
+def open_image(sample: Sample) -> Image.Image:
+    """The sample's image as RGB; an unreadable file is an error naming the dataset, sample and image."""
+    try:
+        with Image.open(sample.image) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise AttTokError(f"{sample.dataset}: sample {sample.index}: image {sample.image} cannot be read "
+                          f"({type(err).__name__}: {err})") from err
 
 
 def load_model_for_inference(model_name_or_path: str, adapter: str | None = None, template: str = "qwen2_vl"):
@@ -84,7 +107,7 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
         for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
             batch = samples[start:start + batch_size]
             inputs = processor(text=[chat_text(s.question, family=family, template=template) for s in batch],
-                               images=[[Image.open(s.image).convert("RGB")] for s in batch],
+                               images=[[open_image(s)] for s in batch],
                                padding=True, return_tensors="pt").to(device)
             out = model(**inputs)
             logits.append(out.logits[:, -1, token_ids].float().cpu())
@@ -141,7 +164,7 @@ def likelihood_scores(model, processor, samples: list[Sample], class_names: list
     processor.tokenizer.padding_side = "right"
     rows = []
     for sample in tqdm(samples, desc="likelihood", leave=False):
-        image = Image.open(sample.image).convert("RGB")
+        image = open_image(sample)
         prompt = chat_inputs(processor, image, sample.question, family=family, template=template)
         prompt_len = prompt["input_ids"].shape[1]
         inputs = processor(text=[chat_text(sample.question, name, family, template) for name in class_names],

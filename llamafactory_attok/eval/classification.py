@@ -6,16 +6,18 @@ dataset JSON it was made from; the ids are the line numbers, checked against the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from ..data.lf_format import read_json, read_jsonl
 from ..errors import AttTokError
 from ..vocab import AttributeVocab
 from .normalize import normalize, parse_class
+
+PREDICTION_KEYS = ("predict", "label")
 
 
 @dataclass
@@ -48,10 +50,31 @@ def class_names(dataset_rows: list[dict], vocab: AttributeVocab | None) -> tuple
 
 
 def read_predictions(path: str | Path) -> list[dict]:
+    """LF's ``generated_predictions.jsonl``: one object with string ``predict`` and ``label`` per line."""
     path = Path(path)
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line, row in read_jsonl(path):
+        missing = [k for k in PREDICTION_KEYS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise AttTokError(f"{path}: line {line}: a prediction needs the string field(s) {', '.join(missing)} "
+                              "(as in LLaMA-Factory's generated_predictions.jsonl)")
+        rows.append(row)
     if not rows:
         raise AttTokError(f"{path}: no predictions")
+    return rows
+
+
+def read_dataset(path: str | Path) -> list[dict]:
+    """The sharegpt dataset JSON the predictions come from; each sample needs ``messages`` [user, assistant]."""
+    rows = read_json(path)
+    if not isinstance(rows, list):
+        raise AttTokError(f"{path}: expected a JSON list of sharegpt samples, got {type(rows).__name__}")
+    for index, row in enumerate(rows):
+        turns = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(turns, list) or len(turns) < 2 or not all(
+                isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns[:2]):
+            raise AttTokError(f"{path}: sample {index}: needs `messages` with a user and an assistant turn "
+                              "(each with a string `content`)")
     return rows
 
 
@@ -69,9 +92,11 @@ def check_alignment(predictions: list[dict], dataset_rows: list[dict], where: st
 def score_generated(predictions_path: str | Path, dataset_json: str | Path,
                     vocab: AttributeVocab | None = None) -> ClassScores:
     predictions = read_predictions(predictions_path)
-    rows = json.loads(Path(dataset_json).read_text(encoding="utf-8"))
-    if any("label" not in row for row in rows):
-        raise AttTokError(f"{dataset_json}: samples need a `label` field (written by `attok data classify`)")
+    rows = read_dataset(dataset_json)
+    unlabelled = [i for i, row in enumerate(rows) if not isinstance(row.get("label"), str)]
+    if unlabelled:
+        raise AttTokError(f"{dataset_json}: sample {unlabelled[0]}: needs a string `label` field (written by "
+                          "`attok data classify`)")
     check_alignment(predictions, rows, str(predictions_path))
     classes, synonyms = class_names(rows, vocab)
     truth = [classes.index(row["label"]) for row in rows]

@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 
 import matplotlib
+
+from ..data.lf_format import read_jsonl
+from ..state import atomic_write_bytes
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 
+def save_figure(fig, out: str | Path, dpi: int = 100) -> Path:
+    """Render ``fig`` to PNG in memory, close it, then write the file atomically (umask-honouring, durable)."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+    return Path(out)
+
+
 def training_curves(runs: dict[str, Path], out: Path) -> Path:
     """NTP and ACM loss per step for each run's ``trainer_log.jsonl``."""
+    logs = {name: [e for _, e in read_jsonl(Path(folder) / "trainer_log.jsonl") if isinstance(e, dict)]
+            for name, folder in runs.items()}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, folder in runs.items():
-        log = [json.loads(line) for line in (Path(folder) / "trainer_log.jsonl").read_text().splitlines()]
-        steps = [e for e in log if "loss_ntp" in e]
+    for name, log in logs.items():
         for axis, key in zip(axes, ("loss_ntp", "loss_acm"), strict=True):
+            steps = [e for e in log if key in e and "current_steps" in e]
             axis.plot([e["current_steps"] for e in steps], [e[key] for e in steps], label=name)
     for axis, title in zip(axes, ("NTP loss", "ACM loss"), strict=True):
         axis.set_title(title)
         axis.set_xlabel("step")
         axis.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def confusion_figure(classes: list[str], confusion: list[list[int]], out: Path, title: str = "") -> Path:
@@ -43,6 +56,4 @@ def confusion_figure(classes: list[str], confusion: list[list[int]], out: Path, 
     axis.set_title(title)
     fig.colorbar(image)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

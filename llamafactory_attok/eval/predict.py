@@ -44,35 +44,39 @@ def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
                 val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
                 batch_size: int = 8, template: str = "qwen2_vl") -> dict:
-    model, _, processor = load_model_for_inference(model_path, adapter, template)
+    """Class probabilities per sample; the datasets (and their images) are checked before the model is loaded."""
+    if mode not in ("attribute", "likelihood"):
+        raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
+    samples = read_samples(dataset, require_token=mode == "attribute")
+    val = read_samples(val_dataset) if val_dataset and mode == "attribute" else None
     if mode == "attribute":
         vocab = resolve_vocab(model_path, adapter, vocab_path)
-        token_ids = processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens))
+        for part in (samples, val or []):
+            unknown = [s.index for s in part if s.label_token not in vocab.tokens]
+            if unknown:
+                raise AttTokError(f"{part[0].dataset}: samples {unknown[:5]} carry tokens outside the model's "
+                                  "vocabulary")
         names = list(vocab.keywords)
-        samples = read_samples(dataset)
-        unknown = [s.index for s in samples if s.label_token not in vocab.tokens]
-        if unknown:
-            raise AttTokError(f"{dataset}: samples {unknown[:5]} carry tokens outside the model's vocabulary")
         truth = [vocab.tokens.index(s.label_token) for s in samples]
+    else:
+        if any(s.label is None for s in samples):
+            raise AttTokError(f"{dataset}: likelihood scoring needs each sample's `label` (class name)")
+        names = list(dict.fromkeys(s.label for s in samples))
+        truth = [names.index(s.label) for s in samples]
+    model, _, processor = load_model_for_inference(model_path, adapter, template)
+    if mode == "attribute":
+        token_ids = processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens))
         logits, hidden = first_answer_outputs(model, processor, samples, token_ids, batch_size, device, template)
         temperature = 1.0
-        if val_dataset:
-            val = read_samples(val_dataset)
+        if val:
             val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, device, template)
             temperature = calibrate_temperature(val_logits, torch.tensor([vocab.tokens.index(s.label_token)
                                                                            for s in val]))
         probs = torch.softmax(logits / temperature, dim=-1)
         retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
-    elif mode == "likelihood":
-        samples = read_samples(dataset, require_token=False)
-        if any(s.label is None for s in samples):
-            raise AttTokError(f"{dataset}: likelihood scoring needs each sample's `label` (class name)")
-        names = list(dict.fromkeys(s.label for s in samples))
-        truth = [names.index(s.label) for s in samples]
+    else:
         probs = torch.softmax(likelihood_scores(model, processor, samples, names, device, template), dim=-1)
         temperature, retrieval = 1.0, None
-    else:
-        raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
     predicted = probs.argmax(-1).tolist()
     lines = []
     for i, sample in enumerate(samples):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..data.lf_format import write_atomic
+from ..data.lf_format import read_json, write_atomic
+from ..errors import AttTokError
 from .classification import mean_std
 
 PROTOCOL = (
@@ -29,7 +29,9 @@ def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = 
     by_arm: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, int] = defaultdict(int)
     for run, path in runs.items():
-        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+        metrics = read_json(path)
+        if not isinstance(metrics, dict):
+            raise AttTokError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
         seeds[_arm(run)] += 1
         for key in METRICS:
             if isinstance(metrics.get(key), (int, float)):

@@ -14,8 +14,9 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
+from ..data.lf_format import read_json
 from ..errors import AttTokError
-from .classification import check_alignment, read_predictions
+from .classification import check_alignment, read_dataset, read_predictions
 from .normalize import normalize
 
 DEFAULT_PROMPT = Path(__file__).with_name("judge_prompt.txt")
@@ -36,7 +37,7 @@ class Judge:
 
     def __post_init__(self) -> None:
         if self.cache_path.exists():
-            self.cache = json.loads(self.cache_path.read_text(encoding="utf-8"))
+            self.cache = read_json(self.cache_path)
 
     def decide(self, question: str, answer: str, prediction: str) -> bool:
         """True/False, or raises ValueError for a malformed reply; sets ``unavailable`` when the endpoint is down."""
@@ -76,7 +77,7 @@ def score_vqa(predictions_path: str | Path, dataset_json: str | Path, judge: Jud
     import openai
 
     predictions = read_predictions(predictions_path)
-    rows = json.loads(Path(dataset_json).read_text(encoding="utf-8"))
+    rows = read_dataset(dataset_json)
     check_alignment(predictions, rows, str(predictions_path))
     if any("answer_type" not in row for row in rows):
         raise AttTokError(f"{dataset_json}: samples need `answer_type` (closed/open), as `attok data vqa-rad` writes")
