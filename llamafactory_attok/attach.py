@@ -168,7 +168,8 @@ def attach(model: nn.Module, args: AttTokArguments, token_ids: list[int], keywor
     object.__setattr__(module, "_hooks", [
         module.family.feature_module(base).register_forward_hook(module.on_visual_output, with_kwargs=True),
         base.get_output_embeddings().register_forward_pre_hook(module.on_head_input),
-        base.register_forward_pre_hook(module.on_model_input, with_kwargs=True),
+        # the inner model (PEFT calls the outer model's .forward directly, which skips hooks on it)
+        getattr(base, "model", base).register_forward_pre_hook(module.on_model_input, with_kwargs=True),
     ])
     logger.info("AttTok: family %s, visual tokens hooked at %s, output head %s", module.family.name,
                 module.family.feature_path, "tied to the embedding" if module.family.tied(base) else "untied")

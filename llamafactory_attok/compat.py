@@ -77,6 +77,9 @@ REFUSED: tuple[Rule, ...] = (
     Rule("finetuning", "finetuning_type", lambda v: v not in SUPPORTED_FINETUNING,
          "only lora (PEFT trainable_token_indices), full and freeze (row-masked gradients) train the attribute "
          "rows; oft has neither"),
+    Rule("training", "load_best_model_at_end", _on,
+         "transformers reloads the best checkpoint without AttTok's state (ACC, books) and, for full/freeze, "
+         "without its key conversion (the weights stay the last step's); pick the best checkpoint folder yourself"),
     Rule("finetuning", "use_galore", _on, _OWN_OPTIMIZER),
     Rule("finetuning", "use_apollo", _on, _OWN_OPTIMIZER),
     Rule("finetuning", "use_badam", _on, _OWN_OPTIMIZER),

@@ -35,6 +35,7 @@ from .context import AttTokContext
 from .errors import AttTokError
 from .log import get_logger
 from .peft_compat import zero3_trainable_tokens_on_any_device
+from .resume import ExactResumeMixin
 from .rows import check_rows_trainable, is_zero3, mask_non_attribute_gradients, trainable_token_indices
 from .state import atomic_write_bytes, find_saved, find_saved_quietly, save_description
 from .trainer import AttTokTrainerMixin
@@ -131,7 +132,9 @@ def _check_lf_args(attok: AttTokArguments, by_name: dict[str, Any]) -> None:
         raise AttTokError(
             "attok: true trains only the attribute rows of embed/lm_head; remove them from `additional_target`."
         )
-    check_lf_options({"model": model_args, "data": data_args, "finetuning": finetuning_args})
+    training_args = by_name.get("Seq2SeqTrainingArguments") or by_name.get("TrainingArguments")
+    check_lf_options({"model": model_args, "data": data_args, "finetuning": finetuning_args,
+                      "training": training_args})
     if data_args is not None:
         datasets = [*(data_args.dataset or []), *(getattr(data_args, "eval_dataset", None) or [])]
         check_no_video_columns(data_args.dataset_dir, datasets)
@@ -384,8 +387,9 @@ def _finetuning_args_of(lf_trainer_cls, args: tuple, kwargs: dict):
 
 
 def _trainer_factory(lf_trainer_cls):
-    class AttTokTrainer(AttTokTrainerMixin, lf_trainer_cls):
-        """LF's SFT trainer plus AttTok (see :class:`AttTokTrainerMixin`)."""
+    class AttTokTrainer(AttTokTrainerMixin, ExactResumeMixin, lf_trainer_cls):
+        """LF's SFT trainer plus AttTok (see :class:`AttTokTrainerMixin`); full / freeze runs resume exactly
+        (:class:`ExactResumeMixin` works around transformers 5.6 dropping the weights on resume)."""
 
         def __init__(self, *args, attok: AttTokContext, **kwargs):
             self.attok = attok

@@ -79,6 +79,10 @@ class AttTokTrainerMixin:
         module = module_of(self.model)
         if module is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if inputs.get("pixel_values_videos") is not None:
+            from .compat import VIDEO_REASON
+
+            raise AttTokError(f"step {self.state.global_step + 1}: the batch carries videos: {VIDEO_REASON}.")
         config = base_model_of(self.model).config
         plan = build_plan(inputs, module.token_ids, module.family.image_token_id(config),
                           image_sizes=module.family.image_sizes(inputs, config))

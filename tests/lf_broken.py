@@ -16,13 +16,17 @@ class _DropSymbol:
     """A meta-path finder in front of the plugin's: runs LF's module body, then deletes one symbol."""
 
     def __init__(self, module: str, symbol: str) -> None:
-        self.module, self.symbol = module, symbol
+        self.module, self.symbol, self.busy = module, symbol, False
 
     def find_spec(self, name, path, target=None):
-        if name != self.module:
+        if name != self.module or self.busy:  # the plugin's finder asks the other finders, this one included
             return None
         plugin = next(f for f in sys.meta_path if isinstance(f, _boot._Finder))
-        spec = plugin.find_spec(name, path, target)
+        self.busy = True
+        try:
+            spec = plugin.find_spec(name, path, target)
+        finally:
+            self.busy = False
         inner, symbol = spec.loader._loader, self.symbol
 
         class Loader:

@@ -100,12 +100,15 @@ def _refusal_args(model, data, out, option: str, tmp_path: Path) -> dict:
     values = {"enable_liger_kernel": True, "use_unsloth": True, "resize_vocab": True, "add_special_tokens": "<x>",
               "quantization_bit": 4, "use_kt": True, "packing": True, "neat_packing": True, "use_mca": True,
               "use_asft_loss": True, "use_dft_loss": True, "use_eaft_loss": True, "finetuning_type": "oft",
-              "use_galore": True, "use_apollo": True, "use_badam": True, "use_adam_mini": True, "use_muon": True}
+              "load_best_model_at_end": True, "use_galore": True, "use_apollo": True, "use_badam": True,
+              "use_adam_mini": True, "use_muon": True}
     if option == "new_special_tokens_config":
         path = tmp_path / "special.yaml"
         path.write_text('"<|x|>": an extra token\n')
         values[option] = str(path)
     args = base_args(model, data, out, attok=True, **{option: values[option]})
+    if option == "load_best_model_at_end":
+        args.update(eval_strategy="steps", eval_steps=1000, val_size=0.1)
     if option in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon"):
         args.update(finetuning_type="full")
         args.pop("lora_target")
@@ -318,3 +321,14 @@ def test_a_crash_before_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["attok_config.json"]
 
 
+
+
+@pytest.mark.slow
+def test_video_inputs_are_refused_at_inference_too(modality_adapter, tiny_models):
+    """Training refuses videos (start-up and per batch); inference must not run ACC on them either."""
+    from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+
+    model, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]), adapter=str(modality_adapter))
+    with pytest.raises(AttTokError, match="a batch carries videos.*AttTok does not support video"):
+        model(input_ids=torch.tensor([[5, 6]]), pixel_values_videos=torch.zeros(4, 8),
+              video_grid_thw=torch.tensor([[1, 2, 2]]))
