@@ -18,6 +18,10 @@ TARGET_MODULES = frozenset(
         "llamafactory.train.sft.workflow",
         "llamafactory.train.tuner",
         "llamafactory.webui.common",
+        "llamafactory.webui.interface",
+        "llamafactory.webui.runner",
+        "llamafactory.webui.control",
+        "llamafactory.webui.chatter",
     }
 )
 

@@ -271,3 +271,20 @@ def test_written_files_honour_the_umask(tmp_path, umask, file_mode, dir_mode):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
     for path in (out / "cx_images", out / "cx_images" / "train"):
         assert stat.S_IMODE(path.stat().st_mode) == dir_mode, path
+
+
+def test_without_a_class_map_labels_become_answers_and_the_map_is_written(tmp_path):
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    build_classification(items, None, out, "cx", modality="X-Ray", augment=True, seed=3)
+    derived = out / "cx_classes.yaml"
+    assert derived.is_file() and "edit the names" in derived.read_text()
+    vocab = load_vocab(out / "cx_vocab.yaml")
+    assert vocab.as_dict() == {"<|xray_normal|>": "normal", "<|xray_pneumonia|>": "pneumonia"}
+    answers = {row["messages"][1]["content"] for row in _rows(out, "cx_open_train")}
+    assert answers == {"<|xray_normal|> normal", "<|xray_pneumonia|> pneumonia"}
+    again = tmp_path / "again"  # the written map is a valid --class-map and gives the same datasets
+    build_classification(items, derived, again, "cx", augment=True, seed=3)
+    assert _rows(again, "cx_open_train") == _rows(out, "cx_open_train")
+    with pytest.raises(AttTokError, match="without --class-map, --modality must name the imaging modality"):
+        build_classification(items, None, tmp_path / "x", "cx")

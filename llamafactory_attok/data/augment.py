@@ -6,7 +6,8 @@ own seeded generator, so the same seed gives byte-identical files.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -18,14 +19,22 @@ def crop_and_flip(size: int) -> v2.Compose:
                        v2.RandomHorizontalFlip(p=0.5)])
 
 
-def balance(images_by_label: dict[str, list[Image.Image]], target: int | None, seed: int,
-            size: int) -> dict[str, list[Image.Image]]:
-    """New images per label so that every class reaches ``target`` (default: the largest class)."""
+def balance(images_by_label: dict[str, list[Path]], target: int | None, seed: int,
+            size: int) -> Iterator[tuple[str, int, Image.Image]]:
+    """``(label, j, new image)`` so that every class reaches ``target`` images (default: the largest class).
+
+    Sources are image files, opened one at a time: a large training split is never held in memory.
+    """
     goal = target if target is not None else max(len(v) for v in images_by_label.values())
     transform = crop_and_flip(size)
-    extra: dict[str, list[Image.Image]] = defaultdict(list)
-    for class_index, (label, images) in enumerate(sorted(images_by_label.items())):
-        for j in range(max(0, goal - len(images))):
+    for class_index, (label, paths) in enumerate(sorted(images_by_label.items())):
+        for j in range(max(0, goal - len(paths))):
             torch.manual_seed(seed * 1_000_003 + class_index * 10_007 + j)
-            extra[label].append(transform(images[j % len(images)]))
-    return dict(extra)
+            with Image.open(paths[j % len(paths)]) as source:
+                yield label, j, transform(source.convert("RGB"))
+
+
+def missing_count(images_by_label: dict[str, list[Path]], target: int | None) -> int:
+    """How many images :func:`balance` will make (for a progress bar)."""
+    goal = target if target is not None else max(len(v) for v in images_by_label.values())
+    return sum(max(0, goal - len(v)) for v in images_by_label.values())

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import yaml
 from PIL import Image
+from tqdm import tqdm
 
 from ..errors import AttTokError
-from ..state import fsync_dir
+from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
-from .augment import balance
+from .augment import balance, missing_count
 from .lf_format import (
     attribute_token,
     check_free_names,
@@ -56,11 +57,14 @@ class ClassSpec:
     token: str
 
 
-def load_class_map(path: str | Path) -> tuple[str, dict[str, ClassSpec]]:
-    """YAML: ``modality: fundus`` and ``classes: {label: {name, keyword?, concept?}}`` (or ``label: name``)."""
+def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict[str, ClassSpec]]:
+    """YAML: ``modality: fundus`` and ``classes: {label: {name, keyword?, concept?}}`` (or ``label: name``).
+
+    ``raw``: an already parsed map (a derived one), ``path`` then only names it in errors.
+    """
     path = Path(path)
     try:
-        raw = yaml.safe_load(read_text(path))
+        raw = yaml.safe_load(read_text(path)) if raw is None else raw
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed class map: {err}") from err
     if not isinstance(raw, dict) or "modality" not in raw or not isinstance(raw.get("classes"), dict):
@@ -79,6 +83,20 @@ def load_class_map(path: str | Path) -> tuple[str, dict[str, ClassSpec]]:
         keyword = str(entry.get("keyword") or entry["name"])
         specs[str(label)] = ClassSpec(str(label), str(entry["name"]), keyword, token)
     return modality, specs
+
+
+def derive_class_map(labels: list[str], modality: str) -> tuple[dict, str]:
+    """Without a class map: each label is its own answer name and keyword, its slug the concept.
+
+    Returns the class map (the YAML shape :func:`load_class_map` reads) and its text, to write next to the output.
+    """
+    if not modality or not modality.strip():
+        raise AttTokError("without --class-map, --modality must name the imaging modality (e.g. fundus, xray)")
+    classes = {label: {"name": label, "keyword": label} for label in sorted(set(labels))}
+    mapping = {"modality": modality.strip(), "classes": classes}
+    header = ("# class map derived by `attok data classify` from the labels; edit the names, keywords and concepts\n"
+              "# and pass it back with --class-map\n")
+    return mapping, header + yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False)
 
 
 def stratified_split(items: list[Item], val_ratio: float, test_ratio: float, seed: int) -> list[Item]:
@@ -137,37 +155,51 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
                   augment: bool, augment_target: int | None, seed: int) -> dict[str, list[tuple[str, str, dict]]]:
     """Write the PNGs under ``root/images_dir``; return split -> (label, path relative to the output, extra)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
-    train_images: dict[str, list[Image.Image]] = defaultdict(list)
-    for index, item in enumerate(items):
+    train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
+    for index, item in enumerate(tqdm(items, desc="images", unit="img", disable=None)):
         rel = f"{images_dir}/{item.split}/{index:06d}.png"
-        image = _load_image(item, image_size)
-        write_png(root / rel, image)
+        write_png(root / rel, _load_image(item, image_size))
         per_split[item.split].append((item.label, rel, {"source": item.source}))
         if item.split == "train":
-            train_images[item.label].append(image)
-    if augment and train_images:
-        for label, images in balance(train_images, augment_target, seed, image_size).items():
-            for j, image in enumerate(images):
-                rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}.png"
-                write_png(root / rel, image)
-                per_split["train"].append((label, rel, {"source": "augmented"}))
+            train_files[item.label].append(root / rel)
+    if augment and train_files:
+        made = balance(train_files, augment_target, seed, image_size)
+        for label, j, image in tqdm(made, total=missing_count(train_files, augment_target), desc="augment",
+                                    unit="img", disable=None):
+            rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}.png"
+            write_png(root / rel, image)
+            per_split["train"].append((label, rel, {"source": "augmented"}))
     return per_split
 
 
-def build_classification(items: list[Item], class_map: str | Path, out_dir: str | Path, name: str, *,
+def build_classification(items: list[Item], class_map: str | Path | None, out_dir: str | Path, name: str, *,
                          image_size: int = 112, seed: int = 42, val_ratio: float = 0.1, test_ratio: float = 0.2,
                          augment: bool = True, augment_target: int | None = None, vanilla: bool = False,
-                         overwrite: bool = False) -> dict[str, str]:
-    """Write images, datasets, vocabulary and ``dataset_info.json`` entries; return dataset name → file name."""
+                         overwrite: bool = False, modality: str | None = None) -> dict[str, str]:
+    """Write images, datasets, vocabulary and ``dataset_info.json`` entries; return dataset name → file name.
+
+    Without ``class_map`` the labels are the answer names (``modality`` names the modality) and the derived map
+    is written as ``<prefix>_classes.yaml`` next to the datasets, to edit and pass back as ``class_map``.
+    """
     out = Path(out_dir)
-    modality, specs = load_class_map(class_map)
-    _check_items(items, specs, class_map)
     prefix = f"{name}_vanilla" if vanilla else name
+    derived_file = None
+    if class_map is None:
+        if not items:
+            raise AttTokError("the source has no samples; nothing to build")
+        derived_file = f"{prefix}_classes.yaml"
+        mapping, derived_text = derive_class_map([item.label for item in items], modality or "")
+        modality, specs = load_class_map(out / derived_file, raw=mapping)
+        class_map = out / derived_file
+    else:
+        modality, specs = load_class_map(class_map)
+    _check_items(items, specs, class_map)
     images_dir = f"{prefix}_images"
     vocab_file = None if vanilla else f"{name}_vocab.yaml"
     datasets = [f"{prefix}_{kind}_{split}" for kind in ("open", "close") for split in SPLITS]
     check_free_names(out, datasets, overwrite,
-                     paths=[images_dir, *(f"{d}.json" for d in datasets), *([vocab_file] if vocab_file else [])])
+                     paths=[images_dir, *(f"{d}.json" for d in datasets), *([vocab_file] if vocab_file else []),
+                            *([derived_file] if derived_file else [])])
     if any(item.split is None for item in items):
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)
     created = not out.exists()
@@ -186,6 +218,8 @@ def build_classification(items: list[Item], class_map: str | Path, out_dir: str 
     stale = [d for d in datasets if d not in rows_of]  # written by a build being replaced, not by this one
     try:
         _commit(out, staging, images_dir, rows_of, stale)
+        if derived_file:
+            atomic_write_bytes(out / derived_file, derived_text.encode("utf-8"))
         if vocab_file:
             write_vocab(out / vocab_file, {s.token: s.keyword for s in ordered},
                         f"attribute vocabulary of {name} ({modality}), written by `attok data classify`")
