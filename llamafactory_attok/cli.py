@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command
 from .errors import AttTokError
 from .testing import FAMILIES
 
@@ -53,48 +54,6 @@ def _data_classify(ns: argparse.Namespace) -> None:
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
 
 
-def _data_vqa_rad(ns: argparse.Namespace) -> None:
-    from .data.vqa_rad import build_vqa_rad
-
-    written = build_vqa_rad(ns.source, ns.out, ns.name, overwrite=ns.overwrite)
-    print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
-
-
-def _data_vqa_attributes(ns: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from openai import OpenAI
-
-    from .data.lf_format import check_free_names, dataset_entry, merge_dataset_info, read_json, write_json, write_vocab
-    from .data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
-
-    src = Path(ns.input)
-    out = Path(ns.out)
-    check_free_names(out, [ns.name], ns.overwrite, paths=[f"{ns.name}.json", f"{ns.name}_vocab.yaml"])
-    rows = read_json(src)
-    if not isinstance(rows, list) or not rows:
-        raise AttTokError(f"{src}: expected a non-empty JSON list of sharegpt samples")
-    client = OpenAI(base_url=ns.base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"), timeout=ns.timeout,
-                    max_retries=ns.max_retries)
-    llm = KeywordLLM(client, ns.model, ReplyCache(out / f"{ns.name}_llm_cache.json"), max_attempts=ns.max_attempts)
-    result = extract_attributes(rows, llm, min_count=ns.min_count, concurrency=ns.concurrency,
-                                single_modality=ns.single_modality, default_modality=ns.modality)
-    write_json(out / f"{ns.name}_report.json", result.report)
-    if not result.vocab:
-        print(f"no attribute survived extraction; see {out / (ns.name + '_report.json')}", file=sys.stderr)
-        return 1
-    for row in result.rows:  # keep images resolvable from the output folder
-        row["images"] = [os.path.relpath(src.parent / img, out) for img in row.get("images", [])]
-    write_json(out / f"{ns.name}.json", result.rows)
-    write_vocab(out / f"{ns.name}_vocab.yaml", result.vocab, f"attributes of {src.name} extracted by {ns.model}")
-    merge_dataset_info(out, {ns.name: dataset_entry(f"{ns.name}.json")}, overwrite=ns.overwrite)
-    failures = result.report["failures"]
-    print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
-          f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {ns.name}_report.json)")
-    return 1 if failures else 0
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -125,27 +84,7 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
     cls.add_argument("--overwrite", action="store_true")
     cls.set_defaults(func=_data_classify)
-    rad = data.add_parser("vqa-rad", help="official VQA-RAD release -> train/test datasets")
-    rad.add_argument("source")
-    rad.add_argument("--out", required=True)
-    rad.add_argument("--name", default="vqa_rad")
-    rad.add_argument("--overwrite", action="store_true")
-    rad.set_defaults(func=_data_vqa_rad)
-    vqa = data.add_parser("vqa-attributes", help="LLM-extracted attribute tokens for a sharegpt VQA dataset")
-    vqa.add_argument("input", help="sharegpt JSON (e.g. from `attok data vqa-rad`)")
-    vqa.add_argument("--out", required=True)
-    vqa.add_argument("--name", required=True)
-    vqa.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint; key from OPENAI_API_KEY")
-    vqa.add_argument("--model", required=True)
-    vqa.add_argument("--min-count", type=int, default=2)
-    vqa.add_argument("--concurrency", type=int, default=4)
-    vqa.add_argument("--timeout", type=float, default=60.0)
-    vqa.add_argument("--max-retries", type=int, default=3, help="HTTP retries (429/5xx/timeouts) by the client")
-    vqa.add_argument("--max-attempts", type=int, default=3, help="re-asks after a malformed reply")
-    vqa.add_argument("--modality", default="rad", help="token modality when a sample has none")
-    vqa.add_argument("--single-modality", action="store_true", help="tokens without a modality part (PathVQA)")
-    vqa.add_argument("--overwrite", action="store_true")
-    vqa.set_defaults(func=_data_vqa_attributes)
+    add_vqa_data_commands(data)
 
 
 def _predict(ns: argparse.Namespace) -> None:
@@ -173,12 +112,17 @@ def _eval_classify(ns: argparse.Namespace) -> None:
           f"unparseable {scores.unparseable}/{scores.total} -> {out}")
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    """``name=value`` arguments as a dict."""
+def _pair_list(items: list[str], flag: str) -> list[tuple[str, str]]:
+    """``name=value`` arguments in order (a name may repeat)."""
     bad = [item for item in items if "=" not in item or not item.split("=", 1)[0]]
     if bad:
         raise AttTokError(f"{flag} {bad[0]!r}: expected name=value")
-    return dict(item.split("=", 1) for item in items)
+    return [tuple(item.split("=", 1)) for item in items]
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    """``name=value`` arguments as a dict."""
+    return dict(_pair_list(items, flag))
 
 
 def _eval_report(ns: argparse.Namespace) -> None:
@@ -187,36 +131,15 @@ def _eval_report(ns: argparse.Namespace) -> None:
     from .eval.figures import training_curves
     from .eval.report import build_report
 
+    if not ns.run and not ns.vqa:
+        raise AttTokError("eval report needs --run arm@seed=metrics.json and/or --vqa arm@seed=vqa.json")
     runs = _pairs(ns.run, "--run")
+    vqa_runs = [(run, Path(path)) for run, path in _pair_list(ns.vqa, "--vqa")]
     out = Path(ns.out)
     figures = []
     if ns.train_dir:
         figures.append(training_curves(_pairs(ns.train_dir, "--train-dir"), out.with_name(out.stem + "_curves.png")))
-    print(build_report({k: Path(v) for k, v in runs.items()}, out, figures))
-
-
-def _eval_vqa(ns: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from .data.lf_format import write_json
-    from .eval.vqa import DEFAULT_PROMPT, Judge, score_vqa
-
-    judge = None
-    if ns.judge_base_url:
-        from openai import OpenAI
-
-        client = OpenAI(base_url=ns.judge_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
-                        timeout=ns.timeout, max_retries=ns.max_retries)
-        prompt = Path(ns.judge_prompt or DEFAULT_PROMPT).read_text(encoding="utf-8")
-        judge = Judge(client, ns.judge_model, prompt, Path(ns.out).with_suffix(".judge_cache.json"))
-    report = score_vqa(ns.predictions, ns.dataset, judge)
-    write_json(ns.out, report)
-    print(json.dumps({k: report[k] for k in ("closed_accuracy", "open_accuracy", "decided_by_rules",
-                                             "decided_by_judge", "judge")}, indent=2))
-    if report["judge_failures"]:
-        print(f"{len(report['judge_failures'])} judge failures, listed in {ns.out}", file=sys.stderr)
-    return 3 if (judge is not None and judge.unavailable) or report["judge_failures"] else 0
+    print(build_report({k: Path(v) for k, v in runs.items()}, out, figures, vqa_runs=vqa_runs))
 
 
 def _eval_figures(ns: argparse.Namespace) -> None:
@@ -264,16 +187,7 @@ def _add_eval_commands(sub) -> None:
     cls.add_argument("--vocab", default=None, help="adds vocabulary keywords as class synonyms")
     cls.add_argument("--out", required=True, help="scores JSON (+ .confusion.png)")
     cls.set_defaults(func=_eval_classify)
-    vqa = ev.add_parser("vqa", help="closed/open VQA accuracy: exact match, then an LLM judge")
-    vqa.add_argument("--predictions", required=True)
-    vqa.add_argument("--dataset", required=True, help="the dataset JSON (with answer_type) the predictions come from")
-    vqa.add_argument("--out", required=True)
-    vqa.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint; none: rules only")
-    vqa.add_argument("--judge-model", default="judge")
-    vqa.add_argument("--judge-prompt", default=None, help="prompt file with {question} {answer} {prediction}")
-    vqa.add_argument("--timeout", type=float, default=60.0)
-    vqa.add_argument("--max-retries", type=int, default=3)
-    vqa.set_defaults(func=_eval_vqa)
+    add_vqa_eval_command(ev)
     fig = ev.add_parser("figures", help="t-SNE, similarity heatmaps and ACC attention maps of a trained model")
     fig.add_argument("--model", required=True)
     fig.add_argument("--adapter", default=None)
@@ -284,8 +198,10 @@ def _add_eval_commands(sub) -> None:
     fig.add_argument("--batch-size", type=int, default=8)
     fig.add_argument("--template", default="qwen2_vl")
     fig.set_defaults(func=_eval_figures)
-    rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ...")
-    rep.add_argument("--run", action="append", required=True)
+    rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ..., --vqa arm@seed=vqa.json")
+    rep.add_argument("--run", action="append", default=[], help="classification metrics (predict / eval classify)")
+    rep.add_argument("--vqa", action="append", default=[],
+                     help="an `attok eval vqa` result; one per run and dataset (Table 2 layout, both protocols)")
     rep.add_argument("--train-dir", action="append", default=[], help="name=output_dir for training curves")
     rep.add_argument("--out", required=True)
     rep.set_defaults(func=_eval_report)

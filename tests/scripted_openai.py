@@ -30,6 +30,16 @@ def judge_reply(prompt: str) -> str:
     return json.dumps({"correct": answer in prediction})
 
 
+def any_judge_reply(prompt: str) -> str:
+    """The deterministic judge above, answering in MedEvalKit's ``<judge>0/1</judge>`` format (0 = correct) when
+    the prompt is MedEvalKit-style ("Standard answer:"), else in JSON."""
+    if "Standard answer:" not in prompt:
+        return judge_reply(prompt)
+    answer = re.search(r"Standard answer: (.*)", prompt).group(1).strip().lower()
+    prediction = re.search(r"User's answer: (.*)", prompt).group(1).strip().lower()
+    return f"<think>compared</think>\n<judge>{0 if answer in prediction else 1}</judge>"
+
+
 class ScriptedServer:
     def __init__(self, fail_first: list[int] | None = None, delay: float = 0.0, malformed: bool = False,
                  responder=keyword_reply) -> None:

@@ -100,6 +100,21 @@ def _fill_train_tab(page, webui, tiny_models, sample_data, out, extra) -> None:
     page.get_by_role("textbox", name="Extra arguments").fill(json.dumps(extra))
 
 
+def _filled_page(browser, name: str, fill, attempts: int = 4):
+    """A page filled by ``fill``; Gradio sometimes keeps a re-rendered dropdown hidden: start over in a new page."""
+    for attempt in range(attempts):
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        try:
+            fill(page)
+            return page
+        except Exception:  # noqa: BLE001 - retried in a fresh page; the last attempt re-raises
+            page.screenshot(path=str(ARTIFACTS / f"{name}_attempt{attempt}.png"))
+            page.close()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_path):
     _require_browser()
     from playwright.sync_api import sync_playwright
@@ -111,16 +126,8 @@ def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_pat
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        for attempt in range(4):  # Gradio sometimes keeps a re-rendered dropdown hidden; start over in a new page
-            page = browser.new_page(viewport={"width": 1400, "height": 2200})
-            try:
-                _fill_train_tab(page, webui, tiny_models, sample_data, out, extra)
-                break
-            except Exception:  # noqa: BLE001 - retried in a fresh page; the last attempt re-raises
-                page.screenshot(path=str(ARTIFACTS / f"webui_attempt{attempt}.png"))
-                page.close()
-                if attempt == 3:
-                    raise
+        page = _filled_page(browser, "webui", lambda page: _fill_train_tab(page, webui, tiny_models, sample_data,
+                                                                            out, extra))
         page.get_by_role("button", name="Start").click()
         deadline = time.time() + 300
         while time.time() < deadline and not (out / "attok_state.safetensors").exists():
@@ -158,18 +165,13 @@ def test_attok_panel_trains_saves_and_loads_without_json(webui, tiny_models, sam
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        for attempt in range(4):
-            page = browser.new_page(viewport={"width": 1400, "height": 2600})
-            try:
-                _fill_train_tab(page, webui, tiny_models, sample_data, out, extra)
-                _open_panel(page)
-                _choose(page, "Attribute vocabulary", str(sample_data / "retina_vocab.yaml"))
-                break
-            except Exception:  # noqa: BLE001 - retried in a fresh page; the last attempt re-raises
-                page.screenshot(path=str(ARTIFACTS / f"webui_panel_attempt{attempt}.png"))
-                page.close()
-                if attempt == 3:
-                    raise
+
+        def fill(page):
+            _fill_train_tab(page, webui, tiny_models, sample_data, out, extra)
+            _open_panel(page)
+            _choose(page, "Attribute vocabulary", str(sample_data / "retina_vocab.yaml"))
+
+        page = _filled_page(browser, "webui_panel", fill)
         page.get_by_label("Prototype EMA μ").fill("1")
         page.get_by_role("button", name="Preview command").click()
         page.get_by_text("attok_ema must be in [0, 1), got 1.0.").first.wait_for(timeout=30_000)

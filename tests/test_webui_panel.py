@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 
 import pytest
 from conftest import REPO
@@ -13,12 +14,17 @@ ARTIFACTS = REPO / ".artifacts"
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(tmp_path_factory):
     import llamafactory.webui.interface as interface
     from llamafactory.webui.engine import Engine
 
-    interface.create_ui()
-    return [o for o in gc.get_objects() if isinstance(o, Engine)][-1]
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("llamaboard"))  # LlamaBoard writes llamaboard_cache/ into the working dir
+    try:
+        interface.create_ui()
+        yield [o for o in gc.get_objects() if isinstance(o, Engine)][-1]
+    finally:
+        os.chdir(here)
 
 
 def _data(engine, **values):

@@ -26,7 +26,9 @@ def slug(text: str) -> str:
 
 
 def attribute_token(concept: str, modality: str | None) -> str:
-    return f"<|{slug(modality)}_{slug(concept)}|>" if modality else f"<|{slug(concept)}|>"
+    """``<|modality_concept|>``; the modality part is one word (``X-Ray`` → ``xray``), since the vocabulary reads
+    the modality as what precedes the first underscore."""
+    return f"<|{slug(modality).replace('_', '')}_{slug(concept)}|>" if modality else f"<|{slug(concept)}|>"
 
 
 def sharegpt_row(question: str, answer: str, images: list[str], **extra) -> dict:

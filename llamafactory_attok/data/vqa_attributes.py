@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError, field_validator
 from tqdm import tqdm
 
-from .lf_format import attribute_token, read_json, write_atomic
+from .lf_format import attribute_token, read_json, slug, write_atomic
 
 NON_DISCRIMINATIVE = re.compile(
     r"\b(left|right|upper|lower|anterior|posterior|medial|lateral|bilateral|small|large|big|round|oval|"
@@ -138,8 +138,18 @@ class ExtractionResult:
 
 def _meta(row: dict) -> dict:
     turns = row["messages"]
+    organ = row.get("organ") or row.get("location")  # SLAKE names the body region `location`
     return {"question": turns[0]["content"].replace("<image>", "").strip(), "answer": turns[1]["content"],
-            "modality": row.get("modality") or "unknown", "organ": row.get("organ") or "unknown"}
+            "modality": row.get("modality") or "unknown", "organ": organ or "unknown"}
+
+
+def with_tokens(row: dict, tokens: list[str]) -> dict:
+    """A copy of ``row`` whose answer starts with ``tokens`` (listed again in ``attributes``)."""
+    new_row = json.loads(json.dumps(row))
+    if tokens:
+        new_row["messages"][1]["content"] = " ".join(tokens) + " " + row["messages"][1]["content"]
+    new_row["attributes"] = tokens
+    return new_row
 
 
 def extract_attributes(rows: list[dict], llm: KeywordLLM, min_count: int = 2, concurrency: int = 4,
@@ -163,21 +173,23 @@ def extract_attributes(rows: list[dict], llm: KeywordLLM, min_count: int = 2, co
                                        allowed=refined) if refined else None, "3/3 assign")
     vocab: dict[str, str] = {}
     out_rows = []
+    unusable: set[str] = set()
     for row, keywords in zip(rows, step3, strict=True):
-        modality = None if single_modality else (row.get("modality") or default_modality)
+        single = single_modality or row.get("single_modality")  # PathVQA rows: `<|concept|>`
+        modality = None if single else (row.get("modality") or default_modality)
         tokens = []
         for keyword in keywords or []:
+            if not slug(keyword):  # no latin letter or digit (e.g. a Chinese keyword): no valid token name
+                unusable.add(keyword)
+                continue
             token = attribute_token(keyword, modality)
             vocab.setdefault(token, keyword)
             tokens.append(token)
-        new_row = json.loads(json.dumps(row))
-        if tokens:
-            new_row["messages"][1]["content"] = " ".join(tokens) + " " + row["messages"][1]["content"]
-        new_row["attributes"] = tokens
-        out_rows.append(new_row)
+        out_rows.append(with_tokens(row, tokens))
     report = {
         "samples": len(rows), "calls": llm.calls, "step1_candidates": len(counts), "frequent": len(frequent),
         "refined": sorted(refined), "samples_with_attributes": sum(bool(r["attributes"]) for r in out_rows),
+        "unusable_keywords": sorted(unusable),
         "failures": [f.__dict__ for f in llm.failures],
     }
     return ExtractionResult(out_rows, vocab, report)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AttTokError
-from ..state import atomic_write_bytes
-from .lf_format import check_free_names, dataset_entry, merge_dataset_info, read_json, sharegpt_row, write_json
+from .lf_format import check_free_names, read_json, sharegpt_row
+from .vqa_build import VqaBuild, answer_type_of, commit, relative_member
 
 SPLIT_OF_PHRASE = {"freeform": "train", "para": "train", "test_freeform": "test", "test_para": "test"}
 OFFICIAL_JSON = "VQA_RAD Dataset Public.json"
@@ -22,38 +22,19 @@ def build_vqa_rad(source_dir: str | Path, out_dir: str | Path, name: str = "vqa_
     if not path.is_file():
         raise AttTokError(f"{source}: the official {OFFICIAL_JSON!r} is missing")
     check_free_names(out, [f"{name}_train", f"{name}_test"], overwrite)
-    rows: dict[str, list[dict]] = {"train": [], "test": []}
-    copies: dict[str, Path] = {}  # path relative to the output -> source image
+    build = VqaBuild(name, rows={"train": [], "test": []})
     for index, qa in enumerate(read_json(path)):
         where = f"{path}: entry {index} (qid {qa.get('qid')})"
         split = SPLIT_OF_PHRASE.get(str(qa.get("phrase_type", "")).strip())
         if split is None:
             raise AttTokError(f"{where}: unknown phrase_type {qa.get('phrase_type')!r}")
-        image = source / IMAGE_FOLDER / qa["image_name"]
+        image = source / IMAGE_FOLDER / relative_member(qa.get("image_name"), where)
         if not image.is_file():
             raise AttTokError(f"{where}: image {image} does not exist")
         rel = f"{name}_images/{image.name}"
-        copies[rel] = image
-        answer_type = str(qa["answer_type"]).strip().lower()  # two entries read "CLOSED " upstream
-        rows[split].append(sharegpt_row(
+        build.images[rel] = image
+        build.rows[split].append(sharegpt_row(
             f"<image>{qa['question'].strip()}", str(qa["answer"]).strip(), [rel], qid=str(qa["qid"]),
-            answer_type=answer_type, question_type=qa.get("question_type"), organ=qa.get("image_organ"),
-            modality=None))
-    pending = {}
-    for rel, image in copies.items():
-        data, target = image.read_bytes(), out / rel
-        if target.exists():
-            if target.read_bytes() == data:
-                continue
-            if not overwrite:
-                raise AttTokError(f"{target}: already exists with other content than {image}; pass --overwrite "
-                                  "to replace it (datasets that use it would then show the new image)")
-        pending[target] = data
-    for target, data in pending.items():
-        atomic_write_bytes(target, data)
-    written = {}
-    for split, split_rows in rows.items():
-        write_json(out / f"{name}_{split}.json", split_rows)
-        written[f"{name}_{split}"] = f"{name}_{split}.json"
-    merge_dataset_info(out, {d: dataset_entry(f) for d, f in written.items()}, overwrite=overwrite)
-    return written
+            answer_type=answer_type_of(qa["answer_type"], where),  # two entries read "CLOSED " upstream
+            question_type=qa.get("question_type"), organ=qa.get("image_organ"), modality=None))
+    return commit(build, out, overwrite)

@@ -6,6 +6,7 @@ dataset JSON it was made from; the ids are the line numbers, checked against the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,11 @@ def score_generated(predictions_path: str | Path, dataset_json: str | Path,
         unparseable=int(sum(p is None for p in parsed)),
         total=len(rows),
     )
+
+
+def arm_of(run: str) -> str:
+    """``attok@2`` -> ``attok``: runs of one arm differ only by the ``@seed`` suffix."""
+    return re.sub(r"@[^@]*$", "", run)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from ..data.lf_format import write_atomic
 from ..errors import AttTokError
@@ -39,6 +39,15 @@ def resolve_vocab(model_path: str, adapter: str | None, vocab_path: str | None) 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(truth, predicted)),
             "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+
+
+def per_class_metrics(truth: list[int], predicted: list[int], names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class (paper Table 7), by class name."""
+    labels = list(range(len(names)))
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels,
+                                                                     zero_division=0)
+    return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])} for i, name in enumerate(names)}
 
 
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
@@ -88,7 +97,8 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
             row["retrieval"] = names[retrieval[i]]
         lines.append(json.dumps(row, ensure_ascii=False))
     write_atomic(out, "\n".join(lines) + "\n")
-    metrics = {"mode": mode, "samples": len(samples), "temperature": temperature, **_metrics(truth, predicted)}
+    metrics = {"mode": mode, "samples": len(samples), "temperature": temperature, **_metrics(truth, predicted),
+               "per_class": per_class_metrics(truth, predicted, names)}
     if retrieval is not None:
         metrics["retrieval_accuracy"] = _metrics(truth, retrieval)["accuracy"]
     write_atomic(Path(out).with_suffix(".metrics.json"), json.dumps(metrics, indent=2) + "\n")

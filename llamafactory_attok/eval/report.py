@@ -1,14 +1,15 @@
-"""`attok eval report`: any number of runs in one table, mean ± std across seeds, protocol stated beside it."""
+"""`attok eval report`: any number of runs in one table, mean ± std across seeds, protocol stated beside it;
+VQA results (`attok eval vqa`) in the layout of the paper's Table 2, both protocols."""
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from ..data.lf_format import read_json, write_atomic
 from ..errors import AttTokError
-from .classification import mean_std
+from .classification import arm_of, mean_std
+from .vqa_report import read_vqa_results, table2_markdown
 
 PROTOCOL = (
     "Protocol: one row per arm; `name@seed` runs of the same arm are pooled as mean ± sample std (n = seeds). "
@@ -20,25 +21,35 @@ PROTOCOL = (
 METRICS = ("accuracy", "macro_f1", "retrieval_accuracy", "unparseable")
 
 
-def _arm(run: str) -> str:
-    return re.sub(r"@[^@]*$", "", run)
+def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = None,
+                 vqa_runs: list[tuple[str, Path]] | None = None) -> str:
+    """``runs``: run name (``arm@seed``) → metrics JSON (from ``attok predict`` or ``attok eval classify``);
+    ``vqa_runs``: ``(arm@seed, result JSON of attok eval vqa)``, any number of datasets per run (Table 2)."""
+    lines = ["# AttTok evaluation report", ""]
+    if runs:
+        lines += _classification_lines(runs)
+    if vqa_runs:
+        lines += ([""] if runs else []) + [table2_markdown(read_vqa_results(vqa_runs)).rstrip("\n")]
+    for figure in figures or []:
+        lines += ["", f"![{figure.stem}]({figure.name})"]
+    text = "\n".join(lines) + "\n"
+    write_atomic(out, text)
+    return text
 
 
-def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = None) -> str:
-    """``runs``: run name (``arm@seed``) → metrics JSON (from ``attok predict`` or ``attok eval classify``)."""
+def _classification_lines(runs: dict[str, Path]) -> list[str]:
     by_arm: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, int] = defaultdict(int)
     for run, path in runs.items():
         metrics = read_json(path)
         if not isinstance(metrics, dict):
             raise AttTokError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
-        seeds[_arm(run)] += 1
+        seeds[arm_of(run)] += 1
         for key in METRICS:
             if isinstance(metrics.get(key), (int, float)):
-                by_arm[_arm(run)][key].append(float(metrics[key]))
+                by_arm[arm_of(run)][key].append(float(metrics[key]))
     present = [m for m in METRICS if any(m in v for v in by_arm.values())]
-    lines = ["# AttTok evaluation report", "", PROTOCOL, "",
-             "| arm | seeds | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
+    lines = [PROTOCOL, "", "| arm | seeds | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
     for arm, values in by_arm.items():
         cells = []
         for key in present:
@@ -48,8 +59,4 @@ def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = 
             else:
                 cells.append("—")
         lines.append(f"| {arm} | {seeds[arm]} | " + " | ".join(cells) + " |")
-    for figure in figures or []:
-        lines += ["", f"![{figure.stem}]({figure.name})"]
-    text = "\n".join(lines) + "\n"
-    write_atomic(out, text)
-    return text
+    return lines

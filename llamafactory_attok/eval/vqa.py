@@ -1,7 +1,8 @@
-"""VQA scoring (paper §5.1): closed (yes/no) and open accuracy. Exact match after normalisation decides first;
-when it fails, an LLM judge (any OpenAI-compatible endpoint, temperature 0, prompt from a file, replies cached by
-(question, answer, prediction)) decides. The report counts what the rules and the judge decided and lists every
-judge failure; with the judge endpoint down, scores are rules-only and flagged."""
+"""VQA scoring (paper §5.1, Table 2): closed, open and overall accuracy under two protocols side by side — the
+paper's (exact match first, LLM judge only when it fails) and MedEvalKit's (every open question judged); see
+:mod:`.vqa_protocols`. The judge is any OpenAI-compatible endpoint (temperature 0, prompt from a file, replies
+cached by (question, answer, prediction), one cache per protocol). The result counts what the rules and the judge
+decided and lists every judge failure; with the judge endpoint down, scores are rules-only and flagged."""
 
 from __future__ import annotations
 
@@ -17,13 +18,27 @@ from tqdm import tqdm
 from ..data.lf_format import read_json
 from ..errors import AttTokError
 from .classification import check_alignment, read_dataset, read_predictions
-from .normalize import normalize
+from .vqa_protocols import BREAKDOWN_FIELDS, PROTOCOLS, VERDICT, VqaItem, tally
 
 DEFAULT_PROMPT = Path(__file__).with_name("judge_prompt.txt")
+MEDEVALKIT_PROMPT = Path(__file__).with_name("judge_prompt_medevalkit.txt")
+ATTRIBUTE_TOKEN = re.compile(r"<\|[^|<>]*\|>")
 
 
 class JudgeReply(BaseModel):
     correct: bool
+
+
+def parse_verdict(content: str) -> bool:
+    """``<judge>0</judge>`` (MedEvalKit: 0 = correct, 1 = wrong) or ``{"correct": true|false}``; else ValueError."""
+    tag = re.search(r"<judge>\s*([01])\s*</judge>", content)
+    if tag:
+        return tag.group(1) == "0"
+    match = re.search(r"\{.*\}", content, re.DOTALL)
+    try:
+        return JudgeReply.model_validate_json(match.group(0) if match else content).correct
+    except ValidationError as err:
+        raise ValueError(f"malformed judge reply {content[:80]!r}") from err
 
 
 @dataclass
@@ -55,57 +70,59 @@ class Judge:
         except (openai.APIConnectionError, openai.APITimeoutError) as err:
             self.unavailable = f"{type(err).__name__}: {err}"
             raise
-        content = reply.choices[0].message.content or ""
-        match = re.search(r"\{.*\}", content, re.DOTALL)
-        try:
-            verdict = JudgeReply.model_validate_json(match.group(0) if match else content).correct
-        except ValidationError as err:
-            raise ValueError(f"malformed judge reply {content[:80]!r}") from err
+        verdict = parse_verdict(reply.choices[0].message.content or "")
         self.cache[key] = verdict
         write_atomic(self.cache_path, json.dumps(self.cache, indent=1))
         return verdict
 
 
-def exact_match(prediction: str, answer: str, closed: bool) -> bool:
-    pred, ref = normalize(prediction), normalize(answer)
-    if closed and ref in ("yes", "no"):
-        return pred.split(" ")[:1] == [ref]
-    return pred == ref
-
-
-def score_vqa(predictions_path: str | Path, dataset_json: str | Path, judge: Judge | None) -> dict:
-    import openai
-
+def load_items(predictions_path: str | Path, dataset_json: str | Path) -> list[VqaItem]:
+    """Predictions aligned with the dataset line by line; each sample needs ``answer_type`` (closed/open)."""
     predictions = read_predictions(predictions_path)
     rows = read_dataset(dataset_json)
     check_alignment(predictions, rows, str(predictions_path))
-    if any("answer_type" not in row for row in rows):
-        raise AttTokError(f"{dataset_json}: samples need `answer_type` (closed/open), as `attok data vqa-rad` writes")
-    totals = {kind: {"n": 0, "correct": 0} for kind in ("closed", "open")}
-    by_rules = by_judge = 0
+    untyped = [i for i, row in enumerate(rows) if row.get("answer_type") not in ("closed", "open")]
+    if untyped:
+        raise AttTokError(f"{dataset_json}: sample {untyped[0]}: needs `answer_type` closed or open, as `attok data "
+                          "vqa-rad` / `slake` / `pathvqa` write")
+    return [VqaItem(index, row["messages"][0]["content"].replace("<image>", "").strip(),
+                    ATTRIBUTE_TOKEN.sub("", row["messages"][1]["content"]).strip(), pred["predict"],
+                    row["answer_type"] == "closed",
+                    {k: str(row[k]).strip() for k in BREAKDOWN_FIELDS if row.get(k) is not None})
+            for index, (pred, row) in enumerate(zip(predictions, rows, strict=True))]
+
+
+def _judge_state(judge: Judge | None) -> str:
+    if judge is None:
+        return "none"
+    return f"unavailable ({judge.unavailable}); scores are rules-only" if judge.unavailable else judge.model
+
+
+def _score(items: list[VqaItem], protocol: str, judge: Judge | None) -> dict:
+    import openai
+
     failures: list[dict] = []
-    for index, (pred, row) in enumerate(tqdm(list(zip(predictions, rows, strict=True)), desc="VQA scoring")):
-        kind = "closed" if row["answer_type"] == "closed" else "open"
-        question = row["messages"][0]["content"].replace("<image>", "").strip()
-        answer = re.sub(r"<\|[^|<>]*\|>", "", row["messages"][1]["content"]).strip()
-        correct = exact_match(pred["predict"], answer, kind == "closed")
-        if correct:
-            by_rules += 1
-        elif judge is not None and judge.unavailable is None:
-            try:
-                correct = judge.decide(question, answer, pred["predict"])
-                by_judge += 1
-            except (ValueError, openai.APIError) as err:
-                failures.append({"id": index, "error": str(err)})
-        totals[kind]["n"] += 1
-        totals[kind]["correct"] += int(correct)
-    accuracy = {k: (v["correct"] / v["n"] if v["n"] else None) for k, v in totals.items()}
-    n = sum(v["n"] for v in totals.values())
-    return {
-        "closed_accuracy": accuracy["closed"], "open_accuracy": accuracy["open"],
-        "accuracy": sum(v["correct"] for v in totals.values()) / n, "counts": totals,
-        "decided_by_rules": by_rules, "decided_by_judge": by_judge, "judge_failures": failures,
-        "judge": "none" if judge is None else (f"unavailable ({judge.unavailable}); scores are rules-only"
-                                               if judge.unavailable else judge.model),
-        "protocol": "exact match after normalisation first; LLM judge only when that fails (the paper's wording)",
-    }
+
+    def ask(item: VqaItem, prediction: str) -> bool | None:
+        if judge is None or judge.unavailable is not None:
+            return None
+        try:
+            return judge.decide(item.question, item.answer, prediction)
+        except (ValueError, openai.APIError) as err:
+            failures.append({"id": item.index, "error": str(err)})
+            return None
+
+    verdicts = [VERDICT[protocol](item, ask) for item in tqdm(items, desc=f"VQA scoring ({protocol})")]
+    return {**tally(items, verdicts, protocol), "judge": _judge_state(judge), "judge_failures": failures}
+
+
+def score_vqa(predictions_path: str | Path, dataset_json: str | Path, judges: dict[str, Judge | None],
+              name: str | None = None) -> dict:
+    """Scores under every protocol in ``judges`` (protocol -> its judge, or None for rules only)."""
+    unknown = sorted(set(judges) - set(PROTOCOLS))
+    if unknown:
+        raise AttTokError(f"unknown VQA protocol(s) {', '.join(unknown)}; known: {', '.join(PROTOCOLS)}")
+    items = load_items(predictions_path, dataset_json)
+    return {"name": name or Path(dataset_json).stem, "dataset": str(dataset_json),
+            "predictions": str(predictions_path), "samples": len(items),
+            "protocols": {p: _score(items, p, judges[p]) for p in PROTOCOLS if p in judges}}

@@ -1,0 +1,201 @@
+"""``attok`` commands for the VQA benchmarks of the paper's Table 2: the VQA-RAD, SLAKE and PathVQA builders and
+their attribute tokens (``attok data``: the LLM workflow of Appendix A.2, or offline from structured fields), and
+their scoring under the paper's and MedEvalKit's protocols (``attok eval vqa``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import AttTokError
+
+SHOWN_SKIPS = 20
+
+
+def _report_build(build, out: str) -> int:
+    """Print what was written and every skipped question (by qid); exit code 1 when any was skipped."""
+    summary = build.summary()
+    counts = ", ".join(f"{split} {c['questions']} ({c['closed']} closed)" for split, c in summary["splits"].items())
+    print(f"wrote {', '.join(summary['datasets'])} to {out}: {counts}; {summary['images']} images "
+          f"(dataset_info.json merged, report {build.name}_build_report.json)")
+    if build.skipped:
+        shown = "; ".join(f"{s.split} qid {s.qid}: {s.reason}" for s in build.skipped[:SHOWN_SKIPS])
+        more = f"; ... and {len(build.skipped) - SHOWN_SKIPS} more" if len(build.skipped) > SHOWN_SKIPS else ""
+        print(f"skipped {len(build.skipped)} question(s) whose image is missing (all listed in "
+              f"{build.name}_build_report.json): {shown}{more}", file=sys.stderr)
+    return 1 if build.skipped else 0
+
+
+def _data_vqa_rad(ns: argparse.Namespace) -> None:
+    from .data.vqa_rad import build_vqa_rad
+
+    written = build_vqa_rad(ns.source, ns.out, ns.name, overwrite=ns.overwrite)
+    print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
+
+
+def _data_slake(ns: argparse.Namespace) -> int:
+    from .data.slake import build_slake
+
+    return _report_build(build_slake(ns.source, ns.out, ns.name, lang=ns.lang, overwrite=ns.overwrite), ns.out)
+
+
+def _data_pathvqa(ns: argparse.Namespace) -> int:
+    from .data.pathvqa import build_pathvqa
+
+    build = build_pathvqa(ns.source, ns.out, ns.name, source_format=ns.format, overwrite=ns.overwrite)
+    return _report_build(build, ns.out)
+
+
+def _extract(ns: argparse.Namespace, rows: list[dict], out: Path):
+    """Attribute tokens by the LLM workflow, or from fields (``--from-fields``, no endpoint)."""
+    if ns.from_fields:
+        from .data.field_attributes import attributes_from_fields, parse_fields
+
+        if ns.base_url or ns.model:
+            raise AttTokError("--from-fields builds tokens without an LLM; drop --base-url / --model")
+        return attributes_from_fields(rows, parse_fields(ns.from_fields), ns.input,
+                                      single_modality=ns.single_modality, default_modality=ns.modality), "fields"
+    if not (ns.base_url and ns.model):
+        raise AttTokError("vqa-attributes needs --base-url and --model (the LLM workflow), or --from-fields")
+    from openai import OpenAI
+
+    from .data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
+
+    client = OpenAI(base_url=ns.base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"), timeout=ns.timeout,
+                    max_retries=ns.max_retries)
+    llm = KeywordLLM(client, ns.model, ReplyCache(out / f"{ns.name}_llm_cache.json"), max_attempts=ns.max_attempts)
+    return extract_attributes(rows, llm, min_count=ns.min_count, concurrency=ns.concurrency,
+                              single_modality=ns.single_modality, default_modality=ns.modality), ns.model
+
+
+def _data_vqa_attributes(ns: argparse.Namespace) -> int:
+    from .data.lf_format import check_free_names, dataset_entry, merge_dataset_info, read_json, write_json, write_vocab
+
+    src, out = Path(ns.input), Path(ns.out)
+    check_free_names(out, [ns.name], ns.overwrite, paths=[f"{ns.name}.json", f"{ns.name}_vocab.yaml"])
+    rows = read_json(src)
+    if not isinstance(rows, list) or not rows:
+        raise AttTokError(f"{src}: expected a non-empty JSON list of sharegpt samples")
+    result, source = _extract(ns, rows, out)
+    write_json(out / f"{ns.name}_report.json", result.report)
+    if not result.vocab:
+        print(f"no attribute survived extraction; see {out / (ns.name + '_report.json')}", file=sys.stderr)
+        return 1
+    for row in result.rows:  # keep images resolvable from the output folder
+        row["images"] = [os.path.relpath(src.parent / img, out) for img in row.get("images", [])]
+    write_json(out / f"{ns.name}.json", result.rows)
+    write_vocab(out / f"{ns.name}_vocab.yaml", result.vocab, f"attributes of {src.name} extracted by {source}")
+    merge_dataset_info(out, {ns.name: dataset_entry(f"{ns.name}.json")}, overwrite=ns.overwrite)
+    failures = result.report["failures"]
+    print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
+          f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {ns.name}_report.json)")
+    return 1 if failures else 0
+
+
+def _add_builders(data) -> None:
+    rad = data.add_parser("vqa-rad", help="official VQA-RAD release -> train/test datasets")
+    rad.add_argument("source")
+    rad.add_argument("--out", required=True)
+    rad.add_argument("--name", default="vqa_rad")
+    rad.add_argument("--overwrite", action="store_true")
+    rad.set_defaults(func=_data_vqa_rad)
+    slake = data.add_parser("slake", help="official SLAKE 1.0 release -> train/val/test datasets")
+    slake.add_argument("source", help="folder with train.json, validate.json (or validation.json), test.json, imgs/")
+    slake.add_argument("--out", required=True)
+    slake.add_argument("--name", default="slake")
+    slake.add_argument("--lang", choices=["en", "zh", "all"], default="en", help="questions by q_lang")
+    slake.add_argument("--overwrite", action="store_true")
+    slake.set_defaults(func=_data_slake)
+    path = data.add_parser("pathvqa", help="PathVQA (official pickles + images, or parquet) -> train/val/test")
+    path.add_argument("source", help="qas/{split}/{split}_qa.pkl + images/{split}/, or train-/validation-/test-"
+                                     "*.parquet (columns image, question, answer)")
+    path.add_argument("--out", required=True)
+    path.add_argument("--name", default="pathvqa")
+    path.add_argument("--format", choices=["auto", "release", "parquet"], default="auto")
+    path.add_argument("--overwrite", action="store_true")
+    path.set_defaults(func=_data_pathvqa)
+
+
+def add_vqa_data_commands(data) -> None:
+    """Register ``vqa-rad``, ``slake``, ``pathvqa`` and ``vqa-attributes`` under ``attok data``."""
+    _add_builders(data)
+    vqa = data.add_parser("vqa-attributes", help="attribute tokens for a sharegpt VQA dataset (LLM or fields)")
+    vqa.add_argument("input", help="sharegpt JSON (e.g. from `attok data vqa-rad` / `slake` / `pathvqa`)")
+    vqa.add_argument("--out", required=True)
+    vqa.add_argument("--name", required=True)
+    vqa.add_argument("--from-fields", default=None, metavar="FIELDS",
+                     help="no LLM: tokens from sample fields, modality field first (modality,location for SLAKE; "
+                          "modality,organ for VQA-RAD)")
+    vqa.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; key from OPENAI_API_KEY")
+    vqa.add_argument("--model", default=None)
+    vqa.add_argument("--min-count", type=int, default=2)
+    vqa.add_argument("--concurrency", type=int, default=4)
+    vqa.add_argument("--timeout", type=float, default=60.0)
+    vqa.add_argument("--max-retries", type=int, default=3, help="HTTP retries (429/5xx/timeouts) by the client")
+    vqa.add_argument("--max-attempts", type=int, default=3, help="re-asks after a malformed reply")
+    vqa.add_argument("--modality", default="rad", help="token modality when a sample has none")
+    vqa.add_argument("--single-modality", action="store_true",
+                     help="tokens without a modality part (PathVQA's rows ask for it themselves)")
+    vqa.add_argument("--overwrite", action="store_true")
+    vqa.set_defaults(func=_data_vqa_attributes)
+
+
+def _judge(ns: argparse.Namespace, protocol: str):
+    """The judge of one protocol (its own prompt and cache file), or None without ``--judge-base-url``."""
+    if not ns.judge_base_url:
+        return None
+    from openai import OpenAI
+
+    from .eval.vqa import DEFAULT_PROMPT, MEDEVALKIT_PROMPT, Judge
+    from .vocab import read_text
+
+    path = Path((ns.judge_prompt or DEFAULT_PROMPT) if protocol == "paper" else
+                (ns.medevalkit_judge_prompt or MEDEVALKIT_PROMPT))
+    prompt = read_text(path)
+    try:
+        prompt.format(question="", answer="", prediction="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise AttTokError(f"{path}: a judge prompt may use only {{question}}, {{answer}} and {{prediction}} "
+                          f"(write {{{{ }}}} for a literal brace): {type(err).__name__}: {err}") from err
+    client = OpenAI(base_url=ns.judge_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
+                    timeout=ns.timeout, max_retries=ns.max_retries)
+    cache = ".judge_cache.json" if protocol == "paper" else f".{protocol}_judge_cache.json"
+    return Judge(client, ns.judge_model, prompt, Path(ns.out).with_suffix(cache))
+
+
+def _eval_vqa(ns: argparse.Namespace) -> int:
+    from .data.lf_format import write_json
+    from .eval.vqa import score_vqa
+    from .eval.vqa_protocols import PROTOCOLS
+    from .eval.vqa_report import result_markdown
+
+    protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)
+    result = score_vqa(ns.predictions, ns.dataset, {p: _judge(ns, p) for p in protocols}, name=ns.name)
+    write_json(ns.out, result)
+    print(result_markdown(result))
+    failures = sum(len(s["judge_failures"]) for s in result["protocols"].values())
+    if failures:
+        print(f"{failures} judge failures, listed in {ns.out}", file=sys.stderr)
+    down = any(s["judge"].startswith("unavailable") for s in result["protocols"].values())
+    return 3 if down or failures else 0
+
+
+def add_vqa_eval_command(ev) -> None:
+    """Register ``vqa`` under ``attok eval``."""
+    vqa = ev.add_parser("vqa", help="closed/open/overall VQA accuracy, paper and MedEvalKit protocols")
+    vqa.add_argument("--predictions", required=True, help="LF's generated_predictions.jsonl")
+    vqa.add_argument("--dataset", required=True, help="the dataset JSON (with answer_type) the predictions come from")
+    vqa.add_argument("--out", required=True, help="result JSON (both protocols, breakdowns)")
+    vqa.add_argument("--name", default=None, help="dataset name in reports (default: the dataset file's stem)")
+    vqa.add_argument("--protocol", choices=["paper", "medevalkit", "both"], default="both",
+                     help="paper: rules first, judge when they fail; medevalkit: every open question judged")
+    vqa.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint; none: rules only")
+    vqa.add_argument("--judge-model", default="judge")
+    vqa.add_argument("--judge-prompt", default=None, help="paper protocol prompt, {question} {answer} {prediction}")
+    vqa.add_argument("--medevalkit-judge-prompt", default=None,
+                     help="medevalkit protocol prompt (reply <judge>0</judge> = correct, or {\"correct\": ...})")
+    vqa.add_argument("--timeout", type=float, default=60.0)
+    vqa.add_argument("--max-retries", type=int, default=3)
+    vqa.set_defaults(func=_eval_vqa)
