@@ -50,7 +50,7 @@ def _data_classify(ns: argparse.Namespace) -> None:
     written = build_classification(
         items, ns.class_map, ns.out, ns.name, image_size=ns.image_size, seed=ns.seed, val_ratio=ns.val_ratio,
         test_ratio=ns.test_ratio, augment=not ns.no_augment, augment_target=ns.augment_target, vanilla=ns.vanilla,
-        overwrite=ns.overwrite)
+        overwrite=ns.overwrite, modality=ns.modality)
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
 
 
@@ -65,24 +65,31 @@ def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="build LF datasets with attribute tokens").add_subparsers(dest="data_command",
                                                                                                required=True)
     cls = data.add_parser("classify", help="MedMNIST npz / ImageFolder / CSV -> open & close-ended datasets")
-    cls.add_argument("source")
-    cls.add_argument("--format", choices=["npz", "folder", "csv"], required=True)
-    cls.add_argument("--class-map", required=True, help="YAML: modality + classes {label: {name, keyword, concept}}")
-    cls.add_argument("--out", required=True)
+    cls.add_argument("source", help="the .npz file, image folder or CSV file")
+    cls.add_argument("--format", choices=["npz", "folder", "csv"], required=True,
+                     help="npz: MedMNIST; folder: root/<class>/* or root/<split>/<class>/*; csv: paths + labels")
+    cls.add_argument("--class-map", default=None,
+                     help="YAML: modality + classes {label: {name, keyword, concept}}; without it the labels are "
+                          "the answers and the derived map is written as <name>_classes.yaml to edit and reuse")
+    cls.add_argument("--modality", default=None,
+                     help="the imaging modality (token prefix, e.g. xray) when there is no --class-map")
+    cls.add_argument("--out", required=True, help="dataset folder (dataset_info.json is merged there)")
     cls.add_argument("--name", required=True, help="dataset name prefix")
-    cls.add_argument("--image-col", default="image")
-    cls.add_argument("--label-col", default="label")
-    cls.add_argument("--split-col", default=None)
+    cls.add_argument("--image-col", default="image", help="CSV column with image paths (relative to the CSV)")
+    cls.add_argument("--label-col", default="label", help="CSV column with the class label")
+    cls.add_argument("--split-col", default=None,
+                     help="CSV column with train/val/test; none: a seeded stratified split")
     cls.add_argument("--image-size", type=int, default=112, help="smaller images are upscaled to this")
-    cls.add_argument("--seed", type=int, default=42)
-    cls.add_argument("--val-ratio", type=float, default=0.1)
-    cls.add_argument("--test-ratio", type=float, default=0.2)
-    cls.add_argument("--no-augment", action="store_true")
+    cls.add_argument("--seed", type=int, default=42, help="seed of the split, the option order and augmentation")
+    cls.add_argument("--val-ratio", type=float, default=0.1, help="val share per class when the source has no split")
+    cls.add_argument("--test-ratio", type=float, default=0.2, help="test share per class when the source has no split")
+    cls.add_argument("--no-augment", action="store_true", help="no offline class balancing of the training split")
     cls.add_argument("--augment-target", type=int, default=None, help="images per class after augmentation")
     cls.add_argument("--max-per-class", type=_positive_int, default=None,
                      help="keep at most this many per class and split")
     cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
-    cls.add_argument("--overwrite", action="store_true")
+    cls.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier build of the same name (every file it wrote)")
     cls.set_defaults(func=_data_classify)
     add_vqa_data_commands(data)
 
@@ -173,37 +180,38 @@ def _add_eval_commands(sub) -> None:
     pred.add_argument("--out", required=True, help="JSONL; metrics go to <out>.metrics.json")
     pred.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
     pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
-    pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute")
-    pred.add_argument("--top-k", type=int, default=3)
-    pred.add_argument("--device", default="cpu")
-    pred.add_argument("--batch-size", type=int, default=8)
-    pred.add_argument("--template", default="qwen2_vl")
+    pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute",
+                      help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla)")
+    pred.add_argument("--top-k", type=int, default=3, help="classes listed per sample")
+    pred.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    pred.add_argument("--batch-size", type=int, default=8, help="samples per forward")
+    pred.add_argument("--template", default="qwen2_vl", help="LF template the model was trained with")
     pred.set_defaults(func=_predict)
     ev = sub.add_parser("eval", help="score predictions, write reports").add_subparsers(dest="eval_command",
                                                                                       required=True)
     cls = ev.add_parser("classify", help="accuracy / F1 / confusion from LF generated_predictions.jsonl")
-    cls.add_argument("--predictions", required=True)
+    cls.add_argument("--predictions", required=True, help="LF's generated_predictions.jsonl")
     cls.add_argument("--dataset", required=True, help="the dataset JSON the predictions were made from")
     cls.add_argument("--vocab", default=None, help="adds vocabulary keywords as class synonyms")
     cls.add_argument("--out", required=True, help="scores JSON (+ .confusion.png)")
     cls.set_defaults(func=_eval_classify)
     add_vqa_eval_command(ev)
     fig = ev.add_parser("figures", help="t-SNE, similarity heatmaps and ACC attention maps of a trained model")
-    fig.add_argument("--model", required=True)
-    fig.add_argument("--adapter", default=None)
-    fig.add_argument("--dataset", required=True)
-    fig.add_argument("--vocab", default=None)
-    fig.add_argument("--out-dir", required=True)
-    fig.add_argument("--device", default="cpu")
-    fig.add_argument("--batch-size", type=int, default=8)
-    fig.add_argument("--template", default="qwen2_vl")
+    fig.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
+    fig.add_argument("--adapter", default=None, help="LoRA adapter folder of an AttTok run")
+    fig.add_argument("--dataset", required=True, help="sharegpt JSON with one image per sample")
+    fig.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
+    fig.add_argument("--out-dir", required=True, help="folder for the PNG figures")
+    fig.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    fig.add_argument("--batch-size", type=int, default=8, help="samples per forward")
+    fig.add_argument("--template", default="qwen2_vl", help="LF template the model was trained with")
     fig.set_defaults(func=_eval_figures)
     rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ..., --vqa arm@seed=vqa.json")
     rep.add_argument("--run", action="append", default=[], help="classification metrics (predict / eval classify)")
     rep.add_argument("--vqa", action="append", default=[],
                      help="an `attok eval vqa` result; one per run and dataset (Table 2 layout, both protocols)")
     rep.add_argument("--train-dir", action="append", default=[], help="name=output_dir for training curves")
-    rep.add_argument("--out", required=True)
+    rep.add_argument("--out", required=True, help="report.md to write (figures next to it)")
     rep.set_defaults(func=_eval_report)
 
 
@@ -211,22 +219,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attok", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny-model", help="build a tiny offline Qwen2-VL / Qwen2.5-VL (random weights)")
-    tiny.add_argument("out")
-    tiny.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
+    tiny.add_argument("out", help="folder for the model, tokenizer and processor")
+    tiny.add_argument("--family", choices=FAMILIES, default="qwen2_vl", help="model family to build")
     tiny.add_argument("--tied", action="store_true", default=None,
                       help="tie the output head to the input embedding (default: the family's habit)")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.add_argument("--spare-rows", type=int, default=0, help="unused embedding rows beyond the tokenizer")
     tiny.set_defaults(func=_tiny_model)
     sample = sub.add_parser("sample-data", help="write the RetinaMNIST sample datasets (AttTok and vanilla)")
-    sample.add_argument("out")
-    sample.add_argument("--per-class-train", type=int, default=40)
-    sample.add_argument("--per-class-test", type=int, default=20)
-    sample.add_argument("--image-size", type=int, default=56)
+    sample.add_argument("out", help="dataset folder to write")
+    sample.add_argument("--per-class-train", type=int, default=40, help="training images per class")
+    sample.add_argument("--per-class-test", type=int, default=20, help="test images per class")
+    sample.add_argument("--image-size", type=int, default=56, help="side of the upscaled PNGs, pixels")
     sample.set_defaults(func=_sample_data)
     _add_data_commands(sub)
     _add_eval_commands(sub)
+    for command in _all_parsers(parser):  # every option's help ends with its default
+        command.formatter_class = _HelpWithDefaults
     return parser
+
+
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; required options (no default to speak of) excepted."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_parsers(sub)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from .errors import AttTokError
 
 SHOWN_SKIPS = 20
 
+OVERWRITE_HELP = "replace an earlier build of the same name (every file it wrote)"
+
 
 def _report_build(build, out: str) -> int:
     """Print what was written and every skipped question (by qid); exit code 1 when any was skipped."""
@@ -96,25 +98,26 @@ def _data_vqa_attributes(ns: argparse.Namespace) -> int:
 
 def _add_builders(data) -> None:
     rad = data.add_parser("vqa-rad", help="official VQA-RAD release -> train/test datasets")
-    rad.add_argument("source")
-    rad.add_argument("--out", required=True)
-    rad.add_argument("--name", default="vqa_rad")
-    rad.add_argument("--overwrite", action="store_true")
+    rad.add_argument("source", help="the VQA-RAD release folder")
+    rad.add_argument("--out", required=True, help="dataset folder (dataset_info.json is merged there)")
+    rad.add_argument("--name", default="vqa_rad", help="dataset name prefix")
+    rad.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     rad.set_defaults(func=_data_vqa_rad)
     slake = data.add_parser("slake", help="official SLAKE 1.0 release -> train/val/test datasets")
     slake.add_argument("source", help="folder with train.json, validate.json (or validation.json), test.json, imgs/")
-    slake.add_argument("--out", required=True)
-    slake.add_argument("--name", default="slake")
+    slake.add_argument("--out", required=True, help="dataset folder (dataset_info.json is merged there)")
+    slake.add_argument("--name", default="slake", help="dataset name prefix")
     slake.add_argument("--lang", choices=["en", "zh", "all"], default="en", help="questions by q_lang")
-    slake.add_argument("--overwrite", action="store_true")
+    slake.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     slake.set_defaults(func=_data_slake)
     path = data.add_parser("pathvqa", help="PathVQA (official pickles + images, or parquet) -> train/val/test")
     path.add_argument("source", help="qas/{split}/{split}_qa.pkl + images/{split}/, or train-/validation-/test-"
                                      "*.parquet (columns image, question, answer)")
-    path.add_argument("--out", required=True)
-    path.add_argument("--name", default="pathvqa")
-    path.add_argument("--format", choices=["auto", "release", "parquet"], default="auto")
-    path.add_argument("--overwrite", action="store_true")
+    path.add_argument("--out", required=True, help="dataset folder (dataset_info.json is merged there)")
+    path.add_argument("--name", default="pathvqa", help="dataset name prefix")
+    path.add_argument("--format", choices=["auto", "release", "parquet"], default="auto",
+                      help="release: qas/*.pkl + images/; parquet: the Hugging Face export; auto: whichever is there")
+    path.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     path.set_defaults(func=_data_pathvqa)
 
 
@@ -123,22 +126,22 @@ def add_vqa_data_commands(data) -> None:
     _add_builders(data)
     vqa = data.add_parser("vqa-attributes", help="attribute tokens for a sharegpt VQA dataset (LLM or fields)")
     vqa.add_argument("input", help="sharegpt JSON (e.g. from `attok data vqa-rad` / `slake` / `pathvqa`)")
-    vqa.add_argument("--out", required=True)
-    vqa.add_argument("--name", required=True)
+    vqa.add_argument("--out", required=True, help="dataset folder (dataset_info.json is merged there)")
+    vqa.add_argument("--name", required=True, help="name of the dataset with attribute tokens")
     vqa.add_argument("--from-fields", default=None, metavar="FIELDS",
                      help="no LLM: tokens from sample fields, modality field first (modality,location for SLAKE; "
                           "modality,organ for VQA-RAD)")
     vqa.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; key from OPENAI_API_KEY")
-    vqa.add_argument("--model", default=None)
-    vqa.add_argument("--min-count", type=int, default=2)
-    vqa.add_argument("--concurrency", type=int, default=4)
-    vqa.add_argument("--timeout", type=float, default=60.0)
+    vqa.add_argument("--model", default=None, help="model name at the endpoint (LLM workflow)")
+    vqa.add_argument("--min-count", type=int, default=2, help="drop keywords seen fewer times")
+    vqa.add_argument("--concurrency", type=int, default=4, help="parallel LLM requests")
+    vqa.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM request")
     vqa.add_argument("--max-retries", type=int, default=3, help="HTTP retries (429/5xx/timeouts) by the client")
     vqa.add_argument("--max-attempts", type=int, default=3, help="re-asks after a malformed reply")
     vqa.add_argument("--modality", default="rad", help="token modality when a sample has none")
     vqa.add_argument("--single-modality", action="store_true",
                      help="tokens without a modality part (PathVQA's rows ask for it themselves)")
-    vqa.add_argument("--overwrite", action="store_true")
+    vqa.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     vqa.set_defaults(func=_data_vqa_attributes)
 
 
@@ -192,10 +195,10 @@ def add_vqa_eval_command(ev) -> None:
     vqa.add_argument("--protocol", choices=["paper", "medevalkit", "both"], default="both",
                      help="paper: rules first, judge when they fail; medevalkit: every open question judged")
     vqa.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint; none: rules only")
-    vqa.add_argument("--judge-model", default="judge")
+    vqa.add_argument("--judge-model", default="judge", help="model name at the judge endpoint")
     vqa.add_argument("--judge-prompt", default=None, help="paper protocol prompt, {question} {answer} {prediction}")
     vqa.add_argument("--medevalkit-judge-prompt", default=None,
                      help="medevalkit protocol prompt (reply <judge>0</judge> = correct, or {\"correct\": ...})")
-    vqa.add_argument("--timeout", type=float, default=60.0)
-    vqa.add_argument("--max-retries", type=int, default=3)
+    vqa.add_argument("--timeout", type=float, default=60.0, help="seconds per judge request")
+    vqa.add_argument("--max-retries", type=int, default=3, help="client retries on HTTP 429/5xx and timeouts")
     vqa.set_defaults(func=_eval_vqa)

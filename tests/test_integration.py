@@ -100,10 +100,10 @@ def test_attribute_token_missing_from_vocabulary_names_the_sample(tiny_models, s
 
 
 def test_unsupported_lf_version_refuses_attok_only():
-    parse = integration._guard_parse(lambda args: "parsed", read_args=lambda args: args)
-    assert parse({"stage": "sft"}) == "parsed"
-    with pytest.raises(AttTokError, match="built for LLaMA-Factory 0.9.5.*attok, attok_tau"):
-        parse({"stage": "sft", "attok": True, "attok_tau": 2})
+    read_args = integration._guard_read_args(lambda args: args, integration._unsupported_version_reason)
+    assert read_args({"stage": "sft"}) == {"stage": "sft"}
+    with pytest.raises(AttTokError, match="AttTok keys attok, attok_tau cannot be honoured: .*built for LLaMA-Fac"):
+        read_args({"stage": "sft", "attok": True, "attok_tau": 2})
 
 
 def test_attribute_tokens_are_removed_from_generation_eos():
@@ -114,7 +114,7 @@ def test_attribute_tokens_are_removed_from_generation_eos():
             captured.update(kwargs)
 
     class Args:
-        _attok = type("Ctx", (), {"token_ids": [400, 401]})()
+        _attok = type("Ctx", (), {"token_ids": [400, 401], "training": False})()
 
     make = integration._trainer_factory(FakeTrainer)
     make.attok_trainer_cls.__init__ = lambda self, *a, attok, **kw: captured.update(kw)

@@ -39,12 +39,15 @@ def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = 
 
 def _classification_lines(runs: dict[str, Path]) -> list[str]:
     by_arm: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_class: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, int] = defaultdict(int)
     for run, path in runs.items():
         metrics = read_json(path)
         if not isinstance(metrics, dict):
             raise AttTokError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
         seeds[arm_of(run)] += 1
+        for name, f1 in _class_f1(metrics).items():
+            per_class[arm_of(run)][name].append(f1)
         for key in METRICS:
             if isinstance(metrics.get(key), (int, float)):
                 by_arm[arm_of(run)][key].append(float(metrics[key]))
@@ -55,6 +58,34 @@ def _classification_lines(runs: dict[str, Path]) -> list[str]:
         for key in present:
             if key in values:
                 mean, std = mean_std(values[key])
+                cells.append(f"{mean:.3f} ± {std:.3f}")
+            else:
+                cells.append("—")
+        lines.append(f"| {arm} | {seeds[arm]} | " + " | ".join(cells) + " |")
+    if per_class:
+        lines += ["", *_per_class_lines(per_class, seeds)]
+    return lines
+
+
+def _class_f1(metrics: dict) -> dict[str, float]:
+    """Per-class F1 of one run: ``per_class`` (attok predict) or ``per_class_f1`` (attok eval classify)."""
+    if isinstance(metrics.get("per_class"), dict):
+        return {name: float(v["f1"]) for name, v in metrics["per_class"].items() if isinstance(v, dict) and "f1" in v}
+    if isinstance(metrics.get("per_class_f1"), dict):
+        return {name: float(v) for name, v in metrics["per_class_f1"].items()}
+    return {}
+
+
+def _per_class_lines(per_class: dict[str, dict[str, list[float]]], seeds: dict[str, int]) -> list[str]:
+    """Per-class F1 (paper Table 7): one row per arm, one column per class, mean ± std over seeds."""
+    classes = list(dict.fromkeys(name for values in per_class.values() for name in values))
+    lines = ["Per-class F1 (mean ± std over seeds):", "", "| arm | seeds | " + " | ".join(classes) + " |",
+             "|---|---|" + "---|" * len(classes)]
+    for arm, values in per_class.items():
+        cells = []
+        for name in classes:
+            if values.get(name):
+                mean, std = mean_std(values[name])
                 cells.append(f"{mean:.3f} ± {std:.3f}")
             else:
                 cells.append("—")
