@@ -7,14 +7,16 @@ Built once from the parsed arguments and attached to LF's ``model_args`` and ``f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .args import AttTokArguments
 from .errors import AttTokError
 from .families import check_widths
+from .lf_data import DatasetUnreadable, iter_answers
 from .log import get_logger
 from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
 from .state import SavedAttTok
-from .vocab import TOKEN_IN_TEXT, AttributeVocab, check_data_tokens, derive_vocab, iter_dataset_answers, load_vocab
+from .vocab import TOKEN_IN_TEXT, AttributeVocab, check_data_tokens, derive_vocab, load_vocab
 
 logger = get_logger(__name__)
 
@@ -33,12 +35,17 @@ class AttTokContext:
     keyword_ids: list[list[int]] = field(default_factory=list)
     attribute_occurrences: int = 0
     model_type: str | None = None
+    # LF's own parsed arguments, so datasets are read by LF's loader exactly as the run reads them
+    lf_args: dict[str, Any] = field(default_factory=dict)
 
     def _known_special(self, tokenizer, vocab_tokens: set[str]) -> set[str]:
         return {t for t in tokenizer.get_vocab() if TOKEN_IN_TEXT.fullmatch(t) and t not in vocab_tokens}
 
     def _answers(self):
-        return iter_dataset_answers(self.dataset_dir, self.datasets)
+        data_args = self.lf_args.get("data")
+        if data_args is None:
+            raise DatasetUnreadable("no LLaMA-Factory data arguments to read the datasets with")
+        return iter_answers(self.datasets, data_args, self.lf_args.get("model"), self.lf_args.get("training"))
 
     def _resolve_vocab(self, tokenizer) -> AttributeVocab:
         if self.args.attok_vocab:
@@ -51,7 +58,14 @@ class AttTokContext:
 
     def _check_data(self, tokenizer) -> None:
         known = self._known_special(tokenizer, set(self.vocab.tokens))
-        self.attribute_occurrences = check_data_tokens(self._answers(), self.vocab, known)
+        try:
+            self.attribute_occurrences = check_data_tokens(self._answers(), self.vocab, known)
+        except DatasetUnreadable as err:
+            if not self.args.attok_vocab:
+                raise
+            logger.warning("AttTok: %s; with attok_vocab given the check of attribute tokens in the data is "
+                           "skipped.", err)
+            return
         if self.attribute_occurrences == 0:
             raise AttTokError(
                 f"dataset {', '.join(self.datasets)} (in {self.dataset_dir}): zero attribute-token occurrences in the "
@@ -104,4 +118,8 @@ class AttTokContext:
             "token_ids": self.token_ids,
             "model_type": self.model_type,
             "finetuning_type": self.finetuning_type,
+            # how prompts were built, so evaluation builds them the same way (attok predict / eval figures)
+            "template": getattr(self.lf_args.get("data"), "template", None),
+            "default_system": getattr(self.lf_args.get("data"), "default_system", None),
+            "enable_thinking": getattr(self.lf_args.get("data"), "enable_thinking", None),
         }

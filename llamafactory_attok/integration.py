@@ -181,6 +181,8 @@ def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
         dataset_dir=getattr(data_args, "dataset_dir", None),
         datasets=datasets,
         finetuning_type=finetuning_args.finetuning_type,
+        lf_args={"model": model_args, "data": data_args,
+                 "training": by_name.get("Seq2SeqTrainingArguments") or by_name.get("TrainingArguments")},
     )
 
 

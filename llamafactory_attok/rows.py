@@ -187,3 +187,33 @@ def embedding_parameter_names(model) -> set[str]:
     """Names of the embed/head weights (for the weight-decay-0 optimizer group)."""
     targets = {id(p) for p in embedding_and_head(model) if p is not None}
     return {name for name, p in model.named_parameters() if id(p) in targets}
+
+
+def _token_layer(module):
+    """PEFT's trainable-token layer inside ``module`` (the wrapper's ``token_adapter``), or None."""
+    layer = getattr(module, "token_adapter", module)
+    return layer if type(layer).__name__ == "TrainableTokensLayer" else None
+
+
+@torch.no_grad()
+def head_rows(model, token_ids: Sequence[int]) -> torch.Tensor:
+    """(K, d) rows of the output head the model really uses for ``token_ids`` — without materialising the head.
+
+    Base rows, replaced by the PEFT trainable-token deltas of the active adapters where they cover a row (what
+    ``TrainableTokensLayer.forward`` does to the whole weight); gathered under ZeRO-3.
+    """
+    head = model.get_output_embeddings()
+    layer = _token_layer(head)
+    base = layer.base_layer if layer is not None else head
+    weight = base.weight
+    with gathered([weight], modify=False):
+        rows = weight[list(token_ids)].detach().clone()
+    if layer is not None and not layer.merged and not layer.disable_adapters:
+        position = {token: k for k, token in enumerate(token_ids)}
+        for adapter in layer.active_adapters:
+            delta = layer.trainable_tokens_delta[adapter]
+            with gathered([delta], modify=False):
+                for i, token in enumerate(layer.token_indices[adapter]):
+                    if token in position:
+                        rows[position[token]] = delta[i].to(rows)
+    return rows

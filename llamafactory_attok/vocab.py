@@ -11,10 +11,9 @@ derived from the answers of the training data (see :func:`derive_vocab`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,44 +168,6 @@ def derive_vocab(answers: Iterable[tuple[str, str]], known_special: set[str]) ->
     if not mapping:
         raise AttTokError("no <|modality_concept|> attribute token found in the training answers.")
     return vocab_from_mapping(mapping, "training answers")
-
-
-def _rows_of(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = json.loads(text)
-    return rows if isinstance(rows, list) else [rows]
-
-
-def iter_dataset_answers(dataset_dir: str, names: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Yield ``(where, assistant text)`` for local sharegpt/alpaca datasets listed in ``dataset_info.json``."""
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    for name in names:
-        if name not in info:
-            raise AttTokError(f"{info_path}: dataset {name!r} is not listed.")
-        entry = info[name]
-        file = Path(dataset_dir) / entry.get("file_name", "")
-        if not file.is_file():
-            raise AttTokError(
-                f"{info_path}: dataset {name!r}: only local JSON/JSONL files can be scanned, {file} is not one."
-            )
-        columns = entry.get("columns", {})
-        tags = entry.get("tags", {})
-        for number, row in enumerate(_rows_of(file)):
-            for text in _answers_of_row(row, entry.get("formatting", "alpaca"), columns, tags):
-                yield f"{file}: sample {number}", text
-
-
-def _answers_of_row(row: dict, formatting: str, columns: dict, tags: dict) -> list[str]:
-    if formatting == "sharegpt":
-        role_tag = tags.get("role_tag", "from")
-        content_tag = tags.get("content_tag", "value")
-        assistant = tags.get("assistant_tag", "gpt")
-        turns = row.get(columns.get("messages", "conversations"), [])
-        return [str(t.get(content_tag, "")) for t in turns if t.get(role_tag) == assistant]
-    return [str(row.get(columns.get("response", "output"), ""))]
 
 
 def check_data_tokens(answers: Iterable[tuple[str, str]], vocab: AttributeVocab, known_special: set[str]) -> int:

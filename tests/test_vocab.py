@@ -1,6 +1,7 @@
 """Attribute vocabulary: loading, naming rule, duplicates, derivation from answers, data checks."""
 
 import json
+import logging
 
 import pytest
 
@@ -10,7 +11,6 @@ from llamafactory_attok.testing import build_tiny_tokenizer
 from llamafactory_attok.vocab import (
     check_data_tokens,
     derive_vocab,
-    iter_dataset_answers,
     keyword_after,
     load_vocab,
     vocab_from_mapping,
@@ -106,12 +106,72 @@ def test_data_token_missing_from_vocab_names_sample():
                           vocab, known_special=set())
 
 
-def test_iter_dataset_answers_sharegpt(tmp_path):
+def _data_args(folder):
+    from llamafactory.hparams import DataArguments
+
+    return DataArguments(dataset_dir=str(folder), preprocessing_num_workers=1)
+
+
+def test_answers_are_read_by_lf_loader_sharegpt(tmp_path):
+    from llamafactory_attok.lf_data import DatasetUnreadable, iter_answers
+
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<|fundus_a|> a"}]}]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {
         "file_name": "d.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))
-    assert list(iter_dataset_answers(str(tmp_path), ["d"])) == [(f"{tmp_path / 'd.json'}: sample 0", "<|fundus_a|> a")]
-    with pytest.raises(AttTokError, match="dataset 'missing' is not listed"):
-        list(iter_dataset_answers(str(tmp_path), ["missing"]))
+    data_args = _data_args(tmp_path)
+    assert list(iter_answers(["d"], data_args)) == [(f"{tmp_path / 'd.json'}: sample 0", "<|fundus_a|> a")]
+    with pytest.raises(DatasetUnreadable, match="Undefined dataset missing"):
+        list(iter_answers(["missing"], data_args))
+
+
+def test_answers_of_parquet_and_alpaca_datasets_with_column_mappings(tmp_path):
+    """Forms the old hand-written scan could not read: a parquet folder, an alpaca CSV with renamed columns."""
+    import pandas as pd
+
+    from llamafactory_attok.lf_data import iter_answers
+
+    (tmp_path / "pq").mkdir()
+    conversations = [[{"from": "human", "value": "q"}, {"from": "gpt", "value": f"<|xray_{c}|> {c}"}]
+                     for c in ("normal", "pneumonia")]
+    pd.DataFrame({"conv": conversations}).to_parquet(tmp_path / "pq" / "part-0.parquet")
+    pd.DataFrame({"instr": ["q1", "q2"], "out": ["<|xray_normal|> normal", "<|xray_pneumonia|> pneumonia"]}).to_csv(
+        tmp_path / "alpaca.csv", index=False)
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "pq": {"file_name": "pq", "formatting": "sharegpt", "columns": {"messages": "conv"}},
+        "al": {"file_name": "alpaca.csv", "columns": {"prompt": "instr", "response": "out"}}}))
+    answers = list(iter_answers(["pq", "al"], _data_args(tmp_path)))
+    assert [text for _, text in answers] == ["<|xray_normal|> normal", "<|xray_pneumonia|> pneumonia"] * 2
+    assert answers[0][0] == f"{tmp_path / 'pq'}: sample 0" and answers[3][0] == f"{tmp_path / 'alpaca.csv'}: sample 1"
+
+
+def test_unreadable_dataset_is_a_warning_with_a_vocabulary_and_an_error_without(tiny_models, sample_data, tmp_path):
+    """A hub dataset cannot be read offline: with attok_vocab the scan is skipped with a warning, else an error."""
+    from conftest import base_args
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    info = json.loads((sample_data / "dataset_info.json").read_text())
+    info["hub_only"] = {"hf_hub_url": "nobody/not-a-dataset", "formatting": "sharegpt"}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    for name in ("retina_attok_train.json", "retina_images"):
+        (tmp_path / name).symlink_to(sample_data / name)
+    common = {"dataset": "hub_only", "dataset_dir": str(tmp_path)}
+    with_vocab = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "o1", attok=True,
+                           attok_vocab=str(sample_data / "retina_vocab.yaml"), **common)
+    model_args, *_ = get_train_args(with_vocab)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("llamafactory_attok").addHandler(handler)
+    try:
+        load_tokenizer(model_args)
+    finally:
+        logging.getLogger("llamafactory_attok").removeHandler(handler)
+    text = " ".join(r.getMessage() for r in records)
+    assert "LLaMA-Factory's loader failed" in text and "check of attribute tokens in the data is skipped" in text
+    without = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "o2", attok=True, **common)
+    model_args, *_ = get_train_args(without)
+    with pytest.raises(AttTokError, match="dataset 'hub_only' .*LLaMA-Factory's loader failed"):
+        load_tokenizer(model_args)

@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from ..attach import base_model_of, family_of, module_of
 from ..plan import image_means
-from ..testing import chat_text
-from .attribute_classifier import Sample, open_image
+from .attribute_classifier import Sample, encode_sample, open_image, prompt_encoder
 from .figures import save_figure
 
 matplotlib.use("Agg")
@@ -30,9 +29,13 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 @torch.no_grad()
 def collect(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
-            device: str = "cpu", template: str | None = None) -> dict:
-    """Per image: mean visual token (pre-ACC), token grid and ACC weights; plus the books of the model."""
+            device: str = "cpu", template: str | None = None, default_system: str | None = None) -> dict:
+    """Per image: mean visual token (pre-ACC), token grid and ACC weights; plus the books of the model.
+
+    Inputs are the samples' training prompts (LF's template), cut right before the attribute token.
+    """
     model.to(device).eval()
+    encoder = prompt_encoder(processor, template, default_system)
     base = base_model_of(model)
     module = module_of(model)
     captured: list[torch.Tensor] = []
@@ -42,13 +45,9 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
         with_kwargs=True, prepend=True)
     means, grids, weights = [], [], []
     try:
-        processor.tokenizer.padding_side = "left"
         for start in tqdm(range(0, len(samples), batch_size), desc="features", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = processor(text=[chat_text(s.question, family=base.config.model_type, template=template)
-                                     for s in batch],
-                               images=[[open_image(s)] for s in batch], padding=True,
-                               return_tensors="pt").to(device)
+            inputs = encoder.batch([encode_sample(encoder, s, set(token_ids)) for s in batch], device)
             captured.clear()
             model(**inputs)
             features = captured[0]

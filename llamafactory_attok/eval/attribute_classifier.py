@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from ..data.lf_format import read_json
 from ..errors import AttTokError
-from ..testing import chat_inputs, chat_text
+from ..lf_data import EncodedPrompt, PromptEncoder, attr_for_file, load_aligned
 from ..vocab import TOKEN_IN_TEXT
 
 
@@ -31,6 +32,7 @@ class Sample:
     label_token: str | None
     label: str | None = None
     dataset: str = ""  # the file it was read from, for error messages
+    example: dict[str, Any] = field(default_factory=dict)  # as LF's loader aligns it (_prompt, _response, …)
 
 
 def _turn(row: dict, role: str) -> str:
@@ -40,29 +42,40 @@ def _turn(row: dict, role: str) -> str:
 
 def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None,
                  require_token: bool = True) -> list[Sample]:
-    """Sharegpt samples with one image; the label token is the first attribute token of the answer.
+    """Samples of a dataset file read by LLaMA-Factory's own loader (its ``dataset_info.json`` entry when the
+    folder lists the file — columns, tags, formatting — else the sharegpt layout ``attok data`` writes).
 
-    Errors name the file and the sample index; every image must exist.
+    The label token is the first attribute token of the answer. Errors name the file and the sample index; every
+    sample needs an answer and at least one image, and every image must exist.
     """
+    from llamafactory.hparams import DataArguments
+
     path = Path(dataset_json)
-    root = Path(media_dir) if media_dir else path.parent
-    rows = read_json(path)
-    if not isinstance(rows, list) or not rows:
-        raise AttTokError(f"{path}: no samples (expected a non-empty JSON list of sharegpt samples)")
+    if not path.is_file():
+        raise AttTokError(f"{path}: dataset file does not exist")
+    attr, dataset_dir = attr_for_file(path)
+    data_args = DataArguments(dataset_dir=dataset_dir, media_dir=str(media_dir or dataset_dir))
+    aligned = load_aligned(attr, data_args)
+    if len(aligned) == 0:
+        raise AttTokError(f"{path}: no samples (expected a non-empty list of sharegpt samples)")
+    raw = read_json(path) if path.suffix == ".json" else None
     samples = []
-    for index, row in enumerate(rows):
-        try:
-            answer, question = _turn(row, "assistant"), _turn(row, "user").replace("<image>", "")
-            image = root / row["images"][0]
-        except (KeyError, IndexError, TypeError, StopIteration) as err:
-            raise AttTokError(f"{path}: sample {index}: needs `messages` with a user and an assistant turn "
-                              f"(role/content) and one entry in `images` ({type(err).__name__}: {err})") from err
-        if not image.is_file():
-            raise AttTokError(f"{path}: sample {index}: image {image} does not exist")
+    for index, example in enumerate(aligned):
+        response, images = example["_response"] or [], example["_images"] or []
+        if not response or not images:
+            raise AttTokError(f"{path}: sample {index}: needs a user turn, an answer turn and at least one image "
+                              "(LF's converter found " + ("no answer" if not response else "no image") + ")")
+        for image in images:
+            if isinstance(image, str) and not Path(image).is_file():
+                raise AttTokError(f"{path}: sample {index}: image {image} does not exist")
+        answer = str(response[0].get("content") or "")
+        question = str(example["_prompt"][-1].get("content") or "").replace("<image>", "")
         tokens = TOKEN_IN_TEXT.findall(answer)
         if require_token and not tokens:
             raise AttTokError(f"{path}: sample {index}: the answer has no attribute token to score against")
-        samples.append(Sample(index, image, question, tokens[0] if tokens else None, row.get("label"), str(path)))
+        label = raw[index].get("label") if isinstance(raw, list) and isinstance(raw[index], dict) else None
+        samples.append(Sample(index, Path(images[0]), question, tokens[0] if tokens else None, label, str(path),
+                              example))
     return samples
 
 
@@ -90,26 +103,44 @@ def load_model_for_inference(model_name_or_path: str, adapter: str | None = None
     return model, modules["tokenizer"], modules["processor"]
 
 
+def prompt_encoder(processor, template: str | None, default_system: str | None = None) -> PromptEncoder:
+    """LF's template engine for ``template`` (default ``qwen2_vl``), as in training."""
+    return PromptEncoder(processor.tokenizer, processor, template or "qwen2_vl", default_system)
+
+
+def encode_sample(encoder: PromptEncoder, sample: Sample, stop_ids: set[int] | None):
+    """The sample's training prompt up to its first answer token (right before the attribute token with
+    ``stop_ids``); errors name the dataset and the sample."""
+    try:
+        return encoder.encode(sample.example, stop_ids)
+    except AttTokError as err:
+        raise AttTokError(f"{sample.dataset}: sample {sample.index}: {err}") from err
+    except (OSError, ValueError) as err:  # an image LF's plugin cannot open or fit
+        raise AttTokError(f"{sample.dataset}: sample {sample.index}: {type(err).__name__}: {err}") from err
+
+
 @torch.no_grad()
 def first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
-                         device: str = "cpu", template: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position."""
+                         device: str = "cpu", template: str | None = None,
+                         default_system: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position.
+
+    Each input is the sample's training prompt (LF's template and mm plugin) cut right before its attribute token.
+    """
     from ..attach import base_model_of
 
     model.to(device).eval()
+    encoder = prompt_encoder(processor, template, default_system)
     head = base_model_of(model).get_output_embeddings()
-    family = base_model_of(model).config.model_type
     captured = {}
     handle = head.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
+    stop = set(token_ids)
     logits, hidden = [], []
     try:
-        processor.tokenizer.padding_side = "left"  # the last position is every row's first answer position
         for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = processor(text=[chat_text(s.question, family=family, template=template) for s in batch],
-                               images=[[open_image(s)] for s in batch],
-                               padding=True, return_tensors="pt").to(device)
-            out = model(**inputs)
+            encoded = [encode_sample(encoder, s, stop if s.label_token else None) for s in batch]
+            out = model(**encoder.batch(encoded, device))
             logits.append(out.logits[:, -1, token_ids].float().cpu())
             hidden.append(captured["hidden"][:, -1].float().cpu())
     finally:
@@ -119,9 +150,9 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
 
 def attribute_probabilities(model, processor, samples: list[Sample], token_ids: list[int],
                             temperature: float = 1.0, device: str = "cpu", batch_size: int = 8,
-                            template: str | None = None) -> torch.Tensor:
+                            template: str | None = None, default_system: str | None = None) -> torch.Tensor:
     logits, _ = first_answer_outputs(model, processor, samples, token_ids, batch_size=batch_size, device=device,
-                                     template=template)
+                                     template=template, default_system=default_system)
     return torch.softmax(logits / temperature, dim=-1)
 
 
@@ -141,38 +172,49 @@ def calibrate_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
-    """(N, K) cosine similarity of hidden states to the attribute tokens' output-head rows (Table 6)."""
-    from ..attach import base_model_of
+    """(N, K) cosine similarity of hidden states to the attribute tokens' output-head rows (Table 6).
 
-    head = base_model_of(model).get_output_embeddings()
-    weight = head(torch.eye(hidden.shape[1], device=next(model.parameters()).device)).T[token_ids].float().cpu()
+    Reads the K rows the head really uses (a PEFT trainable-token row where it has one, gathered under ZeRO-3)
+    instead of pushing an identity matrix through the head (d × V at 7B: ~2 GB and ~2 TFLOPs to read K rows).
+    """
+    from ..attach import base_model_of
+    from ..rows import head_rows
+
+    weight = head_rows(base_model_of(model), token_ids).float().cpu()
     return torch.nn.functional.normalize(hidden, dim=-1) @ torch.nn.functional.normalize(weight, dim=-1).T
 
 
 @torch.no_grad()
 def likelihood_scores(model, processor, samples: list[Sample], class_names: list[str],
-                      device: str = "cpu", template: str | None = None) -> torch.Tensor:
+                      device: str = "cpu", template: str | None = None,
+                      default_system: str | None = None) -> torch.Tensor:
     """(N, C) summed log-probability of each class name's full token sequence after the prompt.
 
-    One forward per sample scores all C names at once (a right-padded batch of prompt + name_c); every token of
-    the name counts, so names sharing their first tokens ("mild …" / "moderate …") are still told apart.
+    The prompt is the sample's training prompt cut where its answer begins (LF's template); one forward per
+    sample scores all C names at once: each row is the prompt plus the answer LF would encode for that name (its
+    tokens and the template's end of turn, which training also teaches), so names sharing their first tokens
+    ("mild …" / "moderate …") — or one name being the start of another — are still told apart.
     """
-    from ..attach import base_model_of
-
     model.to(device).eval()
-    family = base_model_of(model).config.model_type
-    processor.tokenizer.padding_side = "right"
+    encoder = prompt_encoder(processor, template, default_system)
     rows = []
     for sample in tqdm(samples, desc="likelihood", leave=False):
-        image = open_image(sample)
-        prompt = chat_inputs(processor, image, sample.question, family=family, template=template)
-        prompt_len = prompt["input_ids"].shape[1]
-        inputs = processor(text=[chat_text(sample.question, name, family, template) for name in class_names],
-                           images=[[image]] * len(class_names), padding=True, return_tensors="pt").to(device)
+        prompts = []
+        for name in class_names:
+            example = {**sample.example, "_response": [{**sample.example["_response"][0], "content": name}]}
+            prompts.append(encode_sample(encoder, Sample(sample.index, sample.image, sample.question, None,
+                                                   dataset=sample.dataset, example=example), None))
+        prompt_len = len(prompts[0].input_ids)
+        full = [EncodedPrompt(p.input_ids + p.answer_ids, p.images) for p in prompts]
+        width = max(len(p.input_ids) for p in full)
+        inputs = encoder.batch(full, device)  # left-padded: the prompt ends at the same column in every row
         log_probs = torch.log_softmax(model(**inputs).logits[:, :-1].float(), dim=-1)
         targets = inputs["input_ids"][:, 1:]
         token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lengths = torch.tensor([len(p.answer_ids) for p in prompts], device=targets.device)
         positions = torch.arange(targets.shape[1], device=targets.device).unsqueeze(0)
-        in_name = (positions >= prompt_len - 1) & inputs["attention_mask"][:, 1:].bool()
+        pad = torch.tensor([width - len(p.input_ids) for p in full], device=targets.device).unsqueeze(1)
+        start = pad + prompt_len - 1  # the position that predicts the name's first token
+        in_name = (positions >= start) & (positions < start + lengths.unsqueeze(1))
         rows.append((token_scores * in_name).sum(-1).cpu())
     return torch.stack(rows)
