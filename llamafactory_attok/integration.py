@@ -569,7 +569,9 @@ def _build_train_panel(builder_locals: dict) -> None:
     elems = webui_panel.build_train_panel(getattr(dataset_dir, "value", None))
     builder_locals["input_elems"].update(e for name, e in elems.items() if name != "attok_tab")
     builder_locals["elem_dict"].update(elems)
-    dataset_dir.change(webui_panel.refresh_vocab_choices, [dataset_dir], [elems["attok_vocab"]], queue=False)
+    # listed when the dropdown is opened: no extra event on LF's own Data dir box (its change event reloads the
+    # Dataset list, and Gradio hides a component while an event that outputs to it runs)
+    elems["attok_vocab"].focus(webui_panel.refresh_vocab_choices, [dataset_dir], [elems["attok_vocab"]], queue=False)
 
 
 def _build_chat_checkbox(builder_locals: dict) -> None:
