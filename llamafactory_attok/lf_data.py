@@ -159,16 +159,22 @@ class PromptEncoder:
                 cut += 1
         return EncodedPrompt(ids + target[:cut], list(example["_images"] or []), target[cut:])
 
-    def batch(self, prompts: list[EncodedPrompt], device) -> dict:
-        """Left-padded ids (the last position is every row's first answer position) plus LF's mm inputs."""
-        import torch
+    def batch(self, prompts: list[EncodedPrompt], device, model=None) -> dict:
+        """A left-padded batch (the last position is every row's first answer position) made by LF's own SFT
+        collator — mm inputs, M-RoPE positions (``model`` given), token types — exactly as in training."""
+        from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+        from llamafactory.extras.constants import IGNORE_INDEX
 
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(p.input_ids) for p in prompts)
-        ids = [[pad] * (width - len(p.input_ids)) + p.input_ids for p in prompts]
-        mask = [[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in prompts]
-        images = [image for p in prompts for image in p.images]
-        mm = self.template.mm_plugin.get_mm_inputs(images, [], [], [len(p.images) for p in prompts],
-                                                   [0] * len(prompts), [0] * len(prompts), ids, self.processor)
-        inputs = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), **mm}
+        collator = SFTDataCollatorWith4DAttentionMask(template=self.template, model=model, tokenizer=self.tokenizer,
+                                                      processor=self.processor, label_pad_token_id=IGNORE_INDEX)
+        features = [{"input_ids": p.input_ids, "attention_mask": [1] * len(p.input_ids),
+                     "labels": [IGNORE_INDEX] * len(p.input_ids), "images": p.images, "videos": [], "audios": []}
+                    for p in prompts]
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            inputs = dict(collator(features))
+        finally:
+            self.tokenizer.padding_side = side
+        inputs.pop("labels", None)
         return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}

@@ -101,10 +101,61 @@ def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_
     assert len(rows) == 16 and len(rows[0]["top_k"]) == 2
     assert sum(rows[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert json.loads((tmp_path / "p.metrics.json").read_text())["accuracy"] == 1.0
+    assert metrics["confusion"] == [[8, 0], [0, 8]]  # rows = truth, columns = prediction, per_class order
+    assert (tmp_path / "p.confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     vanilla = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "v.jsonl"), mode="likelihood")
     assert vanilla["samples"] == 16 and 0.0 <= vanilla["accuracy"] <= 1.0
+    assert sum(map(sum, vanilla["confusion"])) == 16 and (tmp_path / "v.confusion.png").is_file()
     with pytest.raises(AttTokError, match="no attribute vocabulary"):
         run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "x.jsonl"))
+
+
+def test_confusion_png_rows_truth_columns_prediction(tmp_path, monkeypatch):
+    """The figure of `attok predict`: class names on both axes, the count in every cell, written atomically."""
+    from llamafactory_attok.eval import figures
+    from llamafactory_attok.eval.predict import confusion_png
+
+    drawn = {}
+    save = figures.save_figure
+
+    def inspect(fig, out, dpi=100):
+        axis = fig.axes[0]
+        drawn["x"] = [t.get_text() for t in axis.get_xticklabels()]
+        drawn["y"] = [t.get_text() for t in axis.get_yticklabels()]
+        drawn["cells"] = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in axis.texts}
+        drawn["labels"] = (axis.get_ylabel(), axis.get_xlabel())
+        return save(fig, out, dpi)
+
+    monkeypatch.setattr(figures, "save_figure", inspect)
+    out = tmp_path / "p.confusion.png"
+    confusion = confusion_png([0, 0, 0, 1, 2, 2], [0, 1, 1, 1, 2, 0], ["no DR", "mild DR", "severe DR"], out)
+    assert confusion == [[1, 2, 0], [0, 1, 0], [1, 0, 1]]
+    assert drawn["x"] == drawn["y"] == ["no DR", "mild DR", "severe DR"] and drawn["labels"] == ("true", "predicted")
+    assert drawn["cells"] == {(i, j): str(v) for i, row in enumerate(confusion) for j, v in enumerate(row)}
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.confusion.png"]  # no temp file left behind
+
+
+def test_run_predict_writes_the_confusion_png_next_to_the_metrics(tmp_path, monkeypatch):
+    """run_predict's output paths, with the model replaced by fixed class scores (the slow test runs a model)."""
+    from PIL import Image
+
+    from llamafactory_attok.eval import predict
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    labels = ["no DR", "no DR", "mild DR", "mild DR"]
+    rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": lab}],
+             "images": ["x.png"], "label": lab} for lab in labels]
+    (tmp_path / "test.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(predict, "load_model_for_inference", lambda *args, **kwargs: (None, None, None))
+    monkeypatch.setattr(predict, "likelihood_scores", lambda *args, **kwargs: torch.tensor(
+        [[2.0, 1.0], [1.0, 2.0], [1.0, 2.0], [0.0, 3.0]]))
+    metrics = run_predict("unused", str(tmp_path / "test.json"), str(tmp_path / "run.jsonl"), mode="likelihood")
+    assert metrics["confusion"] == [[1, 1], [0, 2]]
+    assert metrics["per_class"]["mild DR"] == {"precision": pytest.approx(2 / 3), "recall": 1.0,
+                                               "f1": pytest.approx(0.8), "support": 2}
+    assert json.loads((tmp_path / "run.metrics.json").read_text())["confusion"] == [[1, 1], [0, 2]]
+    assert (tmp_path / "run.confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -126,24 +177,34 @@ def test_analysis_figures_and_report_with_curves(modality_adapter, tiny_models, 
 
 @pytest.mark.slow
 def test_batched_likelihood_equals_one_sequence_at_a_time(tiny_models, sample_data):
-    from PIL import Image
-
-    from llamafactory_attok.eval.attribute_classifier import likelihood_scores, load_model_for_inference, read_samples
-    from llamafactory_attok.testing import chat_inputs
+    """Left-padded batches of prompt + answer score what each sequence alone scores: the answer's tokens and the
+    template's end of turn, after the training prompt LF's template builds."""
+    from llamafactory_attok.eval.attribute_classifier import (
+        Sample,
+        encode_sample,
+        likelihood_scores,
+        load_model_for_inference,
+        prompt_encoder,
+        read_samples,
+    )
+    from llamafactory_attok.lf_data import EncodedPrompt
 
     model, _, processor = load_model_for_inference(str(tiny_models["qwen2_vl"]))
     samples = read_samples(sample_data / "retina_vanilla_test.json", require_token=False)[:2]
     names = ["mild diabetic retinopathy", "moderate diabetic retinopathy", "no"]  # shared prefix, unequal lengths
     batched = likelihood_scores(model, processor, samples, names)
+    encoder = prompt_encoder(processor, "qwen2_vl")
     for i, sample in enumerate(samples):
-        image = Image.open(sample.image).convert("RGB")
-        prompt_len = chat_inputs(processor, image, sample.question)["input_ids"].shape[1]
         for j, name in enumerate(names):
-            inputs = chat_inputs(processor, image, sample.question, name)
+            example = {**sample.example, "_response": [{**sample.example["_response"][0], "content": name}]}
+            encoded = encode_sample(encoder, Sample(i, sample.image, "", None, example=example), None)
+            assert encoded.answer_ids[: len(processor.tokenizer(name)["input_ids"])] == processor.tokenizer(name)[
+                "input_ids"]
+            full = EncodedPrompt(encoded.input_ids + encoded.answer_ids, encoded.images)
             with torch.no_grad():
-                log_probs = torch.log_softmax(model(**inputs).logits[0, :-1].float(), -1)
-            target = inputs["input_ids"][0, 1:]
-            expected = sum(log_probs[t, target[t]].item() for t in range(prompt_len - 1, target.shape[0]))
+                log_probs = torch.log_softmax(model(**encoder.batch([full], "cpu", model)).logits[0, :-1].float(), -1)
+            start = len(encoded.input_ids) - 1
+            expected = sum(log_probs[start + k, token].item() for k, token in enumerate(encoded.answer_ids))
             assert batched[i, j].item() == pytest.approx(expected, abs=1e-4)
 
 

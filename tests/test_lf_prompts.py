@@ -70,4 +70,36 @@ def test_predict_ids_are_the_training_ids_cut_at_the_answer(family, default_syst
             assert f"You are reading fundus photo {sample.index}." in text
         elif default_system and family.startswith("qwen2"):
             assert default_system in text
-    assert encoder.batch([encoded], "cpu")["input_ids"].dtype == torch.long
+    batch = encoder.batch([encoded], "cpu")
+    assert batch["input_ids"][0].tolist() == encoded.input_ids
+
+
+def test_retrieval_reads_the_head_rows_it_used_to_materialise(tiny_models):
+    """`head_rows` (K rows, PEFT trainable-token deltas applied) equals the old `head(eye(d))` read, bit for bit,
+    on a PEFT model with trained attribute rows and after merging."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from llamafactory_attok.attach import base_model_of
+    from llamafactory_attok.eval.attribute_classifier import retrieval_scores
+    from llamafactory_attok.rows import head_rows
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"])
+    rows = [3, 5, 7]
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"],
+                                            trainable_token_indices={"embed_tokens": rows, "lm_head": rows}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.dim() == 2 and p.shape[0] == len(rows):
+                p.normal_()  # trained deltas, unlike the base rows
+    token_ids = [5, 3, 2, 9]  # trained rows (any order) and ordinary rows
+    head = base_model_of(model).get_output_embeddings()
+    with torch.no_grad():
+        old = head(torch.eye(base.config.get_text_config().hidden_size)).T[token_ids]
+    assert torch.equal(head_rows(base_model_of(model), token_ids), old)
+    assert not torch.equal(old[0], head.token_adapter.base_layer.weight[5])  # the delta really is in use
+    hidden = torch.randn(3, old.shape[1])
+    expected = torch.nn.functional.normalize(hidden, dim=-1) @ torch.nn.functional.normalize(old, dim=-1).T
+    torch.testing.assert_close(retrieval_scores(model, hidden, token_ids), expected)
+    merged = model.merge_and_unload()
+    assert torch.equal(head_rows(merged, token_ids), old)

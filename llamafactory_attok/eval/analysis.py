@@ -47,7 +47,7 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
     try:
         for start in tqdm(range(0, len(samples), batch_size), desc="features", leave=False):
             batch = samples[start:start + batch_size]
-            inputs = encoder.batch([encode_sample(encoder, s, set(token_ids)) for s in batch], device)
+            inputs = encoder.batch([encode_sample(encoder, s, set(token_ids)) for s in batch], device, model)
             captured.clear()
             model(**inputs)
             features = captured[0]

@@ -66,8 +66,9 @@ def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None,
             raise AttTokError(f"{path}: sample {index}: needs a user turn, an answer turn and at least one image "
                               "(LF's converter found " + ("no answer" if not response else "no image") + ")")
         for image in images:
-            if isinstance(image, str) and not Path(image).is_file():
-                raise AttTokError(f"{path}: sample {index}: image {image} does not exist")
+            if isinstance(image, str) and not Path(image).is_file():  # LF keeps a path it could not resolve
+                shown = image if Path(image).is_absolute() else Path(data_args.media_dir) / image
+                raise AttTokError(f"{path}: sample {index}: image {shown} does not exist")
         answer = str(response[0].get("content") or "")
         question = str(example["_prompt"][-1].get("content") or "").replace("<image>", "")
         tokens = TOKEN_IN_TEXT.findall(answer)
@@ -140,7 +141,7 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
         for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
             batch = samples[start:start + batch_size]
             encoded = [encode_sample(encoder, s, stop if s.label_token else None) for s in batch]
-            out = model(**encoder.batch(encoded, device))
+            out = model(**encoder.batch(encoded, device, model))
             logits.append(out.logits[:, -1, token_ids].float().cpu())
             hidden.append(captured["hidden"][:, -1].float().cpu())
     finally:
@@ -207,7 +208,7 @@ def likelihood_scores(model, processor, samples: list[Sample], class_names: list
         prompt_len = len(prompts[0].input_ids)
         full = [EncodedPrompt(p.input_ids + p.answer_ids, p.images) for p in prompts]
         width = max(len(p.input_ids) for p in full)
-        inputs = encoder.batch(full, device)  # left-padded: the prompt ends at the same column in every row
+        inputs = encoder.batch(full, device, model)  # left-padded: the prompt ends at the same column in every row
         log_probs = torch.log_softmax(model(**inputs).logits[:, :-1].float(), dim=-1)
         targets = inputs["input_ids"][:, 1:]
         token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

@@ -1,13 +1,19 @@
 """Classification scores from generated text: accuracy, macro-F1, per-class F1 (Table 7), confusion matrix (Fig. 7).
 
 Reads LF's ``generated_predictions.jsonl`` (one line per sample of the predicted dataset, in order) and the
-dataset JSON it was made from; the ids are the line numbers, checked against the dataset's answers.
+dataset JSON it was made from, aligned by position and checked against the dataset's answers; the ids listed in
+the result are 0-based sample positions (the dataset's sample index, the n-th prediction).
+
+Two readings of each generation: by its *text* (the top-level fields, unchanged) and, for AttTok models, by its
+first *attribute token* (``by_token``), with their ``agreement``. Token scoring needs the tokens in the file:
+LF's ``skip_special_tokens`` (true by default) removes them, so predict with ``skip_special_tokens: false``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +21,15 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from ..data.lf_format import read_json, read_jsonl
 from ..errors import AttTokError
-from ..vocab import AttributeVocab
-from .normalize import normalize, parse_class
+from ..vocab import AttributeVocab, tokens_in_text
+from .normalize import class_tokens, normalize, parse_class
 
 PREDICTION_KEYS = ("predict", "label")
+LISTED_IDS = 50  # disagree_ids / multi_token_ids list at most this many sample ids (the counts are complete)
+TOKEN_UNAVAILABLE = ("unavailable: predictions carry no attribute tokens — was skip_special_tokens true? "
+                     "(set skip_special_tokens: false for do_predict to score by token)")
+TOKEN_NOT_APPLICABLE = ("not applicable: no attribute token identifies a class of this dataset (its answers carry "
+                        "none and no vocabulary was given)")
 
 
 @dataclass
@@ -30,24 +41,66 @@ class ClassScores:
     confusion: list[list[int]]
     unparseable: int
     total: int
+    token_scoring: str = TOKEN_NOT_APPLICABLE  # "available", or why by_token / agreement are null
+    by_token: dict | None = None
+    agreement: dict | None = None
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
 
 
-def class_names(dataset_rows: list[dict], vocab: AttributeVocab | None) -> tuple[list[str], list[list[str]]]:
-    """Classes in first-seen order of the dataset's ``label`` field, with synonyms (vocabulary keyword)."""
+@dataclass
+class TokenMap:
+    """Attribute tokens of a dataset: ``classes`` token → class index (tokens that identify one class) and
+    ``known`` every attribute token of the answers and the vocabulary (class tokens or not)."""
+
+    classes: dict[str, int] = field(default_factory=dict)
+    known: frozenset[str] = frozenset()
+
+
+def token_map(dataset_rows: list[dict], classes: list[str], vocab: AttributeVocab | None,
+              where: str = "dataset") -> TokenMap:
+    """Token → class: a token in the answers of one class only is that class's token (a token shared by several
+    classes, e.g. a modality token, identifies none); a vocabulary token in no answer maps through its keyword
+    to the class of that label (or keyword). A vocabulary token that maps to no class is an error."""
+    seen: dict[str, set[int]] = {}
+    for row in dataset_rows:
+        for token in tokens_in_text(row["messages"][1]["content"]):
+            seen.setdefault(token, set()).add(classes.index(row["label"]))
+    mapping = {t: next(iter(c)) for t, c in seen.items() if len(c) == 1}
+    if vocab is None:
+        return TokenMap(mapping, frozenset(seen))
+    keywords = vocab.as_dict()
+    names = {normalize(c): i for i, c in enumerate(classes)}
+    names.update({normalize(keywords[t]): i for t, i in mapping.items() if t in keywords})
+    for token, keyword in keywords.items():
+        if token in seen:
+            continue
+        if normalize(keyword) not in names:
+            shown = ", ".join(repr(c) for c in classes[:8]) + (" …" if len(classes) > 8 else "")
+            raise AttTokError(
+                f"{where}: vocabulary token {token} ({keyword!r}) maps to no class of the dataset: it is in no "
+                f"answer and its keyword is no class label ({shown}); pass this dataset's vocabulary, or leave "
+                "--vocab out to map tokens by the dataset's answers alone")
+        mapping[token] = names[normalize(keyword)]
+    return TokenMap(mapping, frozenset(seen) | frozenset(keywords))
+
+
+def class_names(dataset_rows: list[dict], vocab: AttributeVocab | None,
+                where: str = "dataset") -> tuple[list[str], list[list[str]]]:
+    """Classes in first-seen order of the dataset's ``label`` field, with synonyms (vocabulary keyword of each
+    class token)."""
     classes = list(dict.fromkeys(row["label"] for row in dataset_rows))
+    return classes, _synonyms(classes, token_map(dataset_rows, classes, vocab, where), vocab)
+
+
+def _synonyms(classes: list[str], tokens: TokenMap, vocab: AttributeVocab | None) -> list[list[str]]:
     synonyms = [[c] for c in classes]
-    if vocab is not None:
-        for row in dataset_rows:
-            tokens = [t for t in vocab.tokens if t in row["messages"][1]["content"]]
-            for token in tokens:
-                keyword = vocab.as_dict()[token]
-                group = synonyms[classes.index(row["label"])]
-                if keyword not in group:
-                    group.append(keyword)
-    return classes, synonyms
+    keywords = vocab.as_dict() if vocab is not None else {}
+    for token, index in tokens.classes.items():
+        if token in keywords and keywords[token] not in synonyms[index]:
+            synonyms[index].append(keywords[token])
+    return synonyms
 
 
 def read_predictions(path: str | Path) -> list[dict]:
@@ -57,8 +110,10 @@ def read_predictions(path: str | Path) -> list[dict]:
     for line, row in read_jsonl(path):
         missing = [k for k in PREDICTION_KEYS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
         if missing:
+            found = (f"got a JSON {type(row).__name__}, not an object" if not isinstance(row, dict) else
+                     "; ".join(f"{k} is {'missing' if k not in row else type(row[k]).__name__}" for k in missing))
             raise AttTokError(f"{path}: line {line}: a prediction needs the string field(s) {', '.join(missing)} "
-                              "(as in LLaMA-Factory's generated_predictions.jsonl)")
+                              f"(as in LLaMA-Factory's generated_predictions.jsonl); {found}")
         rows.append(row)
     if not rows:
         raise AttTokError(f"{path}: no predictions")
@@ -90,8 +145,34 @@ def check_alignment(predictions: list[dict], dataset_rows: list[dict], where: st
                               f"sample {index} ({row['messages'][1]['content'][:60]!r}); ids do not match")
 
 
+def _scores(truth: list[int], predicted: list[int], classes: list[str]) -> dict:
+    """Accuracy, macro-F1 and per-class F1 over ``classes``; -1 (no answer) is a class of its own, always wrong.
+    ``confusion``: rows = truth, columns = ``classes`` then the no-answer column."""
+    labels = list(range(len(classes)))
+    per_class = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    return {"accuracy": float(accuracy_score(truth, predicted)),
+            "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
+            "per_class_f1": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
+            "confusion": confusion_matrix(truth, predicted, labels=[*labels, -1]).tolist()[: len(classes)]}
+
+
+def agreement(by_token: list[int | None], by_text: list[int | None]) -> dict:
+    """How the token reading and the text reading of each generation relate (ids: dataset sample indices)."""
+    pairs = list(zip(by_token, by_text, strict=True))
+    disagree = [i for i, (t, x) in enumerate(pairs) if t is not None and x is not None and t != x]
+    return {"both_agree": sum(t is not None and t == x for t, x in pairs),
+            "disagree": len(disagree),
+            "disagree_ids": disagree[:LISTED_IDS],
+            "token_only": sum(t is not None and x is None for t, x in pairs),
+            "text_only": sum(t is None and x is not None for t, x in pairs),
+            "neither": sum(t is None and x is None for t, x in pairs)}
+
+
 def score_generated(predictions_path: str | Path, dataset_json: str | Path,
                     vocab: AttributeVocab | None = None) -> ClassScores:
+    """Text scores (top-level fields) and, where the dataset has class tokens, token scores (``by_token``) and
+    the ``agreement`` of the two. ``token_scoring`` says "available" or why those two are null; when the
+    predictions carry no attribute token at all, a note goes to stderr as well."""
     predictions = read_predictions(predictions_path)
     rows = read_dataset(dataset_json)
     unlabelled = [i for i, row in enumerate(rows) if not isinstance(row.get("label"), str)]
@@ -99,21 +180,28 @@ def score_generated(predictions_path: str | Path, dataset_json: str | Path,
         raise AttTokError(f"{dataset_json}: sample {unlabelled[0]}: needs a string `label` field (written by "
                           "`attok data classify`)")
     check_alignment(predictions, rows, str(predictions_path))
-    classes, synonyms = class_names(rows, vocab)
+    classes = list(dict.fromkeys(row["label"] for row in rows))
+    tokens = token_map(rows, classes, vocab, str(dataset_json))
+    synonyms = _synonyms(classes, tokens, vocab)
     truth = [classes.index(row["label"]) for row in rows]
     parsed = [parse_class(p["predict"], synonyms) for p in predictions]
-    predicted = [-1 if p is None else p for p in parsed]  # unparseable: a class of its own, always wrong
-    labels = list(range(len(classes)))
-    per_class = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
-    return ClassScores(
-        classes=classes,
-        accuracy=float(accuracy_score(truth, predicted)),
-        macro_f1=float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
-        per_class_f1={c: float(f) for c, f in zip(classes, per_class, strict=True)},
-        confusion=confusion_matrix(truth, predicted, labels=[*labels, -1]).tolist()[: len(classes)],
-        unparseable=int(sum(p is None for p in parsed)),
-        total=len(rows),
-    )
+    text = _scores(truth, [-1 if p is None else p for p in parsed], classes)  # unparseable: own column
+    scores = ClassScores(classes=classes, unparseable=int(sum(p is None for p in parsed)), total=len(rows), **text)
+    if not tokens.classes:
+        return scores
+    if not any(set(tokens_in_text(p["predict"])) & tokens.known for p in predictions):
+        scores.token_scoring = TOKEN_UNAVAILABLE
+        print(f"attok: note: {predictions_path}: token scoring {TOKEN_UNAVAILABLE}", file=sys.stderr)
+        return scores
+    found = [class_tokens(p["predict"], tokens.classes) for p in predictions]
+    first = [f[0] if f else None for f in found]
+    multi = [i for i, f in enumerate(found) if len(set(f)) > 1]
+    scores.token_scoring = "available"
+    scores.by_token = {**_scores(truth, [-1 if f is None else f for f in first], classes),
+                       "no_token": sum(f is None for f in first), "multi_token": len(multi),
+                       "multi_token_ids": multi[:LISTED_IDS]}
+    scores.agreement = agreement(first, parsed)
+    return scores
 
 
 def arm_of(run: str) -> str:

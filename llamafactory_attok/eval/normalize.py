@@ -1,16 +1,25 @@
 """Answer normalisation for scoring generated text (written down in README, "Evaluation").
 
+Text rules:
+
 1. attribute tokens ``<|…|>`` and LF special tokens are removed;
 2. lowercase; every character that is not a letter or digit becomes a space; spaces collapse;
 3. a class matches when one of its names (display name, vocabulary keyword, extra synonyms) occurs as a whole
    word sequence; exactly one matching class is the prediction — none or several is *unparseable* (and wrong).
    A longer name contained in the text wins over a shorter name it contains ("no diabetic retinopathy" over
    "diabetic retinopathy" style overlaps are resolved by keeping only maximal matches).
+
+Token rule (AttTok models, whose attribute token *is* the answer): the ``<|…|>`` tokens of the generation are read
+in order, tokens that identify no class (template tokens, attribute tokens shared by several classes, unknown
+tokens) are skipped, and the first *class token* is the prediction; no class token is a miss of its own.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+
+from ..vocab import tokens_in_text
 
 SPECIAL = re.compile(r"<\|[^|<>]*\|>")
 
@@ -36,3 +45,14 @@ def matching_classes(text: str, names: list[list[str]]) -> list[int]:
 def parse_class(text: str, names: list[list[str]]) -> int | None:
     found = matching_classes(text, names)
     return found[0] if len(found) == 1 else None
+
+
+def class_tokens(text: str, token_classes: Mapping[str, int]) -> list[int]:
+    """Classes of the class tokens in ``text``, in order of appearance (repeats kept); other tokens skipped."""
+    return [token_classes[t] for t in tokens_in_text(text or "") if t in token_classes]
+
+
+def parse_token(text: str, token_classes: Mapping[str, int]) -> int | None:
+    """The class of the first class token in ``text`` (the token rule), or None when there is none."""
+    found = class_tokens(text, token_classes)
+    return found[0] if found else None

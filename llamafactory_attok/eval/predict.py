@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from ..data.lf_format import write_atomic
 from ..errors import AttTokError
@@ -50,10 +50,24 @@ def per_class_metrics(truth: list[int], predicted: list[int], names: list[str]) 
                    "support": int(support[i])} for i, name in enumerate(names)}
 
 
+def confusion_png(truth: list[int], predicted: list[int], names: list[str], out: str | Path,
+                  title: str = "") -> list[list[int]]:
+    """Draw the confusion matrix (rows = truth, columns = prediction, class names as labels, counts in cells)
+    to the PNG ``out``, written atomically; returns the matrix."""
+    from .figures import confusion_figure  # matplotlib only when a figure is drawn
+
+    confusion = confusion_matrix(truth, predicted, labels=list(range(len(names)))).tolist()
+    confusion_figure(names, confusion, Path(out), title=title)
+    return confusion
+
+
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
                 val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
                 batch_size: int = 8, template: str = "qwen2_vl") -> dict:
-    """Class probabilities per sample; the datasets (and their images) are checked before the model is loaded."""
+    """Class probabilities per sample; the datasets (and their images) are checked before the model is loaded.
+
+    Writes ``out`` (JSONL), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with ``per_class`` and
+    ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
     if mode not in ("attribute", "likelihood"):
         raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
     samples = read_samples(dataset, require_token=mode == "attribute")
@@ -97,9 +111,12 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
             row["retrieval"] = names[retrieval[i]]
         lines.append(json.dumps(row, ensure_ascii=False))
     write_atomic(out, "\n".join(lines) + "\n")
+    confusion = confusion_png(truth, predicted, names, Path(out).with_suffix(".confusion.png"),
+                              title=f"{Path(dataset).stem} ({mode})")
     metrics = {"mode": mode, "samples": len(samples), "temperature": temperature, **_metrics(truth, predicted),
                "per_class": per_class_metrics(truth, predicted, names)}
     if retrieval is not None:
         metrics["retrieval_accuracy"] = _metrics(truth, retrieval)["accuracy"]
+    metrics["confusion"] = confusion
     write_atomic(Path(out).with_suffix(".metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
