@@ -154,14 +154,15 @@ def _eval_figures(ns: argparse.Namespace) -> None:
 
     from .eval.analysis import acc_map_figure, collect, similarity_figure, tsne_figure
     from .eval.attribute_classifier import load_model_for_inference, read_samples
-    from .eval.predict import resolve_vocab
+    from .eval.predict import resolve_template, resolve_vocab
 
-    model, _, processor = load_model_for_inference(ns.model, ns.adapter, ns.template)
+    template, default_system = resolve_template(ns.model, ns.adapter, ns.template)
+    model, _, processor = load_model_for_inference(ns.model, ns.adapter, template)
     vocab = resolve_vocab(ns.model, ns.adapter, ns.vocab)
     samples = read_samples(ns.dataset)
     labels = [vocab.tokens.index(s.label_token) for s in samples]
     features = collect(model, processor, samples, processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens)),
-                       ns.batch_size, ns.device, ns.template)
+                       ns.batch_size, ns.device, template, default_system)
     out = Path(ns.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(vocab.keywords)
@@ -185,7 +186,9 @@ def _add_eval_commands(sub) -> None:
     pred.add_argument("--top-k", type=int, default=3, help="classes listed per sample")
     pred.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     pred.add_argument("--batch-size", type=int, default=8, help="samples per forward")
-    pred.add_argument("--template", default="qwen2_vl", help="LF template the model was trained with")
+    pred.add_argument("--template", default=None,
+                      help="LF template; default: the one saved with the AttTok run (else qwen2_vl); another one "
+                           "than the saved is an error")
     pred.set_defaults(func=_predict)
     ev = sub.add_parser("eval", help="score predictions, write reports").add_subparsers(dest="eval_command",
                                                                                       required=True)
@@ -204,7 +207,8 @@ def _add_eval_commands(sub) -> None:
     fig.add_argument("--out-dir", required=True, help="folder for the PNG figures")
     fig.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     fig.add_argument("--batch-size", type=int, default=8, help="samples per forward")
-    fig.add_argument("--template", default="qwen2_vl", help="LF template the model was trained with")
+    fig.add_argument("--template", default=None,
+                     help="LF template; default: the one saved with the AttTok run (else qwen2_vl)")
     fig.set_defaults(func=_eval_figures)
     rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ..., --vqa arm@seed=vqa.json")
     rep.add_argument("--run", action="append", default=[], help="classification metrics (predict / eval classify)")

@@ -40,7 +40,7 @@ from .log import get_logger
 from .peft_compat import zero3_trainable_tokens_on_any_device
 from .resume import ExactResumeMixin
 from .rows import check_rows_trainable, is_zero3, mask_non_attribute_gradients, trainable_token_indices
-from .state import atomic_write_bytes, find_saved, find_saved_quietly, save_description
+from .state import CONFIG_FILE_NAME, atomic_write_bytes, find_saved, find_saved_quietly, save_description
 from .trainer import AttTokTrainerMixin
 
 logger = get_logger(__name__)
@@ -153,6 +153,20 @@ def _check_model_family(model_args) -> None:
     check_widths(config, f"model {model_args.model_name_or_path}")
 
 
+def _refuse_orphan_settings(ours: dict, training_args) -> None:
+    """AttTok settings without ``attok: true`` (and nothing saved to apply them to) would silently do nothing;
+    resuming an AttTok checkpoint without AttTok would fail deep in transformers. Both stop here, said plainly."""
+    settings = sorted(k for k in ours if k not in ("attok", "attok_show_tokens"))
+    if settings and "attok" not in ours:
+        raise AttTokError(
+            f"AttTok settings {', '.join(settings)} are given but `attok: true` is missing, so none of AttTok would "
+            "run. Add `attok: true`, or remove them.")
+    resume = getattr(training_args, "resume_from_checkpoint", None)
+    if resume and find_saved_quietly([resume]) is not None:
+        raise AttTokError(f"{resume}: this checkpoint was trained with AttTok (it holds attok_* files); resuming it "
+                          "needs `attok: true` with the run's AttTok settings.")
+
+
 def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
     by_name = {type(obj).__name__: obj for obj in parsed}
     model_args = by_name["ModelArguments"]
@@ -162,6 +176,7 @@ def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
     saved = find_saved([model_args.model_name_or_path, *(model_args.adapter_name_or_path or [])])
     training = "Seq2SeqTrainingArguments" in by_name or "TrainingArguments" in by_name
     if not attok.attok and saved is None:
+        _refuse_orphan_settings(ours, by_name.get("Seq2SeqTrainingArguments") or by_name.get("TrainingArguments"))
         return None
     if not version_supported():
         raise AttTokError(
@@ -172,7 +187,11 @@ def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
     if attok.attok:
         _check_lf_args(attok, by_name)
     elif saved is not None:
-        attok = AttTokArguments(**{**saved.config["args"], **{k: v for k, v in attok.to_dict().items() if k in ours}})
+        try:
+            attok = AttTokArguments(**{**saved.config["args"],
+                                       **{k: v for k, v in attok.to_dict().items() if k in ours}})
+        except (AttTokError, TypeError) as err:
+            raise AttTokError(f"{saved.folder / CONFIG_FILE_NAME}: saved AttTok arguments are invalid: {err}") from err
     datasets = list(getattr(data_args, "dataset", None) or []) if training else []
     return AttTokContext(
         args=attok,

@@ -251,30 +251,59 @@ def _image_dataset(tmp_path, images):
     return tmp_path / "test.json", tmp_path / "vocab.yaml"
 
 
-def test_predict_missing_image_names_sample_and_path_before_loading_the_model(tmp_path, capsys):
-    from llamafactory_attok.cli import main
+def test_predict_skips_missing_images_by_id_and_keeps_rows_scored_before_a_crash(tmp_path, monkeypatch, capsys):
+    """A sample whose image is missing is reported by id and skipped with a count; rows are written as they are
+    scored, so a crash halfway keeps them (in <out>.partial) instead of losing the run."""
+    from llamafactory_attok.eval import predict
 
-    dataset, vocab = _image_dataset(tmp_path, ["ok.png", "missing.png"])
-    message = f"{dataset}: sample 1: image {tmp_path / 'missing.png'} does not exist"
+    dataset, _ = _image_dataset(tmp_path, ["ok.png", "missing.png", "ok.png", "ok.png"])
+    monkeypatch.setattr(predict, "load_model_for_inference", lambda *args, **kwargs: (None, None, None))
+    calls = []
+
+    def scores(model, processor, chunk, names, **kwargs):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise RuntimeError("out of memory halfway")
+        return torch.zeros(len(chunk), len(names))
+
+    monkeypatch.setattr(predict, "likelihood_scores", scores)
     out = tmp_path / "p.jsonl"
-    with pytest.raises(AttTokError) as caught:
-        run_predict(str(tmp_path / "no-such-model"), str(dataset), str(out), vocab_path=str(vocab))
-    assert str(caught.value) == message
-    assert main(["predict", "--model", str(tmp_path / "no-such-model"), "--dataset", str(dataset), "--vocab",
-                 str(vocab), "--out", str(out)]) == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    with pytest.raises(RuntimeError, match="halfway"):
+        run_predict("unused", str(dataset), str(out), mode="likelihood", batch_size=2)
+    assert f"skipped {dataset}: sample 1: image {tmp_path / 'missing.png'} does not exist" in capsys.readouterr().err
+    kept = [json.loads(line) for line in (tmp_path / "p.jsonl.partial").read_text().splitlines()]
+    assert [row["id"] for row in kept] == [0, 2] and not out.exists()
+    calls.clear()
+    monkeypatch.setattr(predict, "likelihood_scores", lambda m, p, chunk, names, **kw: torch.zeros(len(chunk), 1))
+    metrics = run_predict("unused", str(dataset), str(out), mode="likelihood", batch_size=2)
+    assert metrics["samples"] == 3 and metrics["skipped"] == 1 and metrics["skipped_samples"][0]["id"] == 1
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 2, 3]
+    assert not (tmp_path / "p.jsonl.partial").exists()
+
+
+def test_predict_refuses_a_template_other_than_the_trained_one(tmp_path):
+    from llamafactory_attok.eval.predict import resolve_template
+
+    (tmp_path / "attok_config.json").write_text(json.dumps({"args": {}, "token_ids": [1], "template": "qwen2_vl",
+                                                            "default_system": "Be brief."}))
+    (tmp_path / "attok_vocab.yaml").write_text('"<|fundus_no_dr|>": no DR\n')
+    (tmp_path / "attok_state.safetensors").write_bytes(b"")
+    assert resolve_template(str(tmp_path), None, None) == ("qwen2_vl", "Be brief.")
+    with pytest.raises(AttTokError, match="--template gemma3 differs from the template .qwen2_vl. that"):
+        resolve_template(str(tmp_path), None, "gemma3")
+    assert resolve_template(str(tmp_path / "nothing"), None, None) == ("qwen2_vl", None)
 
 
 def test_unreadable_image_names_sample_and_path(tmp_path):
-    from llamafactory_attok.eval.attribute_classifier import open_image, read_samples
+    from llamafactory_attok.eval.attribute_classifier import open_image, read_samples, read_samples_skipping
 
     dataset, _ = _image_dataset(tmp_path, ["ok.png", "broken.png"])
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    samples = read_samples(dataset)
-    assert open_image(samples[0]).size == (8, 8)
-    with pytest.raises(AttTokError, match=rf"test.json: sample 1: image {tmp_path / 'broken.png'} cannot be read"):
-        open_image(samples[1])
+    message = rf"test.json: sample 1: image {tmp_path / 'broken.png'} cannot be read"
+    with pytest.raises(AttTokError, match=message):
+        read_samples(dataset)
+    samples, skipped = read_samples_skipping(dataset)
+    assert open_image(samples[0]).size == (8, 8) and [s["id"] for s in skipped] == [1]
 
 
 def test_report_run_without_name_is_refused(tmp_path, capsys):

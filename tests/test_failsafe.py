@@ -332,3 +332,42 @@ def test_video_inputs_are_refused_at_inference_too(modality_adapter, tiny_models
     with pytest.raises(AttTokError, match="a batch carries videos.*AttTok does not support video"):
         model(input_ids=torch.tensor([[5, 6]]), pixel_values_videos=torch.zeros(4, 8),
               video_grid_thw=torch.tensor([[1, 2, 2]]))
+
+
+def test_attok_settings_without_attok_true_are_refused_not_ignored(tiny_models, sample_data, tmp_path):
+    from llamafactory.hparams import get_train_args
+
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok_acc_gamma=0.2,
+                     attok_vocab=str(sample_data / "retina_vocab.yaml"))
+    with pytest.raises(AttTokError, match="AttTok settings attok_acc_gamma, attok_vocab are given but `attok: true` "
+                                          "is missing"):
+        get_train_args(args)
+    get_train_args({**args, "attok": False})  # an explicit `attok: false` is a choice, not an oversight
+
+
+def test_resuming_an_attok_checkpoint_without_attok_is_refused(tiny_models, sample_data, tmp_path):
+    from llamafactory.hparams import get_train_args
+
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "attok_config.json").write_text("{}")
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", resume_from_checkpoint=str(checkpoint),
+                     overwrite_output_dir=False)
+    with pytest.raises(AttTokError, match="this checkpoint was trained with AttTok .* needs `attok: true`"):
+        get_train_args(args)
+
+
+def test_invalid_saved_arguments_name_the_config_file(tmp_path):
+    from llamafactory_attok.state import find_saved
+
+    (tmp_path / "attok_config.json").write_text(json.dumps({"args": {"attok": True, "attok_acc_gamma": float("nan")},
+                                                            "token_ids": [400]}))
+    (tmp_path / "attok_vocab.yaml").write_text('"<|fundus_no_dr|>": no DR\n')
+    (tmp_path / "attok_state.safetensors").write_bytes(b"")
+    saved = find_saved([tmp_path])
+    parsed = (type("ModelArguments", (), {"model_name_or_path": str(tmp_path), "adapter_name_or_path": None})(),
+              type("FinetuningArguments", (), {"finetuning_type": "lora"})())
+    with pytest.raises(AttTokError, match=f"{tmp_path / 'attok_config.json'}: saved AttTok arguments are invalid: "
+                                          "attok_acc_gamma must be a finite number"):
+        integration._build_context({}, parsed)
+    assert saved is not None

@@ -42,11 +42,21 @@ def _turn(row: dict, role: str) -> str:
 
 def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None,
                  require_token: bool = True) -> list[Sample]:
+    """Samples of a dataset file (see :func:`read_samples_skipping`); a missing or unreadable image is an error."""
+    samples, skipped = read_samples_skipping(dataset_json, media_dir, require_token)
+    if skipped:
+        raise AttTokError(skipped[0]["error"])
+    return samples
+
+
+def read_samples_skipping(dataset_json: str | Path, media_dir: str | Path | None = None,
+                          require_token: bool = True) -> tuple[list[Sample], list[dict]]:
     """Samples of a dataset file read by LLaMA-Factory's own loader (its ``dataset_info.json`` entry when the
-    folder lists the file — columns, tags, formatting — else the sharegpt layout ``attok data`` writes).
+    folder lists the file — columns, tags, formatting — else the sharegpt layout ``attok data`` writes), and the
+    samples left out because an image is missing or unreadable (``{"id", "image", "error"}``).
 
     The label token is the first attribute token of the answer. Errors name the file and the sample index; every
-    sample needs an answer and at least one image, and every image must exist.
+    sample needs an answer and at least one image.
     """
     from llamafactory.hparams import DataArguments
 
@@ -59,25 +69,42 @@ def read_samples(dataset_json: str | Path, media_dir: str | Path | None = None,
     if len(aligned) == 0:
         raise AttTokError(f"{path}: no samples (expected a non-empty list of sharegpt samples)")
     raw = read_json(path) if path.suffix == ".json" else None
-    samples = []
+    samples, skipped = [], []
     for index, example in enumerate(aligned):
         response, images = example["_response"] or [], example["_images"] or []
         if not response or not images:
             raise AttTokError(f"{path}: sample {index}: needs a user turn, an answer turn and at least one image "
                               "(LF's converter found " + ("no answer" if not response else "no image") + ")")
-        for image in images:
-            if isinstance(image, str) and not Path(image).is_file():  # LF keeps a path it could not resolve
-                shown = image if Path(image).is_absolute() else Path(data_args.media_dir) / image
-                raise AttTokError(f"{path}: sample {index}: image {shown} does not exist")
         answer = str(response[0].get("content") or "")
         question = str(example["_prompt"][-1].get("content") or "").replace("<image>", "")
         tokens = TOKEN_IN_TEXT.findall(answer)
         if require_token and not tokens:
             raise AttTokError(f"{path}: sample {index}: the answer has no attribute token to score against")
         label = raw[index].get("label") if isinstance(raw, list) and isinstance(raw[index], dict) else None
-        samples.append(Sample(index, Path(images[0]), question, tokens[0] if tokens else None, label, str(path),
-                              example))
-    return samples
+        sample = Sample(index, Path(images[0]), question, tokens[0] if tokens else None, label, str(path), example)
+        problem = _image_problem(sample, images, Path(data_args.media_dir))
+        if problem:
+            skipped.append({"id": index, "error": problem})
+        else:
+            samples.append(sample)
+    return samples, skipped
+
+
+def _image_problem(sample: Sample, images: list, media_dir: Path) -> str | None:
+    """Why one of the sample's images cannot be used (missing, not an image), or None."""
+    for image in images:
+        if not isinstance(image, str):
+            continue
+        shown = image if Path(image).is_absolute() else media_dir / image
+        if not Path(image).is_file():  # LF keeps a path it could not resolve
+            return f"{sample.dataset}: sample {sample.index}: image {shown} does not exist"
+        try:
+            with Image.open(image) as opened:
+                opened.verify()
+        except (OSError, ValueError, SyntaxError) as err:
+            return (f"{sample.dataset}: sample {sample.index}: image {shown} cannot be read "
+                    f"({type(err).__name__}: {err})")
+    return None
 
 
 def open_image(sample: Sample) -> Image.Image:

@@ -7,6 +7,7 @@ with the head rows as weights. Vanilla models (``--mode likelihood``): class-nam
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from .attribute_classifier import (
     likelihood_scores,
     load_model_for_inference,
     read_samples,
+    read_samples_skipping,
     retrieval_scores,
 )
 
@@ -61,17 +63,70 @@ def confusion_png(truth: list[int], predicted: list[int], names: list[str], out:
     return confusion
 
 
+def resolve_template(model_path: str, adapter: str | None, template: str | None) -> tuple[str, str | None]:
+    """(template, default_system) the model was trained with (saved in ``attok_config.json``); a ``template``
+    that differs from the saved one is an error naming both. Without a saved one: ``template`` or qwen2_vl."""
+    saved = find_saved([model_path, adapter])
+    config = saved.config if saved is not None else {}
+    trained = config.get("template")
+    if template and trained and template != trained:
+        raise AttTokError(f"--template {template} differs from the template {trained!r} that {saved.folder} was "
+                          f"trained with (attok_config.json): its prompts would not be the training prompts; "
+                          f"use --template {trained} or leave it out")
+    return template or trained or "qwen2_vl", config.get("default_system")
+
+
+class _RowWriter:
+    """JSONL rows appended as they are scored to ``<out>.partial`` (flushed per batch), renamed to ``out`` at the
+    end: a crash halfway keeps every row scored so far; a finished file is complete."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.partial, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish()
+
+    def write(self, rows: list[dict]) -> None:
+        self.handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        self.handle.flush()
+
+    def finish(self) -> None:
+        self.handle.close()
+        write_atomic(self.out, self.partial.read_text(encoding="utf-8"))
+        self.partial.unlink()
+
+
+def _rows(samples, probs, truth, names, top_k, retrieval) -> list[dict]:
+    rows = []
+    for i, sample in enumerate(samples):
+        order = probs[i].argsort(descending=True)[:top_k].tolist()
+        row = {"id": sample.index, "label": names[truth[i]], "prediction": names[int(probs[i].argmax())],
+               "top_k": [[names[j], round(float(probs[i, j]), 6)] for j in order],
+               "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs[i].tolist(), strict=True)}}
+        if retrieval is not None:
+            row["retrieval"] = names[retrieval[i]]
+        rows.append(row)
+    return rows
+
+
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
                 val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
-                batch_size: int = 8, template: str = "qwen2_vl") -> dict:
-    """Class probabilities per sample; the datasets (and their images) are checked before the model is loaded.
+                batch_size: int = 8, template: str | None = None) -> dict:
+    """Class probabilities per sample; the datasets are checked before the model is loaded.
 
-    Writes ``out`` (JSONL), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with ``per_class`` and
-    ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
+    Prompts are the training prompts (LF's template; by default the one saved with the model). A sample whose
+    image is missing or unreadable is reported by id on stderr, skipped and counted (``skipped``). Writes ``out``
+    (JSONL, rows appended as they are scored), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with
+    ``per_class`` and ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
     if mode not in ("attribute", "likelihood"):
         raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
-    samples = read_samples(dataset, require_token=mode == "attribute")
+    samples, skipped = read_samples_skipping(dataset, require_token=mode == "attribute")
+    for item in skipped:
+        print(f"attok predict: skipped {item['error']}", file=sys.stderr)
+    if not samples:
+        raise AttTokError(f"{dataset}: every sample was skipped (missing or unreadable images); nothing to score")
     val = read_samples(val_dataset) if val_dataset and mode == "attribute" else None
+    template, default_system = resolve_template(model_path, adapter, template)
     if mode == "attribute":
         vocab = resolve_vocab(model_path, adapter, vocab_path)
         for part in (samples, val or []):
@@ -87,36 +142,37 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
         names = list(dict.fromkeys(s.label for s in samples))
         truth = [names.index(s.label) for s in samples]
     model, _, processor = load_model_for_inference(model_path, adapter, template)
+    kwargs = {"device": device, "template": template, "default_system": default_system}
+    temperature = 1.0
     if mode == "attribute":
         token_ids = processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens))
-        logits, hidden = first_answer_outputs(model, processor, samples, token_ids, batch_size, device, template)
-        temperature = 1.0
         if val:
-            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, device, template)
+            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, **kwargs)
             temperature = calibrate_temperature(val_logits, torch.tensor([vocab.tokens.index(s.label_token)
                                                                            for s in val]))
-        probs = torch.softmax(logits / temperature, dim=-1)
-        retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
-    else:
-        probs = torch.softmax(likelihood_scores(model, processor, samples, names, device, template), dim=-1)
-        temperature, retrieval = 1.0, None
-    predicted = probs.argmax(-1).tolist()
-    lines = []
-    for i, sample in enumerate(samples):
-        order = probs[i].argsort(descending=True)[:top_k].tolist()
-        row = {"id": sample.index, "label": names[truth[i]], "prediction": names[predicted[i]],
-               "top_k": [[names[j], round(float(probs[i, j]), 6)] for j in order],
-               "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs[i].tolist(), strict=True)}}
-        if retrieval is not None:
-            row["retrieval"] = names[retrieval[i]]
-        lines.append(json.dumps(row, ensure_ascii=False))
-    write_atomic(out, "\n".join(lines) + "\n")
+    writer = _RowWriter(out)
+    predicted: list[int] = []
+    retrieved: list[int] | None = [] if mode == "attribute" else None
+    for start in range(0, len(samples), batch_size):
+        chunk, chunk_truth = samples[start:start + batch_size], truth[start:start + batch_size]
+        if mode == "attribute":
+            logits, hidden = first_answer_outputs(model, processor, chunk, token_ids, batch_size, **kwargs)
+            probs = torch.softmax(logits / temperature, dim=-1)
+            retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
+            retrieved += retrieval
+        else:
+            probs = torch.softmax(likelihood_scores(model, processor, chunk, names, **kwargs), dim=-1)
+            retrieval = None
+        predicted += probs.argmax(-1).tolist()
+        writer.write(_rows(chunk, probs, chunk_truth, names, top_k, retrieval))
+    writer.finish()
     confusion = confusion_png(truth, predicted, names, Path(out).with_suffix(".confusion.png"),
                               title=f"{Path(dataset).stem} ({mode})")
-    metrics = {"mode": mode, "samples": len(samples), "temperature": temperature, **_metrics(truth, predicted),
+    metrics = {"mode": mode, "template": template, "samples": len(samples), "skipped": len(skipped),
+               "skipped_samples": skipped, "temperature": temperature, **_metrics(truth, predicted),
                "per_class": per_class_metrics(truth, predicted, names)}
-    if retrieval is not None:
-        metrics["retrieval_accuracy"] = _metrics(truth, retrieval)["accuracy"]
+    if retrieved is not None:
+        metrics["retrieval_accuracy"] = _metrics(truth, retrieved)["accuracy"]
     metrics["confusion"] = confusion
     write_atomic(Path(out).with_suffix(".metrics.json"), json.dumps(metrics, indent=2) + "\n")
     return metrics
