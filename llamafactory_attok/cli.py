@@ -8,7 +8,6 @@ import sys
 
 from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command
 from .errors import AttTokError
-from .testing import FAMILIES
 
 
 def _tiny_model(ns: argparse.Namespace) -> None:
@@ -224,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny-model", help="build a tiny offline Qwen2-VL / Qwen2.5-VL (random weights)")
     tiny.add_argument("out", help="folder for the model, tokenizer and processor")
+    from .testing import FAMILIES  # test/demo scaffolding, used by this command only
+
     tiny.add_argument("--family", choices=FAMILIES, default="qwen2_vl", help="model family to build")
     tiny.add_argument("--tied", action="store_true", default=None,
                       help="tie the output head to the input embedding (default: the family's habit)")

@@ -1,4 +1,8 @@
-"""Tiny offline vision-language models of every supported family, for tests, the demo and benchmarks.
+"""Test scaffolding: tiny offline vision-language models of every supported family (tests, demo, benchmarks).
+
+Not a production path: only ``attok tiny-model`` and the demo import it (``tests/test_boot.py`` checks that no
+other plugin module does); training, prediction and evaluation build prompts with LLaMA-Factory's own template
+engine (:mod:`llamafactory_attok.lf_data`), never with the helpers here.
 
 Nothing here touches the network: the tokenizer is a byte-level BPE trained with ``tokenizers`` on a small
 built-in corpus and wrapped as the family's fast tokenizer (``Qwen2TokenizerFast`` with the Qwen special tokens for

@@ -51,3 +51,19 @@ def test_tiny_model_command_builds_a_model_lf_loads(tmp_path):
     code = (f"from transformers import AutoConfig, AutoProcessor; c = AutoConfig.from_pretrained('{tmp_path / 'm'}'); "
             f"AutoProcessor.from_pretrained('{tmp_path / 'm'}'); print(c.model_type, c.tie_word_embeddings)")
     assert run_cli(["python", "-c", code], cwd=tmp_path).stdout.strip().endswith("qwen2_5_vl True")
+
+
+def test_test_scaffolding_stays_out_of_the_production_path():
+    """Only the `tiny-model` command, the demo and the scaffolding itself import the tiny-model modules."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "llamafactory_attok"
+    allowed = {"cli.py", "demo.py", "testing.py", "tiny_specs.py"}
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n.split(".")[-1] in ("testing", "tiny_specs") for n in names) and path.name not in allowed:
+                offenders.append(str(path.relative_to(package)))
+    assert not offenders, offenders
