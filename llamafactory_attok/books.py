@@ -2,7 +2,9 @@
 
 - a_k: the attribute token's input-embedding row (lives in the model; trained through the row mechanism).
 - e_ind(k): a learnable keyword embedding, initialised as the mean of the keyword's token embeddings.
-- f̃_k: the visual prototype, an EMA (μ = ``attok_ema``) of the mean visual tokens of the images carrying k.
+- f̃_k: the visual prototype, an EMA (μ = ``attok_ema``) of the mean over all visual tokens of this batch's images
+  carrying k — token-weighted: pooled over tokens, so an image with more tokens (Qwen's dynamic resolution)
+  weighs more, as Eq. 5 is written (not a mean of per-image means).
 
 Prototypes are statistics, not parameters: they are detached, kept in fp32 as plain tensors (not buffers, so
 DeepSpeed's ``module.half()/bfloat16()`` casts and HF checkpoints never touch them), and saved by us.
@@ -34,19 +36,25 @@ class PrototypeBank:
         return self
 
     @staticmethod
-    def class_sums(image_means: torch.Tensor, image_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-class sums of image-level mean visual tokens and image counts.
+    def class_sums(token_sums: torch.Tensor, image_labels: torch.Tensor,
+                   token_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-class sums of visual tokens and token counts (Eq. 5 averages over tokens, not images).
 
-        image_means: (N_img, d); image_labels: (N_img, K) multi-hot {0,1}. Returns (K, d) fp32 and (K,) fp32.
+        token_sums: (N_img, d) sum of each image's visual tokens; image_labels: (N_img, K) multi-hot {0,1};
+        token_counts: (N_img,) visual tokens per image. Returns (K, d) fp32 = Σ of every token of the images
+        carrying k, and (K,) fp32 = how many tokens that is. An image of 16 tokens weighs 4× one of 4 tokens
+        (Qwen's dynamic resolution), exactly as if all tokens of the batch were pooled.
         """
         labels = image_labels.to(torch.float32)
-        return labels.T @ image_means.detach().to(torch.float32), labels.sum(0)
+        counts = token_counts.to(device=labels.device, dtype=torch.float32)
+        return labels.T @ token_sums.detach().to(torch.float32), labels.T @ counts
 
     @torch.no_grad()
     def update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
         """f̃_k ← μ f̃_k + (1−μ) · sums_k / counts_k for classes present (Eq. 5); absent classes unchanged.
 
-        ``sums``/``counts`` must already be all-reduced across ranks, so every rank applies the same update.
+        ``sums``/``counts`` are per-class token sums and token counts (:meth:`class_sums`), already all-reduced
+        across ranks, so every rank applies the same update.
         """
         self.to(sums.device)
         present = counts > 0

@@ -24,10 +24,22 @@ class BatchPlan:
     anchor_classes: torch.Tensor  # (M,) attribute index k
     samples_with_attribute_no_image: int = 0
     # filled during the forward by the model hooks
-    image_means: torch.Tensor | None = None
+    image_means: torch.Tensor | None = None  # (N_img, d) fp32 mean visual token per image (pre-ACC)
     books: tuple[torch.Tensor, torch.Tensor] | None = None
     hidden: torch.Tensor | None = None
     visual_calls: int = 0
+
+    def image_token_counts(self) -> torch.Tensor:
+        """(N_img,) fp32: visual tokens of each image (``image_sizes``; differ under Qwen's dynamic resolution)."""
+        device = self.image_means.device if self.image_means is not None else self.image_real.device
+        return torch.tensor(self.image_sizes, dtype=torch.float32, device=device)
+
+    def image_token_sums(self) -> torch.Tensor:
+        """(N_img, d) fp32 sum of each image's visual tokens: mean × token count (the mean is an fp32 sum / n,
+        so this gives the fp32 sum back to rounding). Eq. 5 averages over these tokens, not over images."""
+        if self.image_means is None:
+            raise ValueError("no visual tokens were recorded in this forward")
+        return self.image_means * self.image_token_counts().unsqueeze(1)
 
 
 def attribute_ids(token_ids: list[int], device: torch.device) -> torch.Tensor:
@@ -103,5 +115,9 @@ def build_plan(inputs: dict, token_ids: list[int], image_token_id: int, merge_si
 
 
 def image_means(visual: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """(N_img, d) mean visual token of each image (detached: prototypes are statistics)."""
-    return torch.stack([chunk.mean(0) for chunk in torch.split(visual.detach(), sizes)])
+    """(N_img, d) fp32 mean visual token of each image (detached: prototypes are statistics).
+
+    Accumulated in fp32 whatever the model dtype (bf16 training included), so ``BatchPlan.image_token_sums``
+    recovers each image's token sum for the token-weighted prototype update (Eq. 5)."""
+    return torch.stack([chunk.sum(0, dtype=torch.float32) / chunk.shape[0]
+                        for chunk in torch.split(visual.detach(), sizes)])

@@ -41,11 +41,14 @@ def acm_term(module, plan: BatchPlan, device) -> torch.Tensor:
 
 
 def update_prototypes(module, plan: BatchPlan, device) -> None:
-    """Eq. 5 from this micro-batch's real images; sums and counts all-reduced first (every rank, every call)."""
+    """Eq. 5 from this micro-batch's real images, token-weighted: per class, the sum of every visual token of the
+    images carrying it and the number of those tokens (LF's dummy image excluded); sums and counts all-reduced
+    first (every rank, every call), so f̃_k moves towards the mean over all tokens of all ranks."""
     bank = module.books.bank
     if plan.image_means is not None and plan.image_real.any():
         real = plan.image_real
-        sums, counts = PrototypeBank.class_sums(plan.image_means[real], plan.image_labels[real])
+        sums, counts = PrototypeBank.class_sums(plan.image_token_sums()[real], plan.image_labels[real],
+                                                plan.image_token_counts()[real])
     else:
         sums = torch.zeros_like(bank.prototypes, device=device)
         counts = torch.zeros(bank.prototypes.shape[0], device=device)
