@@ -5,8 +5,8 @@ AttTok touches a model in two places that differ between families (the rest is p
 - the module whose forward output holds the visual tokens at LLM width d (the input of Eq. 6–7 and of the
   prototypes, Eq. 5) — a merger inside the vision tower (Qwen) or a multi-modal projector after it (Gemma-3,
   InternVL, LLaVA) — and how to read those tokens from, and write them back into, its output;
-- how the visual tokens of one forward split into images (for the per-image token sums and counts of Eq. 5, the dummy-image mask
-  and ACC maps), and which token id marks their places in ``input_ids``.
+- how the visual tokens of one forward split into images (for the per-image token sums and counts of Eq. 5, the
+  dummy-image mask and ACC maps), and which token id marks their places in ``input_ids``.
 
 A family is a :class:`VisionFamily` subclass in its own module under ``llamafactory_attok/families/``, registered
 with :func:`register_family` under the ``model_type`` values of the configs it serves. Whether the output head is
