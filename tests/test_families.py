@@ -112,9 +112,10 @@ def _inputs(trained, processor):
 def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_tokens(trained, sample_data):
     model, tokenizer, processor = load_model_for_inference(str(trained["model"]), adapter=str(trained["out"]),
                                                            template=TEMPLATES[trained["family"]])
-    # the one-forward reader (`attok predict`) prompts in the family's layout: the trained modality is read back
+    # the one-forward reader (`attok predict`) prompts with the family's LF template: the trained modality is read
     samples = read_samples(sample_data / "modality_train.json")
-    probs = attribute_probabilities(model, processor, samples, trained["token_ids"])
+    probs = attribute_probabilities(model, processor, samples, trained["token_ids"],
+                                    template=TEMPLATES[trained["family"]])
     truth = torch.tensor([trained["token_ids"].index(tokenizer.convert_tokens_to_ids(s.label_token)) for s in samples])
     assert (probs.argmax(-1) == truth).float().mean() >= 0.75
 
