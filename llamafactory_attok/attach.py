@@ -142,9 +142,11 @@ def keyword_embeddings(model: nn.Module, keyword_ids: list[list[int]]) -> torch.
     Rows are scaled like the embedding module scales them on lookup (Gemma's √d ``embed_scale``; 1 elsewhere),
     so e_ind starts where the text the model reads lives.
     """
+    from .rows import stored_weight
+
     embedding = model.get_input_embeddings()
     scale = float(getattr(embedding, "embed_scale", 1.0))
-    weight = embedding.weight
+    weight = stored_weight(embedding)  # keyword rows are never attribute rows: the stored rows are the ones used
     with gathered([weight], modify=False):
         return torch.stack([weight.data[list(ids)].float().mean(0) * scale for ids in keyword_ids]).cpu()
 

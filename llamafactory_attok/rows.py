@@ -67,11 +67,24 @@ def gathered(params: Sequence[torch.nn.Parameter], modify: bool) -> Iterator[Non
             yield
 
 
+def stored_weight(module) -> torch.nn.Parameter:
+    """The weight parameter a module stores — for PEFT's trainable-token wrapper its base layer's, since the
+    wrapper's ``.weight`` merges the deltas into a new tensor (which fails on an empty ZeRO-3 partition)."""
+    adapter = getattr(module, "token_adapter", None)
+    if adapter is not None and hasattr(adapter, "base_layer"):
+        return adapter.base_layer.weight
+    base = getattr(module, "base_layer", None)
+    if type(module).__name__ == "TrainableTokensLayer" and base is not None:
+        return base.weight
+    return module.weight
+
+
 def embedding_and_head(model) -> tuple[torch.nn.Parameter, torch.nn.Parameter | None]:
-    """Input-embedding weight and, when untied, the output-head weight."""
-    embed = model.get_input_embeddings().weight
+    """Input-embedding weight and, when untied, the output-head weight (stored parameters, PEFT wrappers seen
+    through)."""
+    embed = stored_weight(model.get_input_embeddings())
     head_module = model.get_output_embeddings()
-    head = None if head_module is None or head_module.weight is embed else head_module.weight
+    head = None if head_module is None or stored_weight(head_module) is embed else stored_weight(head_module)
     return embed, head
 
 

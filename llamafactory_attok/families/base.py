@@ -77,7 +77,9 @@ class VisionFamily:
     @staticmethod
     def tied(model: nn.Module) -> bool:
         head = model.get_output_embeddings()
-        return head is not None and head.weight is model.get_input_embeddings().weight
+        from ..rows import stored_weight
+
+        return head is not None and stored_weight(head) is stored_weight(model.get_input_embeddings())
 
 
 class MergerFamily(VisionFamily):
