@@ -20,10 +20,8 @@ ZeRO stage (2, then 3) trains AttTok and vanilla LoRA r16 (the ``examples/attok_
 It prints one JSON line per arm and stage (and a final ``summary`` line) and writes ``results.json`` into
 ``--out`` after every phase, so a run cut short still leaves what it measured. One arm failing is recorded in its
 line and the run goes on; ``--budget-s`` skips (and records) phases that no longer fit. Order: build, ZeRO-2 (AttTok,
-vanilla, their checks), ZeRO-3 (same), then the inference throughput.
-
-``--apply-fix zero3-token-wrapper`` patches the plugin in the training processes with the fix proposed for AttTok
-LoRA under ZeRO-3 (see :func:`apply_zero3_wrapper_fix`), to verify it; without it that arm fails before step 1.
+vanilla, their checks), ZeRO-3 (same), then the inference throughput. One 7B run of everything takes ~17 minutes
+on an H200, more than one device session: run ``--stages 2`` and ``--stages 3 --steps 10 --skip-predict`` apart.
 
 ``--dry-run`` does the same on the CPU at tiny dimensions (the same config scaled down: LLM width 64, 2 layers,
 vision depth 2; vocabulary 1024 rows), fp32 unless ``--dtype bf16``, DeepSpeed on one gloo rank; GPU-only fields
@@ -397,53 +395,7 @@ def answer_logits(model, model_dir: Path, device: str):
     return logits, ids
 
 
-def apply_zero3_wrapper_fix() -> None:
-    """Opt-in (``--apply-fix zero3-token-wrapper``), to verify the proposed plugin fix on a GPU: the plugin reads
-    ``.weight`` of PEFT's ``TrainableTokensWrapper`` in three places (``rows.embedding_and_head`` via
-    ``check_rows_trainable``, ``attach.keyword_embeddings``, ``VisionFamily.tied``); PEFT answers by
-    ``index_copy``-ing the token deltas into the base weight, which under ZeRO-3 is an empty 1-D partition, so
-    AttTok LoRA stops before step 1. The fix reads the wrapper's base-layer weight instead. Remove this once
-    ``llamafactory_attok`` carries the fix."""
-    import torch
-
-    from llamafactory_attok import attach as attach_module
-    from llamafactory_attok import rows
-    from llamafactory_attok.families.base import VisionFamily
-
-    def raw_weight(module):
-        adapter = getattr(module, "token_adapter", None)
-        return adapter.base_layer.weight if adapter is not None else module.weight
-
-    def embedding_and_head(model):
-        embed = raw_weight(model.get_input_embeddings())
-        head_module = model.get_output_embeddings()
-        head = None if head_module is None or raw_weight(head_module) is embed else raw_weight(head_module)
-        return embed, head
-
-    def keyword_embeddings(model, keyword_ids):
-        embedding = model.get_input_embeddings()
-        scale = float(getattr(embedding, "embed_scale", 1.0))
-        weight = raw_weight(embedding)
-        with rows.gathered([weight], modify=False):
-            return torch.stack([weight.data[list(ids)].float().mean(0) * scale for ids in keyword_ids]).cpu()
-
-    def tied(model):
-        head = model.get_output_embeddings()
-        return head is not None and raw_weight(head) is raw_weight(model.get_input_embeddings())
-
-    rows.embedding_and_head = embedding_and_head
-    attach_module.keyword_embeddings = keyword_embeddings
-    VisionFamily.tied = staticmethod(tied)
-    print("gpu_check: applied fix zero3-token-wrapper", flush=True)
-
-
-FIXES = {"zero3-token-wrapper": apply_zero3_wrapper_fix}
-
-
-def child_train(config: Path, probe: Path, model_dir: Path, device: str, warmup: int,
-                fixes: list[str] | None = None) -> None:
-    for name in fixes or []:
-        FIXES[name]()
+def child_train(config: Path, probe: Path, model_dir: Path, device: str, warmup: int) -> None:
     install_probe(probe, model_dir, device, warmup)
     sys.argv = ["llamafactory-cli", "train", str(config)]  # exactly what the console script runs
     from llamafactory.cli import main
@@ -696,7 +648,6 @@ class Run:
         self.start = time.monotonic()
         self.out = ns.out
         self.results: dict = {"mode": "dry-run" if ns.dry_run else "gpu", "config": str(ns.config),
-                              "fixes_applied": ns.apply_fix,
                               "dtype": ns.dtype, "device": ns.device, "steps": ns.steps, "stages": ns.stages,
                               "image_size": ns.image_size, "budget_s": ns.budget_s, "phases": [], "arms": []}
         self.durations: dict[str, float] = {}
@@ -745,8 +696,6 @@ class Run:
         out = self.out / tag
         line = {"arm": arm, "zero_stage": stage, "deepspeed": stage is not None, "status": "skipped",
                 "dtype": ns.dtype, "device": ns.device, "output_dir": str(out)}
-        if ns.apply_fix:
-            line["fixes_applied"] = ns.apply_fix
         kind = f"train_z{stage}"
         default = 120 if ns.dry_run else 240
         if stage == 3 and "train_z2" in self.durations:  # one-GPU ZeRO-3 gathers every layer: ~2x ZeRO-2 (H200, 7B)
@@ -762,9 +711,8 @@ class Run:
             probe = self.out / f"{tag}.probe.json"
             probe.unlink(missing_ok=True)
             code, seconds, tail = run_child(ns, ["_train", str(config), str(probe), str(model_dir), ns.device,
-                                                 str(ns.warmup_steps), ",".join(ns.apply_fix)],
-                                            self.out / f"{tag}.log", timeout=self.left() - 5,
-                                            deepspeed=stage is not None)
+                                                 str(ns.warmup_steps)], self.out / f"{tag}.log",
+                                            timeout=self.left() - 5, deepspeed=stage is not None)
             line.update(train_s=round(seconds, 1), exit_code=code)
             probe_data = json.loads(probe.read_text()) if probe.is_file() else {}
             line.update(summarise_training(out, probe_data, arm))
@@ -980,8 +928,6 @@ def parse(argv: list[str] | None = None):
     parser.add_argument("--predict-batch-size", type=int, default=None, help="(16; dry run 4)")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="LF generation length")
     parser.add_argument("--skip-predict", action="store_true")
-    parser.add_argument("--apply-fix", action="append", default=[], choices=sorted(FIXES),
-                        help="verify a proposed plugin fix in the training processes (recorded in results.json)")
     parser.add_argument("--budget-s", type=float, default=None, help="total time budget (default 540; dry 900)")
     ns = parser.parse_args(argv)
     dry = ns.dry_run
@@ -1007,8 +953,7 @@ def parse(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_train":
-        child_train(Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4], int(argv[5]),
-                    [f for f in argv[6].split(",") if f] if len(argv) > 6 else [])
+        child_train(Path(argv[1]), Path(argv[2]), Path(argv[3]), argv[4], int(argv[5]))
         return 0
     if argv and argv[0] == "_lf":
         child_lf(Path(argv[1]))

@@ -4,7 +4,9 @@
 # at 7B), adapters and logs stay in $WORK (default /tmp/gpu_check); results.json (rewritten after every phase),
 # install.log, gpu_check.log and, at the end, logs.tgz go to $OUT when the device runner sets it (at most 8 small
 # files come back from there), else to outputs/gpu_check.
-#   device runner:  bash bench/gpu_check.sh                 (carry: ["wheelhouse"])
+#   device runner (carry: ["wheelhouse"]); a whole 7B run takes ~17 min of device time, so in two sessions:
+#     bash bench/gpu_check.sh --stages 2 --budget-s 520
+#     bash bench/gpu_check.sh --stages 3 --steps 10 --skip-predict --budget-s 520
 #   smaller model:  bash bench/gpu_check.sh --config bench/configs/qwen2_vl_2b_config.json
 # The wheelhouse is prepared on a machine with a registry by bench/gpu_wheelhouse.sh.
 set -uo pipefail

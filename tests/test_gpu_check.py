@@ -101,6 +101,8 @@ def test_dry_run_zero2_both_arms_and_predict(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_zero3_both_arms(tmp_path):
+    """ZeRO-3 partitions embed and head: AttTok LoRA used to stop before step 1 here (the plugin read `.weight` of
+    PEFT's trainable-token wrapper, which merges the deltas into the empty partition; now `rows.stored_weight`)."""
     result, lines, _ = run_dry(tmp_path, "--stages", "3", "--skip-predict", *SMALL)
     arms = {ln["arm"]: ln for ln in lines if "arm" in ln}
     for line in arms.values():
