@@ -42,6 +42,7 @@ from .resume import ExactResumeMixin
 from .rows import check_rows_trainable, is_zero3, mask_non_attribute_gradients, trainable_token_indices
 from .state import CONFIG_FILE_NAME, atomic_write_bytes, find_saved, find_saved_quietly, save_description
 from .trainer import AttTokTrainerMixin
+from .webui_panel import PANEL_KEYS
 
 logger = get_logger(__name__)
 
@@ -179,10 +180,7 @@ def _build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
         _refuse_orphan_settings(ours, by_name.get("Seq2SeqTrainingArguments") or by_name.get("TrainingArguments"))
         return None
     if not version_supported():
-        raise AttTokError(
-            f"llamafactory-attok was built for LLaMA-Factory {', '.join(SUPPORTED_LF_VERSIONS)}, found "
-            f"{lf_version()}; install llamafactory==0.9.5 or unset the attok keys."
-        )
+        raise AttTokError(_unsupported_version_reason())
     _require_patched(training and attok.attok)
     if attok.attok:
         _check_lf_args(attok, by_name)
@@ -648,8 +646,7 @@ def _panel_values(runner, data: dict, tab: str, names) -> dict[str, Any]:
     return values
 
 
-_PANEL_NAMES = ("attok_enable", "attok_vocab", "attok_acc_gamma", "attok_ema", "attok_tau", "attok_acm_weight",
-                "attok_acm_schedule", "attok_acc", "attok_acm")
+_PANEL_NAMES = ("attok_enable", *PANEL_KEYS)
 
 
 def _wrap_initialize(original):
