@@ -56,19 +56,28 @@ def webui(tmp_path):
 
 
 def _choose(page, label: str, value: str, attempts: int = 8) -> None:
-    """Type into a dropdown and pick with Enter. The Train tab's widget is the visible one (the Evaluate tab has
-    hidden twins); Gradio hides a component while one of its events runs, so retry until it is back."""
+    """Pick ``value`` in a dropdown as a user does: open it, click the option; a free value (a path) is typed and
+    entered. The Train tab's widget is the visible one (the Evaluate tab has hidden twins). Opening a LlamaBoard
+    dropdown fires its focus event (e.g. the Dataset list is reloaded), which re-renders the widget: wait for that
+    before typing or clicking, and start over if the widget was swapped under us."""
     for attempt in range(attempts):
         box = page.get_by_label(label, exact=True).filter(visible=True).first
         try:
             box.click(timeout=5_000)
-            box.fill(value, timeout=5_000)
+            page.wait_for_timeout(800)  # the focus event's re-render
+            option = page.get_by_role("option", name=value, exact=True).filter(visible=True)
+            if option.count():
+                option.first.click(timeout=5_000)
+            else:
+                box = page.get_by_label(label, exact=True).filter(visible=True).first
+                box.fill(value, timeout=5_000)
+                page.keyboard.press("Enter")
             break
-        except Exception:  # noqa: BLE001 - hidden while an event runs; the last attempt re-raises below
+        except Exception:  # noqa: BLE001 - re-rendered while an event ran; the last attempt re-raises below
             if attempt == attempts - 1:
                 raise
+            page.keyboard.press("Escape")
             page.wait_for_timeout(1_000)
-    page.keyboard.press("Enter")
     page.wait_for_timeout(300)
 
 
