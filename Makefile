@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo lint bench clean browser
+.PHONY: setup test test-fast demo lint bench bench-science clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench.run_all
+
+bench-science: setup  # BENCHMARKS.md §4: does AttTok help when the baseline learns? (not part of make test / CI)
+	$(PY) -m bench.science run --out bench_results/science
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

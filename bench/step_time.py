@@ -5,7 +5,12 @@ Both arms: the same tiny model weights, full fine-tuning, AdamW, batch 8 of real
 Qwen's processor with labels on the answer. The AttTok arm adds the attribute tokens, ACC, θ, books, the ACM loss
 and the prototype update exactly as the trainer does (llamafactory_attok.trainer.acm_term / update_prototypes).
 
-    python -m bench.step_time [--steps 60] [--rss]
+By default the model is the tiny one (LLM width 64, 2 layers, 56 px images = 4 visual tokens), where kernel-launch
+overhead dominates; ``--width`` / ``--layers`` widen / deepen its LLM and ``--image-size`` resizes the images (Qwen2-VL
+merges 2 × 2 patches of 14 px: 112 px = 16 visual tokens, the processor's pixel ceiling) for a step where compute
+dominates, e.g. ``--width 256 --layers 4 --image-size 112``.
+
+    python -m bench.step_time [--steps 60] [--rss] [--width 64] [--layers 2] [--image-size 56]
 """
 
 from __future__ import annotations
@@ -22,18 +27,23 @@ from pathlib import Path
 
 import torch
 
+from llamafactory_attok.tiny_specs import WIDTH
+
 REPO = Path(__file__).resolve().parent.parent
 IGNORE = -100
+LAYERS = 2  # the tiny model's LLM depth
+IMAGE_SIZE = 56  # RetinaMNIST's own size: 4 × 4 patches of 14 px, 4 visual tokens after the 2 × 2 merge
 
 
-def _setup(workdir: Path):
+def _setup(workdir: Path, width: int = WIDTH, layers: int = LAYERS, image_size: int = IMAGE_SIZE):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from llamafactory_attok.testing import build_tiny_model, chat_text
     from llamafactory_attok.vocab import load_vocab
 
-    model_dir = build_tiny_model(workdir / "tiny", "qwen2_vl")
+    sized = {"width": None if width == WIDTH else width, "layers": None if layers == LAYERS else layers}
+    model_dir = build_tiny_model(workdir / "tiny", "qwen2_vl", **sized)
     processor = AutoProcessor.from_pretrained(model_dir)
     vocab = load_vocab(REPO / "data" / "retina_vocab.yaml")
     rows = json.loads((REPO / "data" / "retina_attok_train.json").read_text())[:64]
@@ -43,6 +53,8 @@ def _setup(workdir: Path):
         prompts = [chat_text(r["messages"][0]["content"].replace("<image>", "")) for r in chunk]
         texts = [p + r["messages"][1]["content"] + "<|im_end|>" for p, r in zip(prompts, chunk, strict=True)]
         images = [Image.open(REPO / "data" / r["images"][0]).convert("RGB") for r in chunk]
+        images = [im if im.size == (image_size, image_size)
+                  else im.resize((image_size, image_size), Image.Resampling.BICUBIC) for im in images]
         batches.append((prompts, texts, images))
     return model_dir, processor, vocab, batches, AutoModelForImageTextToText
 
@@ -60,12 +72,13 @@ def _encode(processor, batch, token_ids):
     return inputs
 
 
-def build_arms(workdir: Path, only: str | None = None):
+def build_arms(workdir: Path, only: str | None = None, width: int = WIDTH, layers: int = LAYERS,
+               image_size: int = IMAGE_SIZE):
     from llamafactory_attok.args import AttTokArguments
     from llamafactory_attok.attach import attach
     from llamafactory_attok.rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
 
-    model_dir, processor, vocab, batches, auto = _setup(workdir)
+    model_dir, processor, vocab, batches, auto = _setup(workdir, width, layers, image_size)
     vanilla = auto.from_pretrained(model_dir)
     attok = copy.deepcopy(vanilla) if only != "vanilla" else None
     token_ids, _ = add_attribute_tokens(processor.tokenizer, vocab)  # same tokenizer: both arms see the same ids
@@ -108,10 +121,19 @@ def make_step(model, module, token_ids):
     return step
 
 
-def alternate(steps: int) -> dict:
+def visual_tokens_per_image(model, batch) -> int:
+    """Image placeholder tokens of the first sample (one image each), i.e. visual tokens reaching the LLM."""
+    return int((batch["input_ids"][0] == model.config.image_token_id).sum())
+
+
+def alternate(steps: int, width: int = WIDTH, layers: int = LAYERS, image_size: int = IMAGE_SIZE) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        vanilla, attok, module, token_ids, batches = build_arms(Path(tmp))
+        vanilla, attok, module, token_ids, batches = build_arms(Path(tmp), None, width, layers, image_size)
+        tokens = visual_tokens_per_image(vanilla, batches[0])
+        if tokens != (image_size // 28) ** 2:  # 14 px patches, 2 × 2 merge
+            raise ValueError(f"--image-size {image_size} gave {tokens} visual tokens per image, not "
+                             f"{(image_size // 28) ** 2}: the tiny processor caps images at 112 px")
         arms = {"vanilla": make_step(vanilla, None, token_ids), "attok": make_step(attok, module, token_ids)}
         times = {name: [] for name in arms}
         for i in range(steps + 5):
@@ -122,12 +144,14 @@ def alternate(steps: int) -> dict:
                 if i >= 5:  # warm-up excluded
                     times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(values) * 1e3 for name, values in times.items()}
-    return {"steps": steps, "median_ms": medians, "ratio_attok_over_vanilla": medians["attok"] / medians["vanilla"]}
+    return {"steps": steps, "median_ms": medians, "ratio_attok_over_vanilla": medians["attok"] / medians["vanilla"],
+            "width": width, "layers": layers, "image_size": image_size, "visual_tokens_per_image": tokens}
 
 
-def rss_of(arm: str, steps: int) -> float:
+def rss_of(arm: str, steps: int, width: int = WIDTH, layers: int = LAYERS, image_size: int = IMAGE_SIZE) -> float:
     code = (f"import bench.step_time as b, resource, torch, tempfile, pathlib;"
-            f"d = tempfile.mkdtemp(); v, a, m, ids, bs = b.build_arms(pathlib.Path(d), only='{arm}');"
+            f"d = tempfile.mkdtemp(); v, a, m, ids, bs = b.build_arms(pathlib.Path(d), only='{arm}', width={width},"
+            f" layers={layers}, image_size={image_size});"
             f"s = b.make_step({'v' if arm == 'vanilla' else 'a'}, {'None' if arm == 'vanilla' else 'm'}, ids);"
             f"[s(bs[i % len(bs)]) for i in range({steps})];"
             f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -139,10 +163,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rss", action="store_true", help="also peak RSS per arm (separate processes)")
+    parser.add_argument("--width", type=int, default=WIDTH,
+                        help="LLM hidden size (a multiple of 32 if not %(default)s)")
+    parser.add_argument("--layers", type=int, default=LAYERS, help="LLM layers")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                        help="images resized to this square side in px (112: 16 visual tokens, the processor's most)")
     ns = parser.parse_args()
-    result = alternate(ns.steps)
+    result = alternate(ns.steps, ns.width, ns.layers, ns.image_size)
     if ns.rss:
-        result["peak_rss_MiB"] = {arm: rss_of(arm, 20) for arm in ("vanilla", "attok")}
+        result["peak_rss_MiB"] = {arm: rss_of(arm, 20, ns.width, ns.layers, ns.image_size)
+                                  for arm in ("vanilla", "attok")}
     print(json.dumps(result, indent=2))
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from .tiny_specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SPECS, TinySpec
+from .tiny_specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SIZED_FAMILIES, SPECS, TinySpec
 
 FAMILIES: tuple[str, ...] = tuple(SPECS)
 Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "intern_vl", "llava"]
@@ -85,11 +85,19 @@ def build_tiny_tokenizer(vocab_size: int = 400, family: Family = "qwen2_vl"):
     )
 
 
-def build_tiny_config(family: Family, tokenizer, tied: bool | None = None, spare_rows: int = 0):
-    """Config of a ~200k-parameter model whose vision output reaches LLM width (64)."""
+def build_tiny_config(family: Family, tokenizer, tied: bool | None = None, spare_rows: int = 0,
+                      width: int | None = None, layers: int | None = None):
+    """Config of a ~200k-parameter model whose vision output reaches LLM width (64).
+
+    ``width`` / ``layers`` (Qwen2-VL only) widen / deepen its LLM for compute-bound timings (see
+    ``tiny_specs._qwen2_vl_config``); left at None, the model is the usual tiny one."""
     spec = spec_of(family)
     tied = spec.default_tied if tied is None else tied
-    return spec.config(tokenizer, len(tokenizer) + spare_rows, tied, spec)
+    if width is None and layers is None:
+        return spec.config(tokenizer, len(tokenizer) + spare_rows, tied, spec)
+    if spec.family not in SIZED_FAMILIES:
+        raise ValueError(f"width / layers are supported for {', '.join(SIZED_FAMILIES)} only, not {spec.family!r}")
+    return spec.config(tokenizer, len(tokenizer) + spare_rows, tied, spec, width=width, layers=layers)
 
 
 def build_tiny_processor(family: Family, tokenizer):
@@ -103,19 +111,22 @@ def build_tiny_model(
     tied: bool | None = None,
     seed: int = 0,
     spare_rows: int = 0,
+    width: int | None = None,
+    layers: int | None = None,
 ) -> Path:
     """Write a tiny model folder (config, seeded random weights, tokenizer, processors) and return its path.
 
     ``spare_rows`` adds unused embedding rows beyond the tokenizer, like Qwen2.5-VL's 151936 rows for
     151665 tokens, so that new tokens fit without a resize. ``tied`` defaults to the family's habit (Gemma-3
-    ties the head to the embedding, the others do not). The folder is written atomically.
+    ties the head to the embedding, the others do not). ``width`` / ``layers`` (Qwen2-VL only) widen / deepen the
+    LLM (:func:`build_tiny_config`). The folder is written atomically.
     """
     import torch
     from transformers import AutoModelForImageTextToText
 
     out = Path(out_dir)
     tokenizer = build_tiny_tokenizer(family=family)
-    config = build_tiny_config(family, tokenizer, tied=tied, spare_rows=spare_rows)
+    config = build_tiny_config(family, tokenizer, tied=tied, spare_rows=spare_rows, width=width, layers=layers)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     spec = spec_of(family)

@@ -69,11 +69,31 @@ def _qwen3_prompt(question: str, answer_prefix: str = "", template: str | None =
             f"{question}<|im_end|>\n<|im_start|>assistant\n{thought}{answer_prefix}")
 
 
-def _qwen2_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
+WIDE_HEAD_DIM = 32  # head size of a widened tiny Qwen2-VL (``width`` other than WIDTH)
+SIZED_FAMILIES: tuple[str, ...] = ("qwen2_vl",)  # families whose tiny LLM accepts ``width`` / ``layers``
+
+
+def _qwen2_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec, width: int | None = None,
+                     layers: int | None = None):
+    """``width`` (LLM hidden size, a multiple of 32; default WIDTH) and ``layers`` (default 2) make a wider / deeper
+    LLM for compute-bound timings: at a width other than WIDTH, heads of 32 (half as many KV heads), an MLP of 4 ×
+    width, mrope [4, 6, 6]; the vision tower stays toy-sized, its merger projecting to ``width``."""
     from transformers import Qwen2VLConfig
 
-    text = _text(tokenizer, vocab_size, tied, spec, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
-    vision = {"depth": 2, "embed_dim": 32, "hidden_size": WIDTH, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+    width = WIDTH if width is None else width
+    sized: dict = {} if layers is None else {"num_hidden_layers": layers}
+    mrope = [2, 3, 3]
+    if width != WIDTH:
+        if width <= 0 or width % WIDE_HEAD_DIM:
+            raise ValueError(f"width must be a positive multiple of {WIDE_HEAD_DIM}, got {width}")
+        heads = width // WIDE_HEAD_DIM
+        sized |= {"hidden_size": width, "intermediate_size": 4 * width, "num_attention_heads": heads,
+                  "num_key_value_heads": heads // 2 if heads % 2 == 0 else heads}
+        mrope = [4, 6, 6]  # sums to WIDE_HEAD_DIM / 2
+    if layers is not None and layers <= 0:
+        raise ValueError(f"layers must be positive, got {layers}")
+    text = _text(tokenizer, vocab_size, tied, spec, rope_scaling={"type": "mrope", "mrope_section": mrope}, **sized)
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": width, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
               "spatial_merge_size": 2, "temporal_patch_size": 2}
     return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
                          **_ids(tokenizer, **QWEN_IMAGE_IDS))
