@@ -199,13 +199,14 @@ def one_forward(run: Path, data: Path, name: str, arm: str, split: str) -> dict:
 
 
 def generative(run: Path, model_data: Path, name: str, arm: str) -> dict:
-    """LF `do_predict` (greedy) on the test split, scored by `attok eval classify`'s rules."""
+    """LF `do_predict` (greedy, 16 new tokens: the longest answer, "<|fundus_proliferative_dr|> proliferative DR",
+    is 10 with <|im_end|>) on the test split, scored by `attok eval classify`'s rules."""
     from llamafactory_attok.eval.classification import score_generated
 
     dataset = f"{name}_vanilla_open_test" if ARMS[arm] is None else f"{name}_open_test"
     out = run / "generate"
     args = {**_common(run, model_data, out, 0), "do_predict": True, "predict_with_generate": True,
-            "finetuning_type": "full", "eval_dataset": dataset, "max_new_tokens": 8, "do_sample": False,
+            "finetuning_type": "full", "eval_dataset": dataset, "max_new_tokens": 16, "do_sample": False,
             "per_device_eval_batch_size": 32, "skip_special_tokens": False}
     _run_lf(args, out)
     scores = score_generated(out / "generated_predictions.jsonl", model_data / f"{dataset}.json")
