@@ -1,8 +1,8 @@
-"""Accuracy at CPU scale (BENCHMARKS.md §4): the tiny Qwen2-VL trained from scratch — full fine-tuning (LoRA cannot
-learn on a random base) — with arms identical except AttTok: vanilla (token-free answers), tokens only, +ACC, +ACM,
-+both (Fig. 3). Every arm gets the same recipe, data order and seeds. AttTok arms are scored by the one-forward
-attribute classifier and by retrieval (Table 6); vanilla by class-name likelihood (its fair one-forward
-counterpart). Datasets are built by `attok data classify` from the MedMNIST files in data/sources.
+"""Accuracy at CPU scale, the regime too small to learn (BENCHMARKS.md §4d): the tiny Qwen2-VL trained from scratch —
+full fine-tuning (LoRA cannot learn on a random base) — with arms identical except AttTok: vanilla (token-free
+answers), tokens only, +ACC, +ACM, +both (Fig. 3). Every arm gets the same recipe, data order and seeds. AttTok arms
+are scored by the one-forward attribute classifier and by retrieval (Table 6); vanilla by class-name likelihood (its
+fair one-forward counterpart). Datasets are built by `attok data classify` from the MedMNIST files in data/sources.
 
     python -m bench.accuracy [--datasets retina pneumonia] [--formats open close] [--towers frozen trainable]
                              [--seeds 1 2 3] [--per-class 40] [--epochs 4] --out bench_results/accuracy

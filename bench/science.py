@@ -36,6 +36,7 @@ cores finish sooner than one two-threaded run after the other); a rerun skips ru
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -89,17 +90,21 @@ def build_data(data: Path, dataset: str, balanced: bool = False) -> str:
     """`attok data classify` on the full official split (attribute and vanilla answers); returns the name prefix."""
     folder, class_map = DATASETS[dataset]
     name = f"{dataset}_bal" if balanced else dataset
-    if (data / f"{name}_vanilla_open_test.json").is_file():
+    source = REPO / "data" / "sources" / folder / f"{folder}.npz"
+    stamp_path = data / f"{name}_build.json"  # what the build was made from: another one is rebuilt, not reused
+    stamp = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "class_map": class_map,
+             "image_size": IMAGE_SIZE, "balanced": balanced}
+    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return name
     data.mkdir(parents=True, exist_ok=True)
     classes = data / f"{dataset}_classes.yaml"
     classes.write_text(class_map)
-    source = REPO / "data" / "sources" / folder / f"{folder}.npz"
     for vanilla in (False, True):
         cmd = [str(BIN / "attok"), "data", "classify", str(source), "--format", "npz", "--class-map", str(classes),
                "--out", str(data), "--name", name, "--image-size", str(IMAGE_SIZE), "--overwrite",
                *([] if balanced else ["--no-augment"]), *(["--vanilla"] if vanilla else [])]
         subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
+    stamp_path.write_text(json.dumps(stamp, indent=1))
     return name
 
 
@@ -413,10 +418,15 @@ def run(ns: argparse.Namespace) -> None:
         tasks += [{"part": "grid", "dataset": ns.focus, "arm": "attok", "seed": ns.seeds[0], "val": True,
                    "gen": False, "attok_acm_weight": w} for w in LAMBDAS if w != 1.0]  # λ=1: the γ=0.1 point
     tasks.sort(key=lambda t: -COST["pneumonia_bal" if t.get("balanced") else t["dataset"]])
-    exp.run_all(tasks, ns.workers)
-    curves = {f"{r['dataset']}/{r['arm']}": r["curve"] for r in exp.results if "curve" in r}
-    if curves:
-        plot_curves(curves, exp.out / "curves.png")
+    try:
+        exp.run_all(tasks, ns.workers)
+    finally:  # what finished is tabulated even when a run failed
+        from bench.science_report import report
+
+        (exp.out / "summary.md").write_text(report(exp.results))
+        curves = {f"{r['dataset']}/{r['arm']}": r["curve"] for r in exp.results if "curve" in r}
+        if curves:
+            plot_curves(curves, exp.out / "curves.png")
     runs_wall = time.time() - start
     THREADS["per_process"] = None
     if "step_time" in ns.parts:  # alone on the machine, after every run
@@ -430,8 +440,6 @@ def run(ns: argparse.Namespace) -> None:
     wall = time.time() - start
     (exp.out / "wall_seconds.json").write_text(json.dumps({"runs": round(runs_wall), "all": round(wall),
                                                             "workers": ns.workers}) + "\n")
-    from bench.science_report import report
-
     (exp.out / "summary.md").write_text(report(exp.results))
     print(report(exp.results))
     print(f"wall time {wall / 60:.1f} min ({runs_wall / 60:.1f} min of training and scoring)", flush=True)

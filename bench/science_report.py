@@ -49,6 +49,10 @@ def _arm_line(label: str, rows: list[dict]) -> str:
 
 
 def _paired(attok: list[dict], vanilla: list[dict], *path: str) -> tuple[str, str]:
+    """Mean ± std of AttTok − vanilla over seeds, and the per-seed list; both arms must have the same seeds."""
+    if sorted(r["seed"] for r in attok) != sorted(r["seed"] for r in vanilla):
+        seeds = {"AttTok": [r["seed"] for r in attok], "vanilla": [r["seed"] for r in vanilla]}
+        raise ValueError(f"unpaired seeds: {seeds}")
     by_seed = {r["seed"]: r for r in vanilla}
     diffs = [_get(a, *path) - _get(by_seed[a["seed"]], *path) for a in attok
              if a["seed"] in by_seed and _get(a, *path) is not None and _get(by_seed[a["seed"]], *path) is not None]

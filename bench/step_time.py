@@ -131,9 +131,9 @@ def alternate(steps: int, width: int = WIDTH, layers: int = LAYERS, image_size: 
     with tempfile.TemporaryDirectory() as tmp:
         vanilla, attok, module, token_ids, batches = build_arms(Path(tmp), None, width, layers, image_size)
         tokens = visual_tokens_per_image(vanilla, batches[0])
-        if tokens != (image_size // 28) ** 2:  # 14 px patches, 2 × 2 merge
-            raise ValueError(f"--image-size {image_size} gave {tokens} visual tokens per image, not "
-                             f"{(image_size // 28) ** 2}: the tiny processor caps images at 112 px")
+        if image_size % 28 or tokens != (image_size // 28) ** 2:  # 14 px patches, 2 × 2 merge
+            raise ValueError(f"--image-size {image_size} gave {tokens} visual tokens per image: use a multiple of "
+                             "28 px up to 112 px (the tiny processor's ceiling)")
         arms = {"vanilla": make_step(vanilla, None, token_ids), "attok": make_step(attok, module, token_ids)}
         times = {name: [] for name in arms}
         for i in range(steps + 5):
@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
                         help="images resized to this square side in px (112: 16 visual tokens, the processor's most)")
     ns = parser.parse_args()
+    if ns.steps < 1:
+        parser.error("--steps must be ≥ 1")
     result = alternate(ns.steps, ns.width, ns.layers, ns.image_size)
     if ns.rss:
         result["peak_rss_MiB"] = {arm: rss_of(arm, 20, ns.width, ns.layers, ns.image_size)

@@ -47,3 +47,26 @@ def test_report_pairs_seeds_and_keeps_unfavourable_signs():
     assert "| vanilla | 0.850 ± 0.071 |" in text
     # one forward: +0.05 and -0.05 -> mean 0, std 0.071; generative: -0.10 both seeds
     assert "| breast | 0.000 ± 0.071 | +0.050, -0.050 | -0.100 ± 0.000 | -0.100, -0.100 |" in text
+
+
+def test_arms_get_the_same_recipe_apart_from_attok(tmp_path, monkeypatch):
+    """Vanilla and AttTok configs of one seed differ only in the AttTok keys and the answers' dataset; every LLM
+    layer trains, embed / head / tower / merger stay frozen (freeze tuning)."""
+    import json
+
+    import bench.science as science
+
+    seen = {}
+    monkeypatch.setattr(science, "_run_lf", lambda args, out: seen.__setitem__(out.name, args))
+    model = tmp_path / "warm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 3}}))
+    for arm in ("vanilla", "attok"):
+        science.train(model, tmp_path / "data", tmp_path / arm, "pneumonia", arm, 2, 5e-4, epochs=3)
+    vanilla, attok = seen["vanilla"], seen["attok"]
+    differ = {k for k in vanilla.keys() | attok.keys() if vanilla.get(k) != attok.get(k)} - {"output_dir"}
+    assert differ == {"dataset", "attok", "attok_vocab", "attok_acc", "attok_acm"}
+    assert (vanilla["dataset"], attok["dataset"]) == ("pneumonia_vanilla_open_train", "pneumonia_open_train")
+    assert vanilla["finetuning_type"] == "freeze" and vanilla["freeze_trainable_layers"] == 3
+    assert vanilla["freeze_vision_tower"] and vanilla["freeze_multi_modal_projector"]
+    assert vanilla["seed"] == vanilla["data_seed"] == 2
