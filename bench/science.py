@@ -286,15 +286,16 @@ def plot_curves(curves: dict[str, dict], path: Path) -> None:
     datasets = sorted({key.split("/")[0] for key in curves})
     fig, axes = plt.subplots(len(datasets), 3, figsize=(13, 3.2 * len(datasets)), squeeze=False)
     for row, dataset in enumerate(datasets):
-        for key, points in curves.items():
-            if not key.startswith(dataset + "/"):
+        for arm in ARMS:  # fixed order and colour per arm in every panel
+            points = curves.get(f"{dataset}/{arm}")
+            if points is None:
                 continue
-            arm = key.split("/")[1]
-            axes[row][0].plot(points["step"], points["ntp"], label=arm)
+            style = {"label": arm, "color": f"C{list(ARMS).index(arm)}"}
+            axes[row][0].plot(points["step"], points["ntp"], **style)
             if any(v is not None for v in points["acm"]):
-                axes[row][1].plot(points["step"], points["acm"], label=arm)
+                axes[row][1].plot(points["step"], points["acm"], **style)
             if points["val"]:
-                axes[row][2].plot(*zip(*points["val"], strict=True), marker="o", label=arm)
+                axes[row][2].plot(*zip(*points["val"], strict=True), marker="o", **style)
         for col, title in enumerate(("NTP loss", "ACM loss", "val accuracy (one forward)")):
             axes[row][col].set_title(f"{dataset}: {title}")
             axes[row][col].set_xlabel("step")

@@ -39,13 +39,14 @@ def _arm_line(label: str, rows: list[dict]) -> str:
     one_f1 = [_get(r, "test", "one_forward", "macro_f1") for r in rows]
     retrieval = [_get(r, "test", "one_forward", "retrieval_accuracy") for r in rows]
     gen = [_get(r, "test", "generative", "accuracy") for r in rows]
+    by_token = [_get(r, "test", "generative", "by_token", "accuracy") for r in rows]
     gen_f1 = [_get(r, "test", "generative", "macro_f1") for r in rows]
     unparseable = [_get(r, "test", "generative", "unparseable") for r in rows]
     total = _get(rows[0], "test", "generative", "total") if rows else None
     known = [u for u in unparseable if u is not None]
     unp = "—" if total is None or not known else f"{statistics.mean(known):.1f} / {total}"
     return (f"| {label} | {_ms(one)} | {_ms(one_f1)} | {_ms(retrieval)} | {_ms(gen)} | {_ms(gen_f1)} | {unp} | "
-            f"{len(rows)} |")
+            f"{_ms(by_token)} | {len(rows)} |")
 
 
 def _paired(attok: list[dict], vanilla: list[dict], *path: str) -> tuple[str, str]:
@@ -63,8 +64,9 @@ def report(results: list[dict]) -> str:
     out: list[str] = []
     datasets = [d for d in DATASET_ORDER if any(r["dataset"] == d for r in results)]
     warm = {r["dataset"]: r for r in results if r["part"] == "warm"}
-    header = ("| arm | one-forward acc. | one-forward macro-F1 | retrieval acc. | generative acc. | "
-              "generative macro-F1 | unparseable | seeds |\n|---|---|---|---|---|---|---|---|")
+    header = ("| arm | one-forward acc. | one-forward macro-F1 | retrieval acc. | generative acc. (text rules) | "
+              "generative macro-F1 | unparseable | generative acc. (first attribute token) | seeds |\n"
+              "|---|---|---|---|---|---|---|---|---|")
     if any(r["part"] == "main" for r in results):
         out.append("### Main: vanilla vs AttTok (tokens + ACC + ACM), test split, mean ± std over seeds\n")
         for dataset in datasets:

@@ -44,7 +44,7 @@ def test_report_pairs_seeds_and_keeps_unfavourable_signs():
                _entry("vanilla", 2, 0.90, 0.75), _entry("attok", 2, 0.85, 0.65)]
     text = report(results)
     assert "majority-class rate: val 0.731, test 0.731" in text
-    assert "| vanilla | 0.850 ± 0.071 |" in text
+    assert "| vanilla | 0.850 ± 0.071 |" in text and "| 2.0 / 156 | — | 2 |" in text  # no token: —
     # one forward: +0.05 and -0.05 -> mean 0, std 0.071; generative: -0.10 both seeds
     assert "| breast | 0.000 ± 0.071 | +0.050, -0.050 | -0.100 ± 0.000 | -0.100, -0.100 |" in text
 
