@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.medmnist import CLASS_MAPS as MEDMNIST
+from bench.medmnist import COMPONENTS
 from llamafactory_attok.data import sources
 from llamafactory_attok.data.classify import build_classification
 from llamafactory_attok.eval.classification import mean_std
@@ -21,18 +23,8 @@ from llamafactory_attok.eval.predict import run_predict
 from llamafactory_attok.testing import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
-CLASS_MAPS = {
-    "retina": ("retinamnist", "modality: fundus\nclasses:\n  0: no DR\n  1: mild DR\n  2: moderate DR\n"
-                              "  3: severe DR\n  4: proliferative DR\n"),
-    "pneumonia": ("pneumoniamnist", "modality: xray\nclasses:\n  0: normal\n  1: pneumonia\n"),
-}
-ARMS = {  # name -> attok keys (None: vanilla, token-free answers)
-    "vanilla": None,
-    "tokens": {"attok_acc": False, "attok_acm": False},
-    "+ACC": {"attok_acc": True, "attok_acm": False},
-    "+ACM": {"attok_acc": False, "attok_acm": True},
-    "+both": {"attok_acc": True, "attok_acm": True},
-}
+CLASS_MAPS = {name: MEDMNIST[name] for name in ("retina", "pneumonia")}
+ARMS = {"vanilla": None, **COMPONENTS}  # name -> attok keys (None: vanilla, token-free answers)
 
 
 def build_data(out: Path, dataset: str, per_class: int) -> None:

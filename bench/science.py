@@ -48,26 +48,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from bench.medmnist import CLASS_MAPS, COMPONENTS
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-DATASETS = {  # name -> (MedMNIST folder, class map)
-    "pneumonia": ("pneumoniamnist", "modality: xray\nclasses:\n  0: normal\n  1: pneumonia\n"),
-    "breast": ("breastmnist", "modality: ultrasound\nclasses:\n  0: malignant\n  1: benign\n"),
-    "retina": ("retinamnist", "modality: fundus\nclasses:\n  0: no DR\n  1: mild DR\n  2: moderate DR\n"
-                              "  3: severe DR\n  4: proliferative DR\n"),
-}
+DATASETS = CLASS_MAPS  # name -> (MedMNIST folder, class map)
 RECIPES = {  # learning rate and epochs: the val argmax of `select` (BENCHMARKS.md §4a has its table; BreastMNIST:
     # every point ties at the majority rate, the first in grid order is kept)
     "pneumonia": {"lr": 5e-4, "epochs": 3}, "breast": {"lr": 5e-4, "epochs": 3}, "retina": {"lr": 5e-4, "epochs": 10}}
 SELECT_RATES, SELECT_EPOCHS = (1e-4, 5e-4, 2e-3, 5e-3), (3, 10)
 BATCH, IMAGE_SIZE = 32, 112
-ARMS = {  # name -> attok keys (None: vanilla, token-free answers)
-    "vanilla": None,
-    "attok": {"attok_acc": True, "attok_acm": True},
-    "tokens": {"attok_acc": False, "attok_acm": False},
-    "+ACC": {"attok_acc": True, "attok_acm": False},
-    "+ACM": {"attok_acc": False, "attok_acm": True},
-}
+ARMS = {  # name -> attok keys (None: vanilla, token-free answers); "attok" is Fig. 3's "+both"
+    "vanilla": None, "attok": COMPONENTS["+both"], **{k: v for k, v in COMPONENTS.items() if k != "+both"}}
 GAMMAS, LAMBDAS = (0.05, 0.1, 0.5, 1.0), (0.5, 1.0, 2.0)
 FOCUS = "pneumonia"  # the dataset of the ablation and of the γ / λ grid: the one where the baseline learns most
 PARTS = ("main", "ablation", "balanced", "grid", "step_time")
@@ -86,10 +78,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 # ---- data ---------------------------------------------------------------------------------------------------------
 
+def data_name(dataset: str, balanced: bool = False) -> str:
+    """Name prefix of a build (`{name}_open_train`, ...)."""
+    return f"{dataset}_bal" if balanced else dataset
+
+
 def build_data(data: Path, dataset: str, balanced: bool = False) -> str:
     """`attok data classify` on the full official split (attribute and vanilla answers); returns the name prefix."""
     folder, class_map = DATASETS[dataset]
-    name = f"{dataset}_bal" if balanced else dataset
+    name = data_name(dataset, balanced)
     source = REPO / "data" / "sources" / folder / f"{folder}.npz"
     stamp_path = data / f"{name}_build.json"  # what the build was made from: another one is rebuilt, not reused
     stamp = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "class_map": class_map,
@@ -266,7 +263,9 @@ def changed_elements(warm: Path, run: Path) -> dict[str, list[int]]:
 
 def curve(run: Path, data: Path, name: str, arm: str) -> dict:
     """NTP / ACM per logged step (trainer_log.jsonl) and val accuracy after every epoch (the epoch checkpoints)."""
-    log = [json.loads(line) for line in (run / "trainer_log.jsonl").read_text().splitlines()]
+    from llamafactory_attok.data.lf_format import read_jsonl
+
+    log = [entry for _, entry in read_jsonl(run / "trainer_log.jsonl")]
     ntp_key = "loss" if ARMS[arm] is None else "loss_ntp"
     points = {"step": [e["current_steps"] for e in log if ntp_key in e],
               "ntp": [e[ntp_key] for e in log if ntp_key in e],
@@ -348,7 +347,7 @@ class Experiment:
         key = {"part": part, "dataset": dataset, "arm": arm, "seed": seed, **overrides}
         if self.done(**key, **RECIPES[dataset], image_size=IMAGE_SIZE, batch=BATCH):
             return
-        name = build_data(self.data, dataset, balanced)  # built in the preparation phase: only looked up here
+        name = data_name(dataset, balanced)  # built in the preparation phase, before any run
         model = self.warm[dataset]
         suffix = "".join(f"_{k.removeprefix('attok_')}{v}" for k, v in overrides.items())
         run = self.out / "runs" / part / f"{name}_{arm.strip('+')}{suffix}_s{seed}"

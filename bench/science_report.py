@@ -7,6 +7,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from llamafactory_attok.eval.classification import mean_std
+
 DATASET_ORDER = ("pneumonia", "breast", "retina")
 
 
@@ -16,8 +18,8 @@ def _ms(values: list[float]) -> str:
         return "—"
     if len(values) == 1:
         return f"{values[0]:.3f} (n=1)"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{round(statistics.mean(values), 3) + 0.0:.3f} ± {std:.3f}"  # + 0.0: no "-0.000"
+    mean, std = mean_std(values)
+    return f"{round(mean, 3) + 0.0:.3f} ± {std:.3f}"  # + 0.0: no "-0.000"
 
 
 def _get(record: dict, *path: str):
