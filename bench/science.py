@@ -149,13 +149,17 @@ def _run_lf(args: dict, out: Path) -> None:
 
 
 def warm_start(base: Path, data: Path, name: str, out: Path) -> Path:
-    if (out / "model.safetensors").is_file():
+    """The label-free warm start (module docstring), reused only when made from the same data build."""
+    built_from = (data / f"{name}_build.json").read_text()
+    if (out / "model.safetensors").is_file() and (out / "built_from.json").is_file() \
+            and (out / "built_from.json").read_text() == built_from:
         return out
     dataset = build_warm_data(data, name)
     args = {**_common(base, data, out, 0), "do_train": True, "finetuning_type": "full", "dataset": dataset,
             "per_device_train_batch_size": 8, "learning_rate": 2e-3, "num_train_epochs": 1,
             "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "logging_steps": 20, "save_strategy": "no"}
     _run_lf(args, out)
+    (out / "built_from.json").write_text(built_from)
     return out
 
 
