@@ -27,7 +27,7 @@ test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"
 
 demo: setup
-	$(PY) -m llamafactory_attok.demo
+	$(PY) demo/run.py
 
 lint: setup
 	$(VENV)/bin/ruff check llamafactory_attok tests bench

@@ -20,7 +20,7 @@ from llamafactory_attok.data import sources
 from llamafactory_attok.data.classify import build_classification
 from llamafactory_attok.eval.classification import mean_std
 from llamafactory_attok.eval.predict import run_predict
-from llamafactory_attok.testing import build_tiny_model
+from llamafactory_attok.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 CLASS_MAPS = {name: MEDMNIST[name] for name in ("retina", "pneumonia")}

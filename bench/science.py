@@ -227,7 +227,8 @@ def changed_elements(warm: Path, run: Path) -> dict[str, list[int]]:
     attribute rows among the added ones train (the others keep their resize value: `tests/test_rows.py` hashes)."""
     from safetensors import safe_open
 
-    from llamafactory_attok.vocab import VOCAB_FILE_NAME, load_vocab
+    from llamafactory_attok.filenames import VOCAB_FILE_NAME
+    from llamafactory_attok.vocab import load_vocab
 
     groups: dict[str, list[int]] = {}
     attok = (run / "attok_state.safetensors").is_file()
@@ -326,7 +327,7 @@ class Experiment:
         """The label-free warm start of ``dataset`` (built once, before any parallel run)."""
         if dataset not in self.warm:
             if self.base is None:
-                from llamafactory_attok.testing import build_tiny_model
+                from llamafactory_attok.tiny import build_tiny_model
 
                 self.base = build_tiny_model(self.out / "tiny_qwen2_vl", "qwen2_vl")
             name = build_data(self.data, dataset)

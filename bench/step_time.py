@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from llamafactory_attok.tiny_specs import WIDTH
+from llamafactory_attok.tiny.specs import WIDTH
 
 REPO = Path(__file__).resolve().parent.parent
 IGNORE = -100
@@ -39,7 +39,7 @@ def _setup(workdir: Path, width: int = WIDTH, layers: int = LAYERS, image_size: 
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from llamafactory_attok.testing import build_tiny_model, chat_text
+    from llamafactory_attok.tiny import build_tiny_model, chat_text
     from llamafactory_attok.vocab import load_vocab
 
     sized = {"width": None if width == WIDTH else width, "layers": None if layers == LAYERS else layers}

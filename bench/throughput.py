@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from llamafactory_attok.eval.attribute_classifier import first_answer_outputs, read_samples
-from llamafactory_attok.testing import chat_text
+from llamafactory_attok.tiny import chat_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def build(workdir: Path):
     from llamafactory_attok.args import AttTokArguments
     from llamafactory_attok.attach import attach
     from llamafactory_attok.rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
-    from llamafactory_attok.testing import build_tiny_model
+    from llamafactory_attok.tiny import build_tiny_model
     from llamafactory_attok.vocab import load_vocab
 
     model_dir = build_tiny_model(workdir / "tiny", "qwen2_vl")

@@ -11,6 +11,7 @@ def apply() -> None:
 
     The installed startup hook does the same automatically when LLaMA-Factory is imported.
     """
-    from . import integration
+    from . import _boot, lf_patches
 
-    integration.apply()
+    _boot.install()
+    lf_patches.patch_all()

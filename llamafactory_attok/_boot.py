@@ -10,28 +10,15 @@ interpreter start.
 import os
 import sys
 
-TARGET_MODULES = frozenset(
-    {
-        "llamafactory.hparams.parser",
-        "llamafactory.model.loader",
-        "llamafactory.model.adapter",
-        "llamafactory.train.sft.workflow",
-        "llamafactory.train.tuner",
-        "llamafactory.webui.common",
-        "llamafactory.webui.interface",
-        "llamafactory.webui.runner",
-        "llamafactory.webui.control",
-        "llamafactory.webui.chatter",
-    }
-)
+from llamafactory_attok.lf_patches import DISABLED_POINTS, POINTS  # stdlib-only: the one table of patch points
 
-
-# With ATTOK_DISABLE=1 only this module is watched, to warn when a saved AttTok run is loaded without AttTok.
-DISABLED_TARGETS = frozenset({"llamafactory.model.loader"})
+TARGET_MODULES = frozenset(POINTS)
+# With ATTOK_DISABLE set only these are watched, to warn when a saved AttTok run is loaded without AttTok.
+DISABLED_TARGETS = frozenset(DISABLED_POINTS)
 
 
 class _PatchingLoader:
-    """Wraps a module's real loader; after the module body runs, hands it to ``integration``."""
+    """Wraps a module's real loader; after the module body runs, hands it to ``lf_patches``."""
 
     def __init__(self, loader, name, disabled):
         self._loader = loader
@@ -71,19 +58,12 @@ class _Finder:
 
 
 def _patch_safely(name, module, disabled):
-    """Hand ``module`` to ``integration``; whatever goes wrong there, the LF import itself succeeds (one warning)."""
+    """Hand ``module`` to ``lf_patches`` (which never raises); should even that fail, the LF import succeeds."""
     try:
-        from llamafactory_attok import integration
+        from llamafactory_attok import lf_patches
 
-        handle = integration.warn_when_disabled if disabled else integration.patch_module
-        handle(name, module)
+        (lf_patches.patch_disabled if disabled else lf_patches.patch_module)(name, module)
     except Exception as err:  # the plugin must never break a vanilla LF import
-        try:
-            from llamafactory_attok import integration
-
-            integration.PATCH_FAILURES[name] = f"{type(err).__name__}: {err}"
-        except Exception:  # noqa: S110 - integration itself failed to import; the warning below says so
-            pass
         sys.stderr.write(
             f"llamafactory-attok: could not patch {name} ({type(err).__name__}: {err}); LLaMA-Factory runs as "
             "shipped, and AttTok runs will stop with an error.\n"

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from .errors import AttTokError
 
 ACM_SCHEDULES = ("linear", "cosine", "constant")
-_FIELD_KIND: dict[str, str] = {}  # field name -> annotation string, filled below the dataclass
 
 
 @dataclass
@@ -41,9 +40,10 @@ class AttTokArguments:
     )
 
     def __post_init__(self) -> None:
-        for key, value in self.to_dict().items():
-            if _FIELD_KIND.get(key) == "float" and not math.isfinite(value):
-                raise AttTokError(f"{key} must be a finite number, got {value!r}.")
+        for item in dataclasses.fields(self):  # annotations are strings (``from __future__ import annotations``)
+            value = getattr(self, item.name)
+            if item.type == "float" and not math.isfinite(value):
+                raise AttTokError(f"{item.name} must be a finite number, got {value!r}.")
         if self.attok_acc_gamma < 0:
             raise AttTokError(f"attok_acc_gamma must be >= 0, got {self.attok_acc_gamma}.")
         if not 0.0 <= self.attok_ema < 1.0:
@@ -63,7 +63,6 @@ class AttTokArguments:
 
 VALID_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AttTokArguments))
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(AttTokArguments)}
-_FIELD_KIND.update(_FIELD_TYPES)
 
 
 def is_attok_key(key: str) -> bool:

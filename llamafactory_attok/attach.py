@@ -27,7 +27,6 @@ from .log import get_logger
 from .plan import BatchPlan, image_means
 from .rows import gathered, is_zero3
 
-STATE_FILE_NAME = "attok_state.safetensors"
 logger = get_logger(__name__)
 
 

@@ -11,14 +11,14 @@ from .errors import AttTokError
 
 
 def _tiny_model(ns: argparse.Namespace) -> None:
-    from .testing import TEMPLATES, build_tiny_model
+    from .tiny import TEMPLATES, build_tiny_model
 
     path = build_tiny_model(ns.out, ns.family, tied=ns.tied, seed=ns.seed, spare_rows=ns.spare_rows)
     print(f"tiny {ns.family} model written to {path} (LLaMA-Factory template: {TEMPLATES[ns.family]})")
 
 
 def _sample_data(ns: argparse.Namespace) -> None:
-    from .sample_data import build_retina_sample
+    from .tiny.sample_data import build_retina_sample
 
     written = build_retina_sample(ns.out, per_class_train=ns.per_class_train, per_class_test=ns.per_class_test,
                                   image_size=ns.image_size)
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny-model", help="build a tiny offline Qwen2-VL / Qwen2.5-VL (random weights)")
     tiny.add_argument("out", help="folder for the model, tokenizer and processor")
-    from .testing import FAMILIES  # test/demo scaffolding, used by this command only
+    from .tiny import FAMILIES  # test/demo scaffolding, used by this command only
 
     tiny.add_argument("--family", choices=FAMILIES, default="qwen2_vl", help="model family to build")
     tiny.add_argument("--tied", action="store_true", default=None,

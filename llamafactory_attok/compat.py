@@ -1,8 +1,8 @@
 """Which LLaMA-Factory options AttTok supports, refuses, or has not tested (README "Compatibility with LF options").
 
-Pure Python over LF's parsed argument objects (no LF import): ``integration`` calls :func:`check_lf_options` while
-parsing, so an option AttTok cannot honour stops the run before anything is loaded, with the option named and the
-reason given. An option is refused when AttTok would otherwise silently train something other than what the YAML
+Pure Python over LF's parsed argument objects (no LF import): ``lf_patches.parser`` calls :func:`check_lf_options`
+while parsing, so an option AttTok cannot honour stops the run before anything is loaded, with the option named and
+the reason given. An option is refused when AttTok would otherwise silently train something other than what the YAML
 asks (paper §4: NTP + λ·ACM on attribute rows, ACC on visual tokens).
 """
 
@@ -45,9 +45,17 @@ class Rule:
     option: str
     refused_when: Callable[[Any], bool]
     reason: str
+    message: str = "attok: true cannot be combined with `{option}: {value}`: {reason}."
 
+
+_EMBED_TARGETS = frozenset({"embed_tokens", "lm_head", "wte", "output"})
 
 REFUSED: tuple[Rule, ...] = (
+    Rule("finetuning", "stage", lambda v: v != "sft", "AttTok is an SFT method (paper §4.3)",
+         "attok: true needs `stage: sft`, got stage {value!r}."),
+    Rule("finetuning", "additional_target", lambda v: bool(set(v or []) & _EMBED_TARGETS),
+         "AttTok trains only the attribute rows of embed/lm_head",
+         "attok: true trains only the attribute rows of embed/lm_head; remove them from `additional_target`."),
     Rule("model", "enable_liger_kernel", _on,
          "Liger's fused linear-cross-entropy never calls the output head, so the final hidden states of Eq. 9 "
          "are never captured and ACM would be 0 every step"),
@@ -107,7 +115,7 @@ def check_lf_options(groups: dict[str, Any]) -> None:
             continue
         value = getattr(args, rule.option)
         if rule.refused_when(value):
-            raise AttTokError(f"attok: true cannot be combined with `{rule.option}: {value}`: {rule.reason}.")
+            raise AttTokError(rule.message.format(option=rule.option, value=value, reason=rule.reason))
 
 
 def check_no_video_columns(dataset_dir: str | None, datasets: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Narrow workarounds for PEFT 0.18.x's trainable-token layers under DeepSpeed ZeRO-3 (applied by integration).
+"""Narrow workarounds for PEFT 0.18.x's trainable-token layers under DeepSpeed ZeRO-3 (applied by lf_patches.loader).
 
 PEFT's ZeRO-3 initialisation of ``trainable_token_indices`` (``TrainableTokensLayer._collect_token_weights``)
 hard-codes a CUDA device for the broadcast buffer, so it cannot run on CPU ranks (gloo). The replacement below

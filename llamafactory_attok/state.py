@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AttTokError
-from .vocab import VOCAB_FILE_NAME, AttributeVocab, load_vocab
+from .filenames import ATTOK_FILES, CONFIG_FILE_NAME, VOCAB_FILE_NAME
+from .vocab import AttributeVocab, load_vocab
 
-CONFIG_FILE_NAME = "attok_config.json"
 FORMAT_VERSION = 1
 
 
@@ -80,7 +80,6 @@ def save_description(folder: str | os.PathLike, vocab: AttributeVocab, config: d
     atomic_write_bytes(folder / CONFIG_FILE_NAME, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
 
-ATTOK_FILES = (CONFIG_FILE_NAME, VOCAB_FILE_NAME, "attok_state.safetensors")
 
 
 def find_saved_quietly(folders: list[str | os.PathLike | None]) -> Path | None:

@@ -1,4 +1,5 @@
-"""AttTok trainer behaviour (paper §4.3) as a mixin over LLaMA-Factory's SFT trainer (composed in ``integration``).
+"""AttTok trainer behaviour (paper §4.3) as a mixin over LLaMA-Factory's SFT trainer (composed in
+``lf_patches.workflow``).
 
 Kept free of LF imports: it only overrides Hugging Face ``Trainer`` hooks. Loss = NTP + λ(t)·ACM; the
 prototype EMA (Eq. 5) is updated after each training micro-batch from all-reduced per-class sums.
@@ -12,10 +13,11 @@ from pathlib import Path
 import torch
 
 from .acm import acm_loss
-from .attach import STATE_FILE_NAME, base_model_of, load_state, module_of, save_state
+from .attach import base_model_of, load_state, module_of, save_state
 from .books import PrototypeBank, all_reduce_sums
 from .context import AttTokContext
 from .errors import AttTokError
+from .filenames import STATE_FILE_NAME
 from .plan import BatchPlan, build_plan
 from .rows import embedding_parameter_names
 from .schedule import acm_weight
@@ -60,7 +62,6 @@ class AttTokTrainerMixin:
     """NTP + λ·ACM, prototype updates, AttTok state saved / resumed with every checkpoint."""
 
     attok: AttTokContext
-    attok_plot = None  # LF's plot_loss, set by the integration
 
     # ---- optimizer -------------------------------------------------------------------------------------
 
@@ -146,12 +147,6 @@ class AttTokTrainerMixin:
             logs["attok_samples_without_image"] = self._attok_no_image
             self._attok_totals = None
         super().log(logs, *args, **kwargs)
-
-    def save_state(self) -> None:
-        super().save_state()
-        plot = type(self).attok_plot
-        if plot is not None and self.is_world_process_zero() and getattr(self.finetuning_args, "plot_loss", False):
-            plot(self.args.output_dir, keys=["loss_ntp", "loss_acm", "acm_weight"])
 
     # ---- save / resume ---------------------------------------------------------------------------------
 

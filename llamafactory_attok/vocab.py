@@ -23,7 +23,6 @@ from .errors import AttTokError
 
 TOKEN_PATTERN = re.compile(r"^<\|[a-z0-9]+(?:_[a-z0-9]+)*\|>$")
 TOKEN_IN_TEXT = re.compile(r"<\|[^|<>\s]+\|>")
-VOCAB_FILE_NAME = "attok_vocab.yaml"
 
 
 @dataclass(frozen=True)

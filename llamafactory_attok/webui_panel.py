@@ -1,6 +1,6 @@
 """LlamaBoard's "AttTok configurations" panel and chat checkbox: components, labels, values → ``attok_*`` keys.
 
-Plain gradio and AttTok arguments only; ``integration`` places the panel in LF's Train tab (next to "LoRA
+Plain gradio and AttTok arguments only; ``lf_patches.webui`` places the panel in LF's Train tab (next to "LoRA
 configurations"), registers it with LF's element manager and routes its values into the run. Labels follow
 LlamaBoard's i18n shape (``LOCALES[name][lang] = {"label", "info"}``): English and Chinese written out, the other
 LlamaBoard languages fall back to English.

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llamafactory_attok.sample_data import build_modality_sample, build_retina_sample
-from llamafactory_attok.testing import build_tiny_model
+from llamafactory_attok.tiny import build_tiny_model
+from llamafactory_attok.tiny.sample_data import build_modality_sample, build_retina_sample
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

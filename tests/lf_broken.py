@@ -9,7 +9,7 @@ Usage: python lf_broken.py MODE CONFIG.yaml
 
 import sys
 
-from llamafactory_attok import _boot, integration
+from llamafactory_attok import _boot, lf_patches
 
 
 class _DropSymbol:
@@ -44,12 +44,14 @@ class _DropSymbol:
 def main() -> None:
     mode, config = sys.argv[1], sys.argv[2]
     if mode == "raise-loader":
-        def broken(module):
+        def broken(module, *symbols):
             raise RuntimeError("simulated patcher bug")
 
-        integration._PATCHERS[integration.LOADER] = broken
+        from llamafactory_attok.lf_patches import loader
+
+        loader.patch = broken
     elif mode == "drop-symbol":
-        sys.meta_path.insert(0, _DropSymbol(integration.PARSER, "_parse_train_mca_args"))
+        sys.meta_path.insert(0, _DropSymbol(lf_patches.PARSER, "_parse_train_mca_args"))
     elif mode == "fake-version":
         import llamafactory.extras.env as env
 

@@ -21,7 +21,7 @@ def test_hook_present_in_new_interpreters_and_warn_only_when_disabled(tmp_path):
     disabled = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1").stdout.strip()
     assert disabled == "[['llamafactory.model.loader']]"
     heavy = run_cli(["python", "-c", "import sys; print(sorted(sys.modules))"], cwd=tmp_path).stdout
-    assert "torch" not in heavy and "llamafactory_attok.integration" not in heavy
+    assert "torch" not in heavy and "llamafactory_attok.lf_patches.parser" not in heavy
 
 
 def test_install_is_idempotent(monkeypatch):
@@ -54,16 +54,24 @@ def test_tiny_model_command_builds_a_model_lf_loads(tmp_path):
 
 
 def test_test_scaffolding_stays_out_of_the_production_path():
-    """Only the `tiny-model` command, the demo and the scaffolding itself import the tiny-model modules."""
+    """Only the `tiny-model` / `sample-data` commands and the tiny package itself import ``llamafactory_attok.tiny``;
+    the demo lives outside the package."""
     import ast
 
     package = Path(__file__).resolve().parent.parent / "llamafactory_attok"
-    allowed = {"cli.py", "demo.py", "testing.py", "tiny_specs.py"}
+    assert not (package / "demo.py").exists()
     offenders = []
     for path in package.rglob("*.py"):
+        if path.parent.name == "tiny" or path.name == "cli.py":
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
-                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-            if any(n.split(".")[-1] in ("testing", "tiny_specs") for n in names) and path.name not in allowed:
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            stripped = [n.lstrip(".") for n in names]
+            if any(n.startswith(("llamafactory_attok.tiny", "tiny")) for n in stripped):
                 offenders.append(str(path.relative_to(package)))
     assert not offenders, offenders

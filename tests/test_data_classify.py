@@ -16,7 +16,7 @@ from PIL import Image
 from llamafactory_attok.data import sources
 from llamafactory_attok.data.classify import build_classification
 from llamafactory_attok.errors import AttTokError
-from llamafactory_attok.sample_data import RETINA_NPZ
+from llamafactory_attok.tiny.sample_data import RETINA_NPZ
 from llamafactory_attok.vocab import load_vocab
 
 CLASS_MAP = """modality: xray

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from llamafactory_attok.attach import module_of
 from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
-from llamafactory_attok.testing import TEMPLATES, build_tiny_model
+from llamafactory_attok.tiny import TEMPLATES, build_tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,12 @@ import torch
 from conftest import assert_ok, base_args, cli_env, log_history, run_cli, train_cli, write_yaml
 from lf_inprocess import run_sft
 
-from llamafactory_attok import integration
+from llamafactory_attok import lf_patches
 from llamafactory_attok.compat import REFUSED
 from llamafactory_attok.errors import AttTokError
+from llamafactory_attok.lf_patches import adapter as lf_adapter
+from llamafactory_attok.lf_patches import parser as lf_parser
+from llamafactory_attok.lf_patches import workflow as lf_workflow
 from llamafactory_attok.state import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -75,9 +78,9 @@ def test_patch_module_never_raises_and_records_why(monkeypatch, capsys):
     class Module:
         __name__ = "llamafactory.model.loader"
 
-    monkeypatch.setattr(integration, "PATCH_FAILURES", {})
-    integration.patch_module(integration.LOADER, Module())  # lacks patch_tokenizer / patch_model / init_adapter
-    assert "llamafactory.model.loader.patch_tokenizer does not exist" in integration.PATCH_FAILURES[integration.LOADER]
+    monkeypatch.setattr(lf_patches, "PATCH_FAILURES", {})
+    lf_patches.patch_module(lf_patches.LOADER, Module())  # lacks patch_tokenizer / patch_model / init_adapter
+    assert "llamafactory.model.loader.patch_tokenizer does not exist" in lf_patches.PATCH_FAILURES[lf_patches.LOADER]
     assert "could not patch llamafactory.model.loader" in capsys.readouterr().err
     assert not hasattr(Module, "__attok_patched__")
 
@@ -88,8 +91,8 @@ def test_patchers_are_all_or_nothing():
         patch_tokenizer = patch_model = staticmethod(lambda *a: None)
 
     module = Module()
-    with pytest.raises(integration.PatchPointMissing, match="init_adapter"):
-        integration._patch_loader(module)
+    with pytest.raises(lf_patches.PatchPointMissing, match="init_adapter"):
+        lf_patches._apply_point(lf_patches.LOADER, module, lf_patches.POINTS[lf_patches.LOADER])
     assert not hasattr(module.patch_tokenizer, "__wrapped__")
 
 
@@ -177,11 +180,11 @@ def test_lora_config_stays_a_class_with_attribute_rows():
     import peft
 
     assert isinstance(adapter.LoraConfig, type) and issubclass(adapter.LoraConfig, peft.LoraConfig)
-    token = integration._TOKEN_INDICES.set([7, 9])
+    token = lf_adapter.TOKEN_INDICES.set([7, 9])
     try:
         config = adapter.LoraConfig(r=4, target_modules=["q_proj"])
     finally:
-        integration._TOKEN_INDICES.reset(token)
+        lf_adapter.TOKEN_INDICES.reset(token)
     assert isinstance(config, peft.LoraConfig) and config.trainable_token_indices == [7, 9]
     assert adapter.LoraConfig(r=4, target_modules=["q_proj"]).trainable_token_indices is None
 
@@ -196,8 +199,11 @@ def test_trainer_factory_finds_positional_finetuning_args():
     class Args:
         _attok = type("Ctx", (), {"token_ids": [400], "training": False})()
 
-    make = integration._trainer_factory(LFTrainer)
-    make.attok_trainer_cls.__init__ = lambda self, *a, attok, **kw: made.update(attok=attok)
+    class AttTokTrainer:
+        def __init__(self, *args, attok, **kwargs):
+            made.update(attok=attok)
+
+    make = lf_workflow.trainer_factory(LFTrainer, AttTokTrainer)
     make(None, None, Args())
     assert made == {"attok": Args._attok}
 
@@ -216,7 +222,7 @@ def test_log_keys_that_never_reach_trainer_log_stop_the_run(tmp_path):
     state = type("State", (), {"log_history": [{"loss": 1.0, "loss_ntp": 0.9, "loss_acm": 0.1}], "global_step": 1,
                                "num_input_tokens_seen": 0, "max_steps": 1})()
     for callback, fails in ((SilentLog(), True), (LogCallback(), False)):
-        integration._forward_attok_logs([callback])
+        lf_workflow.forward_attok_logs([callback])
         callback.on_train_begin(Args(), state, None)
         callback.on_log(Args(), state, None)
         if fails:
@@ -369,5 +375,5 @@ def test_invalid_saved_arguments_name_the_config_file(tmp_path):
               type("FinetuningArguments", (), {"finetuning_type": "lora"})())
     with pytest.raises(AttTokError, match=f"{tmp_path / 'attok_config.json'}: saved AttTok arguments are invalid: "
                                           "attok_acc_gamma must be a finite number"):
-        integration._build_context({}, parsed)
+        lf_parser.build_context({}, parsed)
     assert saved is not None

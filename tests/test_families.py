@@ -24,7 +24,7 @@ from llamafactory_attok.eval.attribute_classifier import (
 )
 from llamafactory_attok.families import SUPPORTED_FAMILIES, check_widths, family_for
 from llamafactory_attok.plan import build_plan
-from llamafactory_attok.testing import (
+from llamafactory_attok.tiny import (
     TEMPLATES,
     build_tiny_config,
     build_tiny_model,

@@ -33,7 +33,7 @@ def test_published_configs_have_the_published_sizes():
     """The JSON configs in bench/configs build exactly the published models (meta device: no memory)."""
     from transformers import AutoModelForImageTextToText
 
-    from llamafactory_attok.testing import build_tiny_tokenizer
+    from llamafactory_attok.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(family="qwen2_vl")
     expected = {"qwen2_5_vl_7b_config.json": (8_292_166_656, 3584, 152064, False),  # Qwen2.5-VL-7B-Instruct
@@ -117,7 +117,7 @@ def test_retrieval_scores_on_a_bf16_model(tmp_path):
     from transformers import AutoModelForImageTextToText
 
     from llamafactory_attok.eval.attribute_classifier import retrieval_scores
-    from llamafactory_attok.testing import build_tiny_model
+    from llamafactory_attok.tiny import build_tiny_model
 
     model = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path / "m", "qwen2_5_vl"),
                                                         dtype=torch.bfloat16)

@@ -6,8 +6,10 @@ import re
 import pytest
 from conftest import assert_ok, base_args, log_history, run_cli, train_cli, trainer_log, write_yaml
 
-from llamafactory_attok import integration
+from llamafactory_attok import lf_patches
 from llamafactory_attok.errors import AttTokError
+from llamafactory_attok.lf_patches import parser as lf_parser
+from llamafactory_attok.lf_patches import workflow as lf_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +102,7 @@ def test_attribute_token_missing_from_vocabulary_names_the_sample(tiny_models, s
 
 
 def test_unsupported_lf_version_refuses_attok_only():
-    read_args = integration._guard_read_args(lambda args: args, integration._unsupported_version_reason)
+    read_args = lf_parser.guarded_read_args(lambda args: args, lf_patches.unsupported_version_reason)
     assert read_args({"stage": "sft"}) == {"stage": "sft"}
     with pytest.raises(AttTokError, match="AttTok keys attok, attok_tau cannot be honoured: .*built for LLaMA-Fac"):
         read_args({"stage": "sft", "attok": True, "attok_tau": 2})
@@ -116,8 +118,11 @@ def test_attribute_tokens_are_removed_from_generation_eos():
     class Args:
         _attok = type("Ctx", (), {"token_ids": [400, 401], "training": False})()
 
-    make = integration._trainer_factory(FakeTrainer)
-    make.attok_trainer_cls.__init__ = lambda self, *a, attok, **kw: captured.update(kw)
+    class FakeAttTokTrainer:
+        def __init__(self, *args, attok, **kwargs):
+            captured.update(kwargs)
+
+    make = lf_workflow.trainer_factory(FakeTrainer, FakeAttTokTrainer)
     make(finetuning_args=Args(), gen_kwargs={"eos_token_id": [2, 400, 401, 7]}, callbacks=[])
     assert captured["gen_kwargs"]["eos_token_id"] == [2, 7]
 

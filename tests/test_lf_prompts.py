@@ -12,7 +12,7 @@ import torch
 from conftest import base_args
 
 from llamafactory_attok.eval.attribute_classifier import encode_sample, prompt_encoder, read_samples
-from llamafactory_attok.testing import FAMILIES, TEMPLATES, build_tiny_model
+from llamafactory_attok.tiny import FAMILIES, TEMPLATES, build_tiny_model
 
 SYSTEM_ENTRY = {"file_name": "sys_test.json", "formatting": "sharegpt",
                 "columns": {"messages": "messages", "images": "images"},

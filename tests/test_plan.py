@@ -44,7 +44,7 @@ def test_real_qwen2_vl_forward_with_two_image_sizes_gives_the_token_weighted_pro
 
     from llamafactory_attok.args import AttTokArguments
     from llamafactory_attok.attach import attach
-    from llamafactory_attok.testing import build_tiny_model, chat_text
+    from llamafactory_attok.tiny import build_tiny_model, chat_text
     from llamafactory_attok.trainer import update_prototypes
 
     folder = build_tiny_model(tmp_path / "qwen2_vl", "qwen2_vl")

@@ -9,7 +9,7 @@ from conftest import base_args
 from lf_inprocess import run_sft
 from safetensors.torch import load_file
 
-from llamafactory_attok.testing import build_tiny_tokenizer
+from llamafactory_attok.tiny import build_tiny_tokenizer
 
 ATTRIBUTE_IDS = list(range(400, 405))  # the tiny tokenizer has 400 tokens; the 5 RetinaMNIST tokens follow
 

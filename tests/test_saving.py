@@ -10,7 +10,7 @@ from PIL import Image
 from llamafactory_attok.attach import base_model_of, module_of
 from llamafactory_attok.eval.attribute_classifier import load_model_for_inference, read_samples
 from llamafactory_attok.plan import build_plan
-from llamafactory_attok.testing import chat_inputs
+from llamafactory_attok.tiny import chat_inputs
 
 pytestmark = pytest.mark.slow
 TOKEN_IDS = [400, 401, 402, 403, 404]

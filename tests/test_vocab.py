@@ -7,7 +7,7 @@ import pytest
 
 from llamafactory_attok.errors import AttTokError
 from llamafactory_attok.rows import add_attribute_tokens, keyword_token_ids
-from llamafactory_attok.testing import build_tiny_tokenizer
+from llamafactory_attok.tiny import build_tiny_tokenizer
 from llamafactory_attok.vocab import (
     check_data_tokens,
     derive_vocab,

@@ -135,9 +135,9 @@ def test_chat_checkbox_becomes_attok_show_tokens(engine, monkeypatch):
         seen["extra"] = data[engine.manager.get_elem_by_id("infer.extra_args")]
         return iter(())
 
-    from llamafactory_attok import integration
+    from llamafactory_attok.lf_patches import webui
 
-    wrapped = integration._wrap_chat_load(fake)
+    wrapped = webui.wrap_chat_load(fake)
     wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": True, "infer.extra_args": '{"a": 1}'}))
     assert json.loads(seen["extra"]) == {"a": 1, "attok_show_tokens": True}
     wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": False, "infer.extra_args": '{"a": 1}'}))

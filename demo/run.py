@@ -13,8 +13,12 @@ from pathlib import Path
 
 from sklearn.metrics import accuracy_score, f1_score
 
-from .eval.attribute_classifier import attribute_probabilities, load_model_for_inference, read_samples
-from .testing import build_tiny_model
+from llamafactory_attok.eval.attribute_classifier import (
+    attribute_probabilities,
+    load_model_for_inference,
+    read_samples,
+)
+from llamafactory_attok.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "examples" / "attok_tiny_cpu.yaml"

@@ -1,4 +1,4 @@
-"""Per-family recipes for the tiny offline models of :mod:`llamafactory_attok.testing`.
+"""Per-family recipes for the tiny offline models of :mod:`llamafactory_attok.tiny.models`.
 
 Each :class:`TinySpec` says which special tokens the family's tokenizer carries, how its config and processor are
 built at toy size (LLM width 64, a two-layer vision tower whose output reaches width 64, images of a few visual

@@ -8,7 +8,7 @@ Nothing here touches the network: the tokenizer is a byte-level BPE trained with
 built-in corpus and wrapped as the family's fast tokenizer (``Qwen2TokenizerFast`` with the Qwen special tokens for
 the Qwen families); the weights are random (seeded). LLaMA-Factory loads the result with the family's own template
 (:data:`TEMPLATES`: ``qwen2_vl``, ``qwen3_vl``, ``gemma3``, ``intern_vl``, ``llava``). The per-family recipes are
-in :mod:`llamafactory_attok.tiny_specs`.
+in :mod:`llamafactory_attok.tiny.specs`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from .tiny_specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SIZED_FAMILIES, SPECS, TinySpec
+from .specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SIZED_FAMILIES, SPECS, TinySpec
 
 FAMILIES: tuple[str, ...] = tuple(SPECS)
 Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "intern_vl", "llava"]
@@ -90,7 +90,7 @@ def build_tiny_config(family: Family, tokenizer, tied: bool | None = None, spare
     """Config of a ~200k-parameter model whose vision output reaches LLM width (64).
 
     ``width`` / ``layers`` (Qwen2-VL only) widen / deepen its LLM for compute-bound timings (see
-    ``tiny_specs._qwen2_vl_config``); left at None, the model is the usual tiny one."""
+    ``specs._qwen2_vl_config``); left at None, the model is the usual tiny one."""
     spec = spec_of(family)
     tied = spec.default_tied if tied is None else tied
     if width is None and layers is None:

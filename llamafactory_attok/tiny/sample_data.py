@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .data.lf_format import dataset_entry, write_atomic
+from ..data.lf_format import dataset_entry, write_atomic
 
 RETINA_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_no_dr|>", "no diabetic retinopathy"),
@@ -21,8 +21,18 @@ RETINA_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_proliferative_dr|>", "proliferative diabetic retinopathy"),
 )
 QUESTION = "<image>Which grade of diabetic retinopathy does this fundus image show?"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-RETINA_NPZ = DATA_DIR / "sources" / "retinamnist" / "retinamnist.npz"
+
+
+def _source(name: str) -> Path:
+    """A MedMNIST ``.npz`` shipped with the package (wheel: ``tiny/sources/``, put there by pyproject's
+    ``force-include`` from the checkout's ``data/sources/``), else the checkout's copy (editable install)."""
+    packaged = Path(__file__).resolve().parent / "sources" / name / f"{name}.npz"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "data" / "sources" / name / f"{name}.npz"
+
+
+RETINA_NPZ = _source("retinamnist")
 
 
 def _balanced_indices(labels, per_class: int) -> list[int]:
@@ -83,7 +93,7 @@ def build_retina_sample(
     return written
 
 
-PNEUMONIA_NPZ = DATA_DIR / "sources" / "pneumoniamnist" / "pneumoniamnist.npz"
+PNEUMONIA_NPZ = _source("pneumoniamnist")
 MODALITY_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_photo|>", "fundus photograph"),
     ("<|xray_chest|>", "chest x-ray"),

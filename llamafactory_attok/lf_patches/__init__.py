@@ -1,0 +1,213 @@
+"""THE one place that touches LLaMA-Factory internals: the table of patch points, the version guard, the fail-safe.
+
+Stdlib only: the startup hook (:mod:`llamafactory_attok._boot`) imports this module in every Python process to
+learn which LF modules to watch. The patchers live one file per LF area (``parser``, ``loader``, ``adapter``,
+``workflow``, ``tuner``, ``webui``, ``disabled``) and are imported only when LF imports the module they patch.
+
+Fail-safe: :func:`patch_module` looks up every LF symbol a point replaces (:func:`require`) before its patcher runs,
+so a module is patched whole or not at all. Any exception while patching is caught: LF stays exactly as shipped,
+one warning names what could not be patched (:data:`PATCH_FAILURES` records it), and a later ``attok: true`` (or
+loading an AttTok folder) stops with :func:`cannot_run_message`. On an LF version other than
+:data:`SUPPORTED_LF_VERSIONS` nothing private is touched: only the public ``read_args`` is wrapped, to refuse AttTok.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUPPORTED_LF_VERSIONS = ("0.9.5",)
+PATCHED_MARK = "__attok_patched__"
+
+
+class Point:
+    """One LF module's patch: ``patcher`` is "file:function" in this package, called as
+    ``function(module, *symbols)`` with the LF ``symbols`` it replaces (dotted for class attributes)."""
+
+    __slots__ = ("patcher", "symbols")
+
+    def __init__(self, patcher: str, *symbols: str) -> None:
+        self.patcher, self.symbols = patcher, symbols
+
+    def __repr__(self) -> str:
+        return f"Point({self.patcher!r}, {', '.join(map(repr, self.symbols))})"
+
+
+PARSER = "llamafactory.hparams.parser"
+LOADER = "llamafactory.model.loader"
+ADAPTER = "llamafactory.model.adapter"
+WORKFLOW = "llamafactory.train.sft.workflow"
+TUNER = "llamafactory.train.tuner"
+
+# THE table: LF module -> its patch. The startup hook watches exactly these modules.
+POINTS: dict[str, Point] = {
+    # pop and strictly parse attok_* keys, attach the run; USE_MCA refuses AttTok
+    PARSER: Point("parser:patch", "read_args", "_parse_train_args", "_parse_infer_args", "_parse_eval_args",
+                  "_parse_train_mca_args"),
+    # tokens, rows, row-only training, the AttTok module on the model
+    LOADER: Point("loader:patch", "patch_tokenizer", "patch_model", "init_adapter"),
+    # LoRA's trainable_token_indices = the attribute rows
+    ADAPTER: Point("adapter:patch", "LoraConfig"),
+    # the AttTok trainer; attribute tokens out of eos_token_id; loss_ntp / loss_acm into trainer_log.jsonl
+    WORKFLOW: Point("workflow:patch", "CustomSeq2SeqTrainer"),
+    # copy the AttTok description and state into the export folder
+    TUNER: Point("tuner:patch", "export_model"),
+    # LlamaBoard: attok_*: false kept, the AttTok panel, its values in the run, the curves, the chat checkbox
+    "llamafactory.webui.common": Point("webui:patch_common", "_clean_cmd"),
+    "llamafactory.webui.interface": Point("webui:patch_interface", "create_train_tab", "create_infer_tab"),
+    "llamafactory.webui.runner": Point("webui:patch_runner", "Runner._initialize", "Runner._parse_train_args"),
+    "llamafactory.webui.control": Point("webui:patch_control", "gen_loss_plot"),
+    "llamafactory.webui.chatter": Point("webui:patch_chatter", "WebChatModel.load_model"),
+}
+# With ATTOK_DISABLE set only this is patched: a warning (and a clear error) when an AttTok folder is loaded.
+DISABLED_POINTS: dict[str, Point] = {LOADER: Point("disabled:patch", "load_model")}
+
+# Private (underscore) or internal symbols of LF / transformers / PEFT the plugin *calls* (module:name). Not patched;
+# listed so that an upgrade shows at once what may have moved (tests/test_lf_patches.py resolves every one).
+PRIVATE_CALLS: tuple[str, ...] = (
+    "llamafactory.data.loader:_load_single_dataset",  # lf_data: one dataset through LF's own loader
+    "llamafactory.data.parser:get_dataset_list",
+    "llamafactory.extras.ploting:plot_loss",
+    "llamafactory.train.callbacks:LogCallback._write_log",  # workflow: loss_ntp / loss_acm into trainer_log.jsonl
+    "llamafactory.webui.components.train:create_train_tab",  # webui: builder locals read in _builder_locals()
+    "llamafactory.webui.components.infer:create_infer_tab",
+    "transformers.trainer_utils:_is_peft_model",  # resume: transformers' own PEFT test
+    "transformers.trainer:Trainer._load_from_checkpoint",  # resume: full / freeze weights
+    "transformers.trainer:Trainer._load_optimizer_and_scheduler",  # trainer: AttTok state with the optimizer
+    "transformers.conversion_mapping:get_model_conversion_mapping",  # resume: checkpoint key conversion
+    "transformers.core_model_loading:rename_source_key",
+    "transformers.core_model_loading:dot_natural_key",
+    "peft.tuners.trainable_tokens.layer:TrainableTokensLayer",
+    "peft.utils.integrations:gather_params_ctx",
+)
+
+# module name (or module.symbol) -> why it could not be patched; read when AttTok is asked for
+PATCH_FAILURES: dict[str, str] = {}
+
+
+class PatchPointMissing(AttributeError):
+    """An LF symbol a patcher needs is gone (renamed or removed in another LF release)."""
+
+
+def lf_version() -> str:
+    try:
+        from llamafactory.extras.env import VERSION
+    except Exception as err:  # noqa: BLE001 - reported as part of the version, never raised from the hook
+        return f"unknown ({type(err).__name__}: {err})"
+    return str(VERSION)
+
+
+def version_supported() -> bool:
+    return lf_version() in SUPPORTED_LF_VERSIONS
+
+
+def require(module, names) -> list:
+    """The LF symbols ``names`` (dotted for attributes of classes) of ``module``, all looked up before any is
+    replaced (all-or-nothing patching); :class:`PatchPointMissing` names the first that does not exist."""
+    found = []
+    for name in names:
+        value = module
+        for part in name.split("."):
+            if not hasattr(value, part):
+                raise PatchPointMissing(f"{module.__name__}.{name} does not exist")
+            value = getattr(value, part)
+        found.append(value)
+    return found
+
+
+def _patcher(point: Point):
+    file, function = point.patcher.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{file}"), function)
+
+
+def unsupported_version_reason() -> str:
+    return (
+        f"llamafactory-attok was built for LLaMA-Factory {', '.join(SUPPORTED_LF_VERSIONS)}, found {lf_version()}; "
+        f"install llamafactory=={SUPPORTED_LF_VERSIONS[0]} or unset the attok keys."
+    )
+
+
+def cannot_run_message(missing: dict[str, str]) -> str:
+    points = "; ".join(f"{name}: {why}" for name, why in missing.items())
+    return (
+        f"AttTok cannot run on LLaMA-Factory {lf_version()} (this plugin supports "
+        f"{', '.join(SUPPORTED_LF_VERSIONS)}): "
+        f"could not patch {points}. Vanilla LLaMA-Factory is unaffected; remove the attok keys (and AttTok "
+        f"adapters), or install llamafactory=={SUPPORTED_LF_VERSIONS[0]}."
+    )
+
+
+def unpatched(names: list[str]) -> dict[str, str]:
+    """Of the LF modules ``names`` (imported now, so the hook runs), those that carry no AttTok patch, and why."""
+    missing = {}
+    for name in names:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        if not getattr(module, PATCHED_MARK, False):
+            missing[name] = PATCH_FAILURES.get(name, "never patched (imported before the plugin's hook?)")
+    return missing
+
+
+def warn_not_patched(name: str, why: str) -> None:
+    sys.stderr.write(
+        f"llamafactory-attok: could not patch {name} ({why}) on LLaMA-Factory {lf_version()}; LLaMA-Factory runs "
+        "as shipped, and AttTok runs will stop with an error.\n"
+    )
+
+
+def record_failure(name: str, err: BaseException) -> None:
+    PATCH_FAILURES[name] = f"{type(err).__name__}: {err}"
+    warn_not_patched(name, PATCH_FAILURES[name])
+
+
+def _apply_point(name: str, module, point: Point) -> None:
+    found = require(module, point.symbols)
+    _patcher(point)(module, *found)
+    setattr(module, PATCHED_MARK, True)
+
+
+def patch_module(name: str, module) -> None:
+    """Patch one freshly imported LF module (called by the startup hook); idempotent, never raises.
+
+    On the supported LF version every point is patched whole or not at all; a failure is recorded in
+    :data:`PATCH_FAILURES` and reported once. On another version only the parser's public ``read_args`` is wrapped.
+    """
+    point = POINTS.get(name)
+    if point is None or getattr(module, PATCHED_MARK, False):
+        return
+    supported = version_supported()
+    try:
+        if supported:
+            _apply_point(name, module, point)
+            return
+    except Exception as err:  # noqa: BLE001 - LF must stay usable; recorded and reported, refused on use
+        record_failure(name, err)
+    if name != PARSER:
+        return
+    try:  # unsupported LF, or the full parser patch failed: only refuse AttTok at the public read_args
+        from .parser import guard_read_args
+
+        if supported:
+            guard_read_args(module, lambda: cannot_run_message({PARSER: PATCH_FAILURES[PARSER]}))
+        else:
+            guard_read_args(module, unsupported_version_reason)
+        module.__attok_guarded__ = True
+    except Exception as err:  # noqa: BLE001 - same rule; LF's own parser then rejects the unknown attok keys
+        record_failure(f"{name}.read_args", err)
+
+
+def patch_disabled(name: str, module) -> None:
+    """ATTOK_DISABLE: leave LF as shipped, but say so when an AttTok folder is loaded. Never raises."""
+    point = DISABLED_POINTS.get(name)
+    if point is None or getattr(module, PATCHED_MARK, False):
+        return
+    try:
+        _apply_point(name, module, point)
+    except Exception as err:  # noqa: BLE001 - LF must stay usable
+        record_failure(name, err)
+
+
+def patch_all() -> None:
+    """Import and patch every LF module of :data:`POINTS` now (programmatic use; the hook does it on import)."""
+    for name in POINTS:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        patch_module(name, module)

@@ -1,0 +1,188 @@
+"""``hparams.parser``: pop and strictly parse the ``attok*`` keys, check them against LF's own arguments, and attach
+the run's :class:`~llamafactory_attok.context.AttTokContext` to LF's parsed argument objects."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..args import AttTokArguments, parse_attok_dict, split_attok_cli, split_attok_dict
+from ..compat import check_lf_options, check_no_video_columns
+from ..context import AttTokContext
+from ..errors import AttTokError
+from ..filenames import CONFIG_FILE_NAME
+from ..state import find_saved, find_saved_quietly
+from . import ADAPTER, LOADER, WORKFLOW, cannot_run_message, unpatched, unsupported_version_reason, version_supported
+
+
+def context_of(args_obj: Any) -> AttTokContext | None:
+    """The AttTok run attached to LF's ``ModelArguments`` / ``FinetuningArguments`` (None: a vanilla run)."""
+    return getattr(args_obj, "_attok", None)
+
+
+def split_raw(raw: dict | list) -> tuple[dict, dict | list]:
+    """(``attok*`` keys, the rest) of raw YAML (dict) or CLI (list) arguments."""
+    if isinstance(raw, dict):
+        return split_attok_dict(raw)
+    return split_attok_cli(list(raw))
+
+
+def _require_patched(training: bool) -> None:
+    """Every LF module an AttTok run goes through must carry our patch, else stop before loading anything."""
+    missing = unpatched([LOADER, ADAPTER, WORKFLOW] if training else [LOADER])
+    if missing:
+        raise AttTokError(cannot_run_message(missing))
+
+
+def _check_lf_args(by_name: dict[str, Any]) -> None:
+    """Checks of AttTok against LF's own arguments (separate from the AttTok field checks)."""
+    model_args, data_args = by_name["ModelArguments"], by_name.get("DataArguments")
+    training_args = by_name.get("Seq2SeqTrainingArguments") or by_name.get("TrainingArguments")
+    check_lf_options({"model": model_args, "data": data_args, "finetuning": by_name["FinetuningArguments"],
+                      "training": training_args})
+    if data_args is not None:
+        datasets = [*(data_args.dataset or []), *(getattr(data_args, "eval_dataset", None) or [])]
+        check_no_video_columns(data_args.dataset_dir, datasets)
+    _check_model_family(model_args)
+
+
+def _check_model_family(model_args) -> None:
+    from transformers import AutoConfig
+
+    from ..families import check_widths
+
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    check_widths(config, f"model {model_args.model_name_or_path}")
+
+
+def _refuse_orphan_settings(ours: dict, training_args) -> None:
+    """AttTok settings without ``attok: true`` (and nothing saved to apply them to) would silently do nothing;
+    resuming an AttTok checkpoint without AttTok would fail deep in transformers. Both stop here, said plainly."""
+    settings = sorted(k for k in ours if k not in ("attok", "attok_show_tokens"))
+    if settings and "attok" not in ours:
+        raise AttTokError(
+            f"AttTok settings {', '.join(settings)} are given but `attok: true` is missing, so none of AttTok would "
+            "run. Add `attok: true`, or remove them.")
+    resume = getattr(training_args, "resume_from_checkpoint", None)
+    if resume and find_saved_quietly([resume]) is not None:
+        raise AttTokError(f"{resume}: this checkpoint was trained with AttTok (it holds attok_* files); resuming it "
+                          "needs `attok: true` with the run's AttTok settings.")
+
+
+def build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
+    """The AttTok run described by the ``attok*`` keys ``ours`` and LF's parsed arguments (None: vanilla LF)."""
+    by_name = {type(obj).__name__: obj for obj in parsed}
+    model_args = by_name["ModelArguments"]
+    finetuning_args = by_name["FinetuningArguments"]
+    data_args = by_name.get("DataArguments")
+    training_args = by_name.get("Seq2SeqTrainingArguments") or by_name.get("TrainingArguments")
+    attok = parse_attok_dict(ours)
+    saved = find_saved([model_args.model_name_or_path, *(model_args.adapter_name_or_path or [])])
+    training = training_args is not None
+    if not attok.attok and saved is None:
+        _refuse_orphan_settings(ours, training_args)
+        return None
+    if not version_supported():
+        raise AttTokError(unsupported_version_reason())
+    _require_patched(training and attok.attok)
+    if attok.attok:
+        _check_lf_args(by_name)
+    elif saved is not None:
+        try:
+            attok = AttTokArguments(**{**saved.config["args"],
+                                       **{k: v for k, v in attok.to_dict().items() if k in ours}})
+        except (AttTokError, TypeError) as err:
+            raise AttTokError(f"{saved.folder / CONFIG_FILE_NAME}: saved AttTok arguments are invalid: {err}") from err
+    return AttTokContext(
+        args=attok,
+        training=training and attok.attok,
+        saved=saved,
+        dataset_dir=getattr(data_args, "dataset_dir", None),
+        datasets=list(getattr(data_args, "dataset", None) or []) if training else [],
+        finetuning_type=finetuning_args.finetuning_type,
+        lf_args={"model": model_args, "data": data_args, "training": training_args},
+    )
+
+
+def _wrap_parse(original, read_args):
+    @functools.wraps(original)
+    def parse(args=None):
+        raw = read_args(args)
+        ours, rest = split_raw(raw)
+        # no attok keys: vanilla LF sees exactly what it would without us
+        parsed = original(rest) if ours else original(args)
+        context = build_context(ours, parsed)
+        if context is not None:
+            for obj in parsed:
+                if type(obj).__name__ in ("ModelArguments", "FinetuningArguments"):
+                    obj._attok = context
+        return parsed
+
+    return parse
+
+
+def _raw_folders(raw: dict | list) -> list[str]:
+    """``model_name_or_path`` and ``adapter_name_or_path`` (comma-separated) from raw YAML / CLI arguments."""
+    values: list[Any] = []
+    if isinstance(raw, dict):
+        values = [raw.get("model_name_or_path"), raw.get("adapter_name_or_path")]
+    else:
+        for i, item in enumerate(raw):
+            for key in ("model_name_or_path", "adapter_name_or_path"):
+                if item == f"--{key}" and i + 1 < len(raw):
+                    values.append(raw[i + 1])
+                elif item.startswith(f"--{key}="):
+                    values.append(item.split("=", 1)[1])
+    folders = []
+    for value in values:
+        items = value if isinstance(value, list | tuple) else str(value or "").split(",")
+        folders += [str(v).strip() for v in items if str(v).strip()]
+    return folders
+
+
+def refuse_attok(raw: dict | list, why: str) -> None:
+    """Raise when raw arguments ask for AttTok (keys, or an AttTok folder to load) that cannot be honoured."""
+    ours, _ = split_raw(raw)
+    if ours:
+        raise AttTokError(f"AttTok keys {', '.join(sorted(ours))} cannot be honoured: {why}")
+    saved = find_saved_quietly(_raw_folders(raw))
+    if saved is not None:
+        raise AttTokError(f"{saved}: this folder was saved with AttTok state, which cannot be restored: {why}")
+
+
+def guarded_read_args(original, why_later):
+    """Public ``read_args`` wrapper: AttTok keys or folders stop the run with ``why_later()``; the rest is LF's."""
+
+    @functools.wraps(original)
+    def read_args(args=None):
+        raw = original(args)
+        refuse_attok(raw, why_later())
+        return raw
+
+    return read_args
+
+
+def guard_read_args(module, why_later) -> None:
+    """Unsupported LF version, or the full parser patch failed: wrap only the public ``read_args``."""
+    from . import require
+
+    (read_args,) = require(module, ["read_args"])
+    module.read_args = guarded_read_args(read_args, why_later)
+
+
+def _refuse_mca(original, read_args):
+    """``USE_MCA=1`` parses through MCore-Adapter's argument classes: AttTok cannot run there."""
+
+    @functools.wraps(original)
+    def parse(args=None):
+        refuse_attok(read_args(args), "USE_MCA / use_mca replaces the model and trainer AttTok hooks into")
+        return original(args)
+
+    return parse
+
+
+def patch(module, read_args, parse_train, parse_infer, parse_eval, parse_train_mca) -> None:
+    module._parse_train_args = _wrap_parse(parse_train, read_args)
+    module._parse_infer_args = _wrap_parse(parse_infer, read_args)
+    module._parse_eval_args = _wrap_parse(parse_eval, read_args)
+    module._parse_train_mca_args = _refuse_mca(parse_train_mca, read_args)
