@@ -38,6 +38,12 @@ class AttTokArguments:
     attok_show_tokens: bool = field(
         default=False, metadata={"help": "Show attribute tokens in chat answers (hidden by default)."}
     )
+    attok_training_positions: bool = field(
+        default=True,
+        metadata={"help": "Generate with the positions used in training (M-RoPE of Qwen2-VL / Qwen2.5-VL / Qwen3-VL, "
+                          "which LF 0.9.5 + transformers 5.x drop: LF #10817). Always on in AttTok runs; given "
+                          "without `attok: true`, it applies this fix alone to a vanilla model."},
+    )
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):  # annotations are strings (``from __future__ import annotations``)

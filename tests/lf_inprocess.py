@@ -87,3 +87,12 @@ def embeds_seen_by_llm(model, inputs, plan=None) -> torch.Tensor:
         handle.remove()
         module_of(model).plan = None
     return seen["embeds"][0]
+
+
+def run_predict(args: dict) -> None:
+    """LF's ``do_predict`` in this process (the SFT workflow's prediction path); no training keys needed."""
+    from llamafactory.train.tuner import run_exp
+
+    args = {k: v for k, v in args.items() if k not in ("dataset", "max_steps", "learning_rate", "lr_scheduler_type",
+                                                       "save_steps", "per_device_train_batch_size")}
+    run_exp(args)

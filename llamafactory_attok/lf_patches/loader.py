@@ -9,6 +9,7 @@ import functools
 from ..attach import attach, load_state
 from ..context import AttTokContext
 from ..filenames import STATE_FILE_NAME
+from ..generation import generate_with_training_positions
 from ..peft_compat import zero3_trainable_tokens_on_any_device
 from ..rows import check_rows_trainable, is_zero3, mask_non_attribute_gradients, trainable_token_indices
 from .adapter import TOKEN_INDICES
@@ -33,6 +34,10 @@ def _wrap_patch_model(original):
         context = context_of(model_args)
         if context is not None:
             context.setup_model(model, tokenizer)
+        wanted = context.args.attok_training_positions if context is not None else getattr(
+            model_args, "_attok_training_positions", False)
+        if wanted:
+            generate_with_training_positions(model)
 
     return patch_model
 

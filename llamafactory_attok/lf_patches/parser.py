@@ -14,6 +14,10 @@ from ..filenames import CONFIG_FILE_NAME
 from ..state import find_saved, find_saved_quietly
 from . import ADAPTER, LOADER, WORKFLOW, cannot_run_message, unpatched, unsupported_version_reason, version_supported
 
+# attok_* keys that mean something without `attok: true`
+VANILLA_KEYS = ("attok", "attok_show_tokens", "attok_training_positions")
+_BACKENDS_WITHOUT_ACC = ("vllm", "sglang")
+
 
 def context_of(args_obj: Any) -> AttTokContext | None:
     """The AttTok run attached to LF's ``ModelArguments`` / ``FinetuningArguments`` (None: a vanilla run)."""
@@ -55,10 +59,30 @@ def _check_model_family(model_args) -> None:
     check_widths(config, f"model {model_args.model_name_or_path}")
 
 
+def _check_backend(model_args, attok: AttTokArguments, saved) -> None:
+    """vLLM / SGLang run their own model code: ACC (Eq. 6-7) cannot run inside them, nor can PEFT's trainable-token
+    rows of an adapter. Only a merged export of a run trained with ``attok_acc: false`` is a plain model there."""
+    backend = str(getattr(model_args, "infer_backend", "huggingface") or "huggingface").lower()
+    backend = backend.rsplit(".", 1)[-1]
+    if backend not in _BACKENDS_WITHOUT_ACC:
+        return
+    if attok.attok_acc:
+        raise AttTokError(
+            f"{saved.folder}: `infer_backend: {backend}` cannot run this AttTok model: its ACC adapter (Eq. 6-7) "
+            f"refines the visual tokens inside the transformers model, which {backend} replaces with its own code. "
+            "Use `infer_backend: huggingface` (chat, api, WebUI, do_predict), or train with `attok_acc: false` and "
+            "serve the folder made by `llamafactory-cli export`.")
+    if model_args.adapter_name_or_path:
+        raise AttTokError(
+            f"{saved.folder}: `infer_backend: {backend}` cannot load AttTok's attribute-token rows from a LoRA "
+            "adapter (PEFT trainable_token_indices); merge first with `llamafactory-cli export` and serve that "
+            "folder.")
+
+
 def _refuse_orphan_settings(ours: dict, training_args) -> None:
     """AttTok settings without ``attok: true`` (and nothing saved to apply them to) would silently do nothing;
     resuming an AttTok checkpoint without AttTok would fail deep in transformers. Both stop here, said plainly."""
-    settings = sorted(k for k in ours if k not in ("attok", "attok_show_tokens"))
+    settings = sorted(k for k in ours if k not in VANILLA_KEYS)
     if settings and "attok" not in ours:
         raise AttTokError(
             f"AttTok settings {', '.join(settings)} are given but `attok: true` is missing, so none of AttTok would "
@@ -93,6 +117,7 @@ def build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
                                        **{k: v for k, v in attok.to_dict().items() if k in ours}})
         except (AttTokError, TypeError) as err:
             raise AttTokError(f"{saved.folder / CONFIG_FILE_NAME}: saved AttTok arguments are invalid: {err}") from err
+        _check_backend(model_args, attok, saved)
     return AttTokContext(
         args=attok,
         training=training and attok.attok,
@@ -112,10 +137,12 @@ def _wrap_parse(original, read_args):
         # no attok keys: vanilla LF sees exactly what it would without us
         parsed = original(rest) if ours else original(args)
         context = build_context(ours, parsed)
-        if context is not None:
-            for obj in parsed:
-                if type(obj).__name__ in ("ModelArguments", "FinetuningArguments"):
+        for obj in parsed:
+            if type(obj).__name__ in ("ModelArguments", "FinetuningArguments"):
+                if context is not None:
                     obj._attok = context
+                elif "attok_training_positions" in ours:  # opt-in generation fix for a vanilla model
+                    obj._attok_training_positions = parse_attok_dict(ours).attok_training_positions
         return parsed
 
     return parse
