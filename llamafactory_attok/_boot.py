@@ -10,7 +10,12 @@ interpreter start.
 import os
 import sys
 
-from llamafactory_attok.lf_patches import DISABLED_POINTS, POINTS  # stdlib-only: the one table of patch points
+from llamafactory_attok.lf_patches import (  # stdlib-only: the one table of patch points
+    DISABLE_FALSE,
+    DISABLE_TRUE,
+    DISABLED_POINTS,
+    POINTS,
+)
 
 TARGET_MODULES = frozenset(POINTS)
 # With ATTOK_DISABLE set only these are watched, to warn when a saved AttTok run is loaded without AttTok.
@@ -71,7 +76,17 @@ def _patch_safely(name, module, disabled):
 
 
 def is_disabled() -> bool:
-    return os.environ.get("ATTOK_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    """``ATTOK_DISABLE`` is one of ``DISABLE_TRUE`` (off) or ``DISABLE_FALSE`` (on); any other value also turns
+    AttTok off (the variable was set to turn something off) and is named at start and by any AttTok key."""
+    return disable_setting() != "enabled"
+
+
+def disable_setting() -> str:
+    """"enabled", "disabled", or "invalid" for the current ``ATTOK_DISABLE`` value."""
+    value = os.environ.get("ATTOK_DISABLE", "").strip().lower()
+    if value in DISABLE_FALSE:
+        return "enabled"
+    return "disabled" if value in DISABLE_TRUE else "invalid"
 
 
 def install() -> None:
@@ -80,6 +95,10 @@ def install() -> None:
         if any(isinstance(f, _Finder) for f in sys.meta_path):
             return
         finder = _Finder(disabled=is_disabled())
+        if disable_setting() == "invalid":
+            sys.stderr.write(f"llamafactory-attok: ATTOK_DISABLE={os.environ['ATTOK_DISABLE']!r} is not one of "
+                             f"{', '.join(DISABLE_TRUE)} (AttTok off) or {', '.join(DISABLE_FALSE[1:])} or empty "
+                             "(AttTok on); AttTok is off.\n")
         sys.meta_path.insert(0, finder)
         already = [name for name in finder.targets if name in sys.modules]
         for name in already:  # LF imported before us (unusual): patch what is loaded now

@@ -7,6 +7,7 @@ prototype EMA (Eq. 5) is updated after each training micro-batch from all-reduce
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .errors import AttTokError
 from .filenames import STATE_FILE_NAME
 from .plan import BatchPlan, build_plan
 from .rows import embedding_parameter_names
+from .run_guards import refuse_changed_resume, run_lock
 from .schedule import acm_weight
 from .state import save_description
 
@@ -149,6 +151,19 @@ class AttTokTrainerMixin:
         super().log(logs, *args, **kwargs)
 
     # ---- save / resume ---------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """One run per output folder (a lock), and a resume only of a checkpoint with this run's AttTok setup."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if checkpoint:
+            refuse_changed_resume(checkpoint, self.attok.vocab, self.attok.token_ids, self.attok.args.to_dict())
+        lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()
+        with lock:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

@@ -19,7 +19,7 @@ def test_hook_present_in_new_interpreters_and_warn_only_when_disabled(tmp_path):
     code = "import sys; print([sorted(f.targets) for f in sys.meta_path if type(f).__name__ == '_Finder'])"
     assert "llamafactory.hparams.parser" in run_cli(["python", "-c", code], cwd=tmp_path).stdout
     disabled = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1").stdout.strip()
-    assert disabled == "[['llamafactory.model.loader']]"
+    assert disabled == "[['llamafactory.hparams.parser', 'llamafactory.model.loader']]"
     heavy = run_cli(["python", "-c", "import sys; print(sorted(sys.modules))"], cwd=tmp_path).stdout
     assert "torch" not in heavy and "llamafactory_attok.lf_patches.parser" not in heavy
 

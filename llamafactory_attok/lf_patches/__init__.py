@@ -59,8 +59,15 @@ POINTS: dict[str, Point] = {
     "llamafactory.webui.control": Point("webui:patch_control", "gen_loss_plot"),
     "llamafactory.webui.chatter": Point("webui:patch_chatter", "WebChatModel.load_model"),
 }
-# With ATTOK_DISABLE set only this is patched: a warning (and a clear error) when an AttTok folder is loaded.
-DISABLED_POINTS: dict[str, Point] = {LOADER: Point("disabled:patch", "load_model")}
+# ATTOK_DISABLE spellings (case and surrounding spaces ignored); any other value is reported and counts as "off".
+DISABLE_TRUE = ("1", "true", "yes", "on")
+DISABLE_FALSE = ("", "0", "false", "no", "off")
+# With ATTOK_DISABLE set only these are patched: attok keys refused naming the variable; a warning (and a clear
+# error) when an AttTok folder is loaded.
+DISABLED_POINTS: dict[str, Point] = {
+    PARSER: Point("disabled:patch_parser", "read_args"),
+    LOADER: Point("disabled:patch", "load_model"),
+}
 
 # Private (underscore) or internal symbols of LF / transformers / PEFT the plugin *calls* (module:name). Not patched;
 # listed so that an upgrade shows at once what may have moved (tests/test_lf_patches.py resolves every one).

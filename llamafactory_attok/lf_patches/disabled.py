@@ -39,5 +39,31 @@ def _guard_disabled_load(original):
     return load_model
 
 
+def _refuse_attok_keys(original):
+    """AttTok keys while ``ATTOK_DISABLE`` is set: a clear error naming the variable (LF would only say "keys not
+    used")."""
+
+    @functools.wraps(original)
+    def read_args(args=None):
+        import os
+
+        from .parser import split_raw
+
+        raw = original(args)
+        ours, _ = split_raw(raw)
+        if ours:
+            raise AttTokError(
+                f"ATTOK_DISABLE={os.environ.get('ATTOK_DISABLE', '')!r} turns AttTok off, but the arguments hold "
+                f"{', '.join(sorted(ours))}. Unset ATTOK_DISABLE (or set it to 0) to run AttTok, or remove the attok "
+                "keys for a vanilla run.")
+        return raw
+
+    return read_args
+
+
+def patch_parser(module, read_args) -> None:
+    module.read_args = _refuse_attok_keys(read_args)
+
+
 def patch(module, load_model) -> None:
     module.load_model = _guard_disabled_load(load_model)

@@ -11,6 +11,7 @@ from ..compat import check_lf_options, check_no_video_columns
 from ..context import AttTokContext
 from ..errors import AttTokError
 from ..filenames import CONFIG_FILE_NAME
+from ..run_guards import refuse_output_over_inputs
 from ..state import find_saved, find_saved_quietly
 from . import ADAPTER, LOADER, WORKFLOW, cannot_run_message, unpatched, unsupported_version_reason, version_supported
 
@@ -47,16 +48,28 @@ def _check_lf_args(by_name: dict[str, Any]) -> None:
     if data_args is not None:
         datasets = [*(data_args.dataset or []), *(getattr(data_args, "eval_dataset", None) or [])]
         check_no_video_columns(data_args.dataset_dir, datasets)
-    _check_model_family(model_args)
+    if training_args is not None and getattr(training_args, "do_train", False):
+        refuse_output_over_inputs(training_args.output_dir, {
+            "model_name_or_path": model_args.model_name_or_path,
+            "adapter_name_or_path": ",".join(model_args.adapter_name_or_path or []),
+            "dataset_dir": getattr(data_args, "dataset_dir", None)})
+    _check_model_family(model_args, getattr(data_args, "template", None))
 
 
-def _check_model_family(model_args) -> None:
+def _check_model_family(model_args, template: str | None) -> None:
+    """The model is of a supported family, its visual tokens reach LLM width, and ``template`` is one of the
+    family's LF templates (another template trains prompts the model was never built for)."""
     from transformers import AutoConfig
 
     from ..families import check_widths
 
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
-    check_widths(config, f"model {model_args.model_name_or_path}")
+    family = check_widths(config, f"model {model_args.model_name_or_path}")
+    if template is not None and family.templates and template not in family.templates:
+        raise AttTokError(
+            f"template {template!r} does not fit model {model_args.model_name_or_path} (a {family.name} model): "
+            f"use `template: {family.templates[0]}`" + (f" (or {', '.join(family.templates[1:])})"
+                                                        if len(family.templates) > 1 else "") + ".")
 
 
 def _check_backend(model_args, attok: AttTokArguments, saved) -> None:
@@ -79,14 +92,36 @@ def _check_backend(model_args, attok: AttTokArguments, saved) -> None:
             "folder.")
 
 
+def _refuse_adapter_without_attok_files(model_args) -> None:
+    """A LoRA folder with trainable-token rows (only AttTok sets them through LF) but none of AttTok's files is an
+    AttTok run whose save did not finish: loading it would crash deep in PEFT (rows beyond the base vocabulary)."""
+    import json
+    from pathlib import Path
+
+    from ..filenames import ATTOK_FILES
+
+    for folder in model_args.adapter_name_or_path or []:
+        config_path = Path(folder) / "adapter_config.json"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # LF / PEFT report unreadable adapters themselves
+        if isinstance(config, dict) and config.get("trainable_token_indices"):
+            raise AttTokError(
+                f"{folder}: this adapter trains token rows (trainable_token_indices) but holds none of AttTok's "
+                f"files ({', '.join(ATTOK_FILES)}): most likely an AttTok run whose save did not finish (disk full, "
+                "killed). Load a complete checkpoint folder of that run instead.")
+
+
 def _refuse_orphan_settings(ours: dict, training_args) -> None:
     """AttTok settings without ``attok: true`` (and nothing saved to apply them to) would silently do nothing;
     resuming an AttTok checkpoint without AttTok would fail deep in transformers. Both stop here, said plainly."""
     settings = sorted(k for k in ours if k not in VANILLA_KEYS)
-    if settings and "attok" not in ours:
+    if settings:
+        said = "`attok: false` is given" if "attok" in ours else "`attok: true` is missing"
         raise AttTokError(
-            f"AttTok settings {', '.join(settings)} are given but `attok: true` is missing, so none of AttTok would "
-            "run. Add `attok: true`, or remove them.")
+            f"AttTok settings {', '.join(settings)} are given but {said}, so none of AttTok would run. Set "
+            "`attok: true`, or remove them.")
     resume = getattr(training_args, "resume_from_checkpoint", None)
     if resume and find_saved_quietly([resume]) is not None:
         raise AttTokError(f"{resume}: this checkpoint was trained with AttTok (it holds attok_* files); resuming it "
@@ -105,6 +140,7 @@ def build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
     training = training_args is not None
     if not attok.attok and saved is None:
         _refuse_orphan_settings(ours, training_args)
+        _refuse_adapter_without_attok_files(model_args)
         return None
     if not version_supported():
         raise AttTokError(unsupported_version_reason())

@@ -1,0 +1,114 @@
+"""Guards of a training run's folders: what the run writes never lands on what it reads, one run per output folder,
+and a resume continues the run it resumes (same vocabulary and ids, same AttTok components)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import AttTokError
+from .filenames import ATTOK_FILES, CONFIG_FILE_NAME, VOCAB_FILE_NAME
+from .state import find_saved
+from .vocab import AttributeVocab
+
+LOCK_FILE_NAME = ".attok_run.lock"
+# switches whose change between a checkpoint and its resume changes what the saved parameters are
+_COMPONENT_SWITCHES = ("attok_acc", "attok_acm")
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def refuse_output_over_inputs(output_dir: str, inputs: dict[str, str | None]) -> None:
+    """``output_dir`` may not be, contain or lie inside a folder the run reads (base model, adapters, data):
+    LF and AttTok would write the tokenizer, adapter and config files into it (``overwrite_output_dir`` or not)."""
+    out = Path(output_dir).expanduser().resolve()
+    for option, value in inputs.items():
+        for item in str(value or "").split(","):
+            if not item.strip() or not Path(item.strip()).expanduser().exists():
+                continue
+            folder = Path(item.strip()).expanduser().resolve()
+            if _overlaps(out, folder):
+                raise AttTokError(
+                    f"output_dir {output_dir} overlaps {option} {item.strip()}: this AttTok run would write its "
+                    "tokenizer, adapter and AttTok files into a folder it reads from (overwrite_output_dir does not "
+                    "change that). Choose an output_dir outside it.")
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``output_dir`` while this run trains: a second run into the same folder stops at
+    once, naming the folder, instead of both writing and one result being lost."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise AttTokError(
+                f"output_dir {folder}: another training run ({holder}) is writing into it now; wait for it to "
+                "finish or choose another output_dir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def _vocab_differences(old: AttributeVocab, new: AttributeVocab) -> list[str]:
+    added = [t for t in new.tokens if t not in old.tokens]
+    removed = [t for t in old.tokens if t not in new.tokens]
+    found = []
+    if added:
+        found.append(f"tokens added: {', '.join(added)}")
+    if removed:
+        found.append(f"tokens removed: {', '.join(removed)}")
+    if not added and not removed and old.tokens != new.tokens:
+        moved = [f"{t} (was {old.tokens.index(t) + 1}, now {i + 1})" for i, t in enumerate(new.tokens)
+                 if old.tokens[i] != t]
+        found.append(f"token order changed: {', '.join(moved)}")
+    old_keywords, new_keywords = old.as_dict(), new.as_dict()
+    changed = [f"{t}: {old_keywords[t]!r} -> {new_keywords[t]!r}" for t in new.tokens
+               if t in old_keywords and old_keywords[t] != new_keywords[t]]
+    if changed:
+        found.append(f"keywords changed: {'; '.join(changed)}")
+    return found
+
+
+def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, token_ids: list[int],
+                          args: dict) -> None:
+    """Resuming is continuing: the checkpoint's vocabulary (tokens, order, keywords), token ids and ACC / ACM
+    switches must equal this run's, else saved rows, books and optimizer state would mean other attributes."""
+    folder = Path(checkpoint)
+    if not any((folder / name).is_file() for name in ATTOK_FILES):
+        raise AttTokError(
+            f"{folder}: this checkpoint was trained without AttTok (no {CONFIG_FILE_NAME}); resuming it with "
+            "`attok: true` would start AttTok's parameters from nothing in the middle of a run. Resume it without "
+            "the attok keys, or start a new AttTok run in another output_dir.")
+    saved = find_saved([folder])
+    assert saved is not None  # find_saved raises for an incomplete folder, and the folder has AttTok files
+    differences = _vocab_differences(saved.vocab, vocab)
+    if not differences and saved.token_ids != list(token_ids):
+        differences.append(f"token ids {saved.token_ids} -> {list(token_ids)}")
+    for key in _COMPONENT_SWITCHES:
+        before, now = saved.config["args"].get(key, True), args.get(key, True)
+        if before != now:
+            differences.append(f"{key}: {before} -> {now}")
+    if differences:
+        raise AttTokError(
+            f"{folder}: resuming needs the checkpoint's AttTok setup ({VOCAB_FILE_NAME}, {CONFIG_FILE_NAME}) "
+            f"unchanged, but {'; '.join(differences)}. Restore the run's vocabulary and settings, or start a new run "
+            "in another output_dir.")
