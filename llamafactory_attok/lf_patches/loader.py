@@ -12,6 +12,7 @@ from ..filenames import STATE_FILE_NAME
 from ..generation import generate_with_training_positions
 from ..peft_compat import zero3_trainable_tokens_on_any_device
 from ..rows import check_rows_trainable, is_zero3, mask_non_attribute_gradients, trainable_token_indices
+from ..sparse_rows import use_sparse_rows
 from .adapter import TOKEN_INDICES
 from .parser import context_of
 
@@ -55,6 +56,7 @@ def _wrap_init_adapter(original):
                 model = original(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs)
         finally:
             TOKEN_INDICES.reset(token)
+        use_sparse_rows(model)  # LoRA: PEFT's trainable-token layers without V×d copies (no-op otherwise)
         if is_trainable and finetuning_args.finetuning_type in ("full", "freeze"):
             mask_non_attribute_gradients(model, context.token_ids)
         if is_trainable:  # verified once, before step 1: the rows AttTok trains really are trainable
