@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command
+from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command, non_negative_int, number, positive_int
 from .errors import AttTokError
+from .safe_paths import new_output_path, output_file, refuse_same_as_input
 
 
 def _tiny_model(ns: argparse.Namespace) -> None:
     from .tiny import TEMPLATES, build_tiny_model
 
-    path = build_tiny_model(ns.out, ns.family, tied=ns.tied, seed=ns.seed, spare_rows=ns.spare_rows)
+    new_output_path(ns.out, ns.overwrite, "OUT")  # before the build, which takes seconds
+    path = build_tiny_model(ns.out, ns.family, tied=ns.tied, seed=ns.seed, spare_rows=ns.spare_rows,
+                            overwrite=ns.overwrite)
     print(f"tiny {ns.family} model written to {path} (LLaMA-Factory template: {TEMPLATES[ns.family]})")
 
 
@@ -21,13 +25,11 @@ def _sample_data(ns: argparse.Namespace) -> None:
     from .tiny.sample_data import build_retina_sample
 
     written = build_retina_sample(ns.out, per_class_train=ns.per_class_train, per_class_test=ns.per_class_test,
-                                  image_size=ns.image_size)
+                                  image_size=ns.image_size, npz_path=ns.npz, overwrite=ns.overwrite)
     print(f"datasets {', '.join(written)} written to {ns.out} (dataset_info.json merged)")
 
 
 def _data_classify(ns: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from .data import sources
     from .data.classify import build_classification
 
@@ -38,6 +40,7 @@ def _data_classify(ns: argparse.Namespace) -> None:
         items = list(sources.from_image_folder(src))
     else:
         items = list(sources.from_csv(src, ns.image_col, ns.label_col, ns.split_col))
+    items = sources.drop_duplicates(items)  # before --max-per-class, so that repeats do not take the places
     if ns.max_per_class:
         kept, seen = [], {}
         for item in items:
@@ -49,14 +52,14 @@ def _data_classify(ns: argparse.Namespace) -> None:
     written = build_classification(
         items, ns.class_map, ns.out, ns.name, image_size=ns.image_size, seed=ns.seed, val_ratio=ns.val_ratio,
         test_ratio=ns.test_ratio, augment=not ns.no_augment, augment_target=ns.augment_target, vanilla=ns.vanilla,
-        overwrite=ns.overwrite, modality=ns.modality)
+        overwrite=ns.overwrite, modality=ns.modality, inputs={"source": src})
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _ratio(text: str) -> float:
+    value = number(float, 0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return value
 
 
@@ -78,13 +81,15 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--label-col", default="label", help="CSV column with the class label")
     cls.add_argument("--split-col", default=None,
                      help="CSV column with train/val/test; none: a seeded stratified split")
-    cls.add_argument("--image-size", type=int, default=112, help="smaller images are upscaled to this")
+    cls.add_argument("--image-size", type=positive_int, default=112, help="smaller images are upscaled to this")
     cls.add_argument("--seed", type=int, default=42, help="seed of the split, the option order and augmentation")
-    cls.add_argument("--val-ratio", type=float, default=0.1, help="val share per class when the source has no split")
-    cls.add_argument("--test-ratio", type=float, default=0.2, help="test share per class when the source has no split")
+    cls.add_argument("--val-ratio", type=_ratio, default=0.1,
+                     help="val share per class when the source has no split (val + test below 1)")
+    cls.add_argument("--test-ratio", type=_ratio, default=0.2,
+                     help="test share per class when the source has no split (val + test below 1)")
     cls.add_argument("--no-augment", action="store_true", help="no offline class balancing of the training split")
-    cls.add_argument("--augment-target", type=int, default=None, help="images per class after augmentation")
-    cls.add_argument("--max-per-class", type=_positive_int, default=None,
+    cls.add_argument("--augment-target", type=positive_int, default=None, help="images per class after augmentation")
+    cls.add_argument("--max-per-class", type=positive_int, default=None,
                      help="keep at most this many per class and split")
     cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
     cls.add_argument("--overwrite", action="store_true",
@@ -103,17 +108,18 @@ def _predict(ns: argparse.Namespace) -> None:
 
 
 def _eval_classify(ns: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from .data.lf_format import write_json
     from .eval.classification import score_generated
     from .eval.figures import confusion_figure
     from .vocab import load_vocab
 
+    out = output_file(ns.out, "--out")
+    refuse_same_as_input([out, out.with_suffix(".confusion.png")],
+                         {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
-    out = Path(ns.out)
     write_json(out, scores.as_dict())
-    confusion_figure(scores.classes, scores.confusion, out.with_suffix(".confusion.png"), title=Path(ns.dataset).stem)
+    confusion_figure(scores.classes, scores.confusion, out.with_suffix(".confusion.png"),
+                     title=Path(ns.dataset).stem)
     print(f"accuracy {scores.accuracy:.4f}, macro-F1 {scores.macro_f1:.4f}, "
           f"unparseable {scores.unparseable}/{scores.total} -> {out}")
 
@@ -126,49 +132,60 @@ def _pair_list(items: list[str], flag: str) -> list[tuple[str, str]]:
     return [tuple(item.split("=", 1)) for item in items]
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    """``name=value`` arguments as a dict."""
-    return dict(_pair_list(items, flag))
-
-
 def _eval_report(ns: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from .eval.figures import training_curves
-    from .eval.report import build_report
+    from .eval.report import build_report, distinct_runs
 
     if not ns.run and not ns.vqa:
         raise AttTokError("eval report needs --run arm@seed=metrics.json and/or --vqa arm@seed=vqa.json")
-    runs = _pairs(ns.run, "--run")
-    vqa_runs = [(run, Path(path)) for run, path in _pair_list(ns.vqa, "--vqa")]
-    out = Path(ns.out)
-    figures = []
-    if ns.train_dir:
-        figures.append(training_curves(_pairs(ns.train_dir, "--train-dir"), out.with_name(out.stem + "_curves.png")))
-    print(build_report({k: Path(v) for k, v in runs.items()}, out, figures, vqa_runs=vqa_runs))
+    runs = distinct_runs(_pair_list(ns.run, "--run"), "--run")
+    vqa_runs = distinct_runs(_pair_list(ns.vqa, "--vqa"), "--vqa", names_repeat=True)  # one per run and dataset
+    train_dirs = distinct_runs(_pair_list(ns.train_dir, "--train-dir"), "--train-dir")
+    out = output_file(ns.out, "--out")
+    curves = out.with_name(out.stem + "_curves.png")
+    inputs = {f"{flag} {run}={path}": path for flag, pairs in (("--run", runs), ("--vqa", vqa_runs))
+              for run, path in pairs}
+    refuse_same_as_input([out, curves], inputs)
+    figures = [training_curves(dict(train_dirs), curves)] if train_dirs else []
+    print(build_report(dict(runs), out, figures, vqa_runs=vqa_runs))
+
+
+FIGURES = ("tsne", "similarity", "acc_maps")  # the PNGs `attok eval figures` writes into --out-dir
+
+
+def _check_figures(ns: argparse.Namespace, targets: dict[str, Path]) -> None:
+    """No figure replaces an input, and none replaces an earlier file without --overwrite."""
+    refuse_same_as_input(targets.values(), {"--model": ns.model, "--adapter": ns.adapter, "--dataset": ns.dataset,
+                                            "--vocab": ns.vocab})
+    if Path(ns.out_dir).exists() and not Path(ns.out_dir).is_dir():
+        raise AttTokError(f"--out-dir {ns.out_dir} is a file, not a folder")
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not ns.overwrite:
+        raise AttTokError(f"--out-dir {ns.out_dir} already holds {', '.join(existing)}; pass --overwrite to replace "
+                          "them, or choose another folder")
 
 
 def _eval_figures(ns: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from .eval.analysis import acc_map_figure, collect, similarity_figure, tsne_figure
     from .eval.attribute_classifier import load_model_for_inference, read_samples
-    from .eval.predict import resolve_template, resolve_vocab
+    from .eval.predict import resolve_template, resolve_vocab, vocab_token_ids
 
+    out = Path(ns.out_dir)
+    targets = {name: out / f"{name}.png" for name in FIGURES}
+    _check_figures(ns, targets)
     template, default_system = resolve_template(ns.model, ns.adapter, ns.template)
     model, _, processor = load_model_for_inference(ns.model, ns.adapter, template)
     vocab = resolve_vocab(ns.model, ns.adapter, ns.vocab)
     samples = read_samples(ns.dataset)
     labels = [vocab.tokens.index(s.label_token) for s in samples]
-    features = collect(model, processor, samples, processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens)),
-                       ns.batch_size, ns.device, template, default_system)
-    out = Path(ns.out_dir)
+    token_ids = vocab_token_ids(processor.tokenizer, vocab, ns.adapter or ns.model)
+    features = collect(model, processor, samples, token_ids, ns.batch_size, ns.device, template, default_system)
     out.mkdir(parents=True, exist_ok=True)
     names = list(vocab.keywords)
-    written = [tsne_figure(features, labels, names, out / "tsne.png"),
-               similarity_figure(features, labels, names, out / "similarity.png")]
+    written = [tsne_figure(features, labels, names, targets["tsne"]),
+               similarity_figure(features, labels, names, targets["similarity"])]
     if features["weights"]:
-        written.append(acc_map_figure(samples, features, labels, out / "acc_maps.png"))
+        written.append(acc_map_figure(samples, features, labels, targets["acc_maps"]))
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -182,9 +199,9 @@ def _add_eval_commands(sub) -> None:
     pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
     pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute",
                       help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla)")
-    pred.add_argument("--top-k", type=int, default=3, help="classes listed per sample")
+    pred.add_argument("--top-k", type=positive_int, default=3, help="classes listed per sample")
     pred.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    pred.add_argument("--batch-size", type=int, default=8, help="samples per forward")
+    pred.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward")
     pred.add_argument("--template", default=None,
                       help="LF template; default: the one saved with the AttTok run (else qwen2_vl); another one "
                            "than the saved is an error")
@@ -205,9 +222,10 @@ def _add_eval_commands(sub) -> None:
     fig.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
     fig.add_argument("--out-dir", required=True, help="folder for the PNG figures")
     fig.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    fig.add_argument("--batch-size", type=int, default=8, help="samples per forward")
+    fig.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward")
     fig.add_argument("--template", default=None,
                      help="LF template; default: the one saved with the AttTok run (else qwen2_vl)")
+    fig.add_argument("--overwrite", action="store_true", help="replace figures already in --out-dir")
     fig.set_defaults(func=_eval_figures)
     rep = ev.add_parser("report", help="report.md over runs: --run arm@seed=metrics.json ..., --vqa arm@seed=vqa.json")
     rep.add_argument("--run", action="append", default=[], help="classification metrics (predict / eval classify)")
@@ -224,18 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build a tiny offline Qwen2-VL / Qwen2.5-VL (random weights)")
     tiny.add_argument("out", help="folder for the model, tokenizer and processor")
     from .tiny import FAMILIES  # test/demo scaffolding, used by this command only
+    from .tiny.sample_data import RETINA_NPZ
 
     tiny.add_argument("--family", choices=FAMILIES, default="qwen2_vl", help="model family to build")
     tiny.add_argument("--tied", action="store_true", default=None,
                       help="tie the output head to the input embedding (default: the family's habit)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    tiny.add_argument("--spare-rows", type=int, default=0, help="unused embedding rows beyond the tokenizer")
+    tiny.add_argument("--spare-rows", type=non_negative_int, default=0,
+                      help="unused embedding rows beyond the tokenizer")
+    tiny.add_argument("--overwrite", action="store_true", help="replace OUT when it already holds anything")
     tiny.set_defaults(func=_tiny_model)
     sample = sub.add_parser("sample-data", help="write the RetinaMNIST sample datasets (AttTok and vanilla)")
     sample.add_argument("out", help="dataset folder to write")
-    sample.add_argument("--per-class-train", type=int, default=40, help="training images per class")
-    sample.add_argument("--per-class-test", type=int, default=20, help="test images per class")
-    sample.add_argument("--image-size", type=int, default=56, help="side of the upscaled PNGs, pixels")
+    sample.add_argument("--per-class-train", type=positive_int, default=40, help="training images per class")
+    sample.add_argument("--per-class-test", type=positive_int, default=20, help="test images per class")
+    sample.add_argument("--image-size", type=positive_int, default=56, help="side of the upscaled PNGs, pixels")
+    sample.add_argument("--npz", default=str(RETINA_NPZ), help="the RetinaMNIST .npz to take the images from")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace the sample datasets, images and vocabulary already in OUT")
     sample.set_defaults(func=_sample_data)
     _add_data_commands(sub)
     _add_eval_commands(sub)

@@ -10,24 +10,48 @@ import sys
 from pathlib import Path
 
 from .errors import AttTokError
+from .safe_paths import build_lock, dataset_name, output_file, refuse_same_as_input
 
 SHOWN_SKIPS = 20
 
 OVERWRITE_HELP = "replace an earlier build of the same name (every file it wrote)"
 
 
+def number(kind: type, low: float, inclusive: bool = True):
+    """An argparse type: ``kind`` values at least ``low`` (above it with ``inclusive=False``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {low}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = number(int, 1)
+non_negative_int = number(int, 0)
+positive_float = number(float, 0, inclusive=False)
+
+
 def _report_build(build, out: str) -> int:
-    """Print what was written and every skipped question (by qid); exit code 1 when any was skipped."""
+    """Print what was written and every skipped question (by qid); exit code 1 when an image was missing (an
+    incomplete download). Questions with an empty answer (one in SLAKE's train.json) are listed, exit code 0."""
     summary = build.summary()
     counts = ", ".join(f"{split} {c['questions']} ({c['closed']} closed)" for split, c in summary["splits"].items())
     print(f"wrote {', '.join(summary['datasets'])} to {out}: {counts}; {summary['images']} images "
           f"(dataset_info.json merged, report {build.name}_build_report.json)")
-    if build.skipped:
-        shown = "; ".join(f"{s.split} qid {s.qid}: {s.reason}" for s in build.skipped[:SHOWN_SKIPS])
-        more = f"; ... and {len(build.skipped) - SHOWN_SKIPS} more" if len(build.skipped) > SHOWN_SKIPS else ""
-        print(f"skipped {len(build.skipped)} question(s) whose image is missing (all listed in "
-              f"{build.name}_build_report.json): {shown}{more}", file=sys.stderr)
-    return 1 if build.skipped else 0
+    for kind, why in (("image", "whose image is missing"), ("answer", "with an empty answer")):
+        skipped = [s for s in build.skipped if s.kind == kind]
+        if skipped:
+            shown = "; ".join(f"{s.split} qid {s.qid}: {s.reason}" for s in skipped[:SHOWN_SKIPS])
+            more = f"; ... and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
+            print(f"skipped {len(skipped)} question(s) {why} (all listed in {build.name}_build_report.json): "
+                  f"{shown}{more}", file=sys.stderr)
+    return 1 if any(s.kind == "image" for s in build.skipped) else 0
 
 
 def _data_vqa_rad(ns: argparse.Namespace) -> None:
@@ -74,25 +98,28 @@ def _extract(ns: argparse.Namespace, rows: list[dict], out: Path):
 
 def _data_vqa_attributes(ns: argparse.Namespace) -> int:
     from .data.lf_format import check_free_names, dataset_entry, merge_dataset_info, read_json, write_json, write_vocab
+    from .data.vqa_attributes import check_rows
 
     src, out = Path(ns.input), Path(ns.out)
-    check_free_names(out, [ns.name], ns.overwrite, paths=[f"{ns.name}.json", f"{ns.name}_vocab.yaml"])
-    rows = read_json(src)
-    if not isinstance(rows, list) or not rows:
-        raise AttTokError(f"{src}: expected a non-empty JSON list of sharegpt samples")
-    result, source = _extract(ns, rows, out)
-    write_json(out / f"{ns.name}_report.json", result.report)
-    if not result.vocab:
-        print(f"no attribute survived extraction; see {out / (ns.name + '_report.json')}", file=sys.stderr)
-        return 1
-    for row in result.rows:  # keep images resolvable from the output folder
-        row["images"] = [os.path.relpath(src.parent / img, out) for img in row.get("images", [])]
-    write_json(out / f"{ns.name}.json", result.rows)
-    write_vocab(out / f"{ns.name}_vocab.yaml", result.vocab, f"attributes of {src.name} extracted by {source}")
-    merge_dataset_info(out, {ns.name: dataset_entry(f"{ns.name}.json")}, overwrite=ns.overwrite)
+    name = dataset_name(ns.name)
+    files = [f"{name}.json", f"{name}_vocab.yaml", f"{name}_report.json", f"{name}_llm_cache.json"]
+    refuse_same_as_input([out / f for f in [*files, "dataset_info.json"]], {"input": src})
+    with build_lock(out):
+        check_free_names(out, [name], ns.overwrite, paths=files[:2])
+        rows = check_rows(read_json(src), src)
+        result, source = _extract(ns, rows, out)
+        write_json(out / f"{name}_report.json", result.report)
+        if not result.vocab:
+            print(f"no attribute survived extraction; see {out / (name + '_report.json')}", file=sys.stderr)
+            return 1
+        for row in result.rows:  # keep images resolvable from the output folder
+            row["images"] = [os.path.relpath(src.parent / img, out) for img in row.get("images", [])]
+        write_json(out / f"{name}.json", result.rows)
+        write_vocab(out / f"{name}_vocab.yaml", result.vocab, f"attributes of {src.name} extracted by {source}")
+        merge_dataset_info(out, {name: dataset_entry(f"{name}.json")}, overwrite=ns.overwrite)
     failures = result.report["failures"]
     print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
-          f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {ns.name}_report.json)")
+          f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {name}_report.json)")
     return 1 if failures else 0
 
 
@@ -133,16 +160,22 @@ def add_vqa_data_commands(data) -> None:
                           "modality,organ for VQA-RAD)")
     vqa.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; key from OPENAI_API_KEY")
     vqa.add_argument("--model", default=None, help="model name at the endpoint (LLM workflow)")
-    vqa.add_argument("--min-count", type=int, default=2, help="drop keywords seen fewer times")
-    vqa.add_argument("--concurrency", type=int, default=4, help="parallel LLM requests")
-    vqa.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM request")
-    vqa.add_argument("--max-retries", type=int, default=3, help="HTTP retries (429/5xx/timeouts) by the client")
-    vqa.add_argument("--max-attempts", type=int, default=3, help="re-asks after a malformed reply")
+    vqa.add_argument("--min-count", type=positive_int, default=2, help="drop keywords seen fewer times")
+    vqa.add_argument("--concurrency", type=positive_int, default=4, help="parallel LLM requests")
+    vqa.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per LLM request")
+    vqa.add_argument("--max-retries", type=non_negative_int, default=3,
+                     help="HTTP retries (429/5xx/timeouts) by the client")
+    vqa.add_argument("--max-attempts", type=positive_int, default=3, help="re-asks after a malformed reply")
     vqa.add_argument("--modality", default="rad", help="token modality when a sample has none")
     vqa.add_argument("--single-modality", action="store_true",
                      help="tokens without a modality part (PathVQA's rows ask for it themselves)")
     vqa.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     vqa.set_defaults(func=_data_vqa_attributes)
+
+
+def _cache_path(out: Path, protocol: str) -> Path:
+    """The judge's reply cache of one protocol, next to the result file."""
+    return out.with_suffix(".judge_cache.json" if protocol == "paper" else f".{protocol}_judge_cache.json")
 
 
 def _judge(ns: argparse.Namespace, protocol: str):
@@ -164,8 +197,7 @@ def _judge(ns: argparse.Namespace, protocol: str):
                           f"(write {{{{ }}}} for a literal brace): {type(err).__name__}: {err}") from err
     client = OpenAI(base_url=ns.judge_base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
                     timeout=ns.timeout, max_retries=ns.max_retries)
-    cache = ".judge_cache.json" if protocol == "paper" else f".{protocol}_judge_cache.json"
-    return Judge(client, ns.judge_model, prompt, Path(ns.out).with_suffix(cache))
+    return Judge(client, ns.judge_model, prompt, _cache_path(Path(ns.out), protocol))
 
 
 def _eval_vqa(ns: argparse.Namespace) -> int:
@@ -174,6 +206,10 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     from .eval.vqa_protocols import PROTOCOLS
     from .eval.vqa_report import result_markdown
 
+    out = output_file(ns.out, "--out")
+    inputs = {"--predictions": ns.predictions, "--dataset": ns.dataset, "--judge-prompt": ns.judge_prompt,
+              "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
+    refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)
     result = score_vqa(ns.predictions, ns.dataset, {p: _judge(ns, p) for p in protocols}, name=ns.name)
     write_json(ns.out, result)
@@ -199,6 +235,7 @@ def add_vqa_eval_command(ev) -> None:
     vqa.add_argument("--judge-prompt", default=None, help="paper protocol prompt, {question} {answer} {prediction}")
     vqa.add_argument("--medevalkit-judge-prompt", default=None,
                      help="medevalkit protocol prompt (reply <judge>0</judge> = correct, or {\"correct\": ...})")
-    vqa.add_argument("--timeout", type=float, default=60.0, help="seconds per judge request")
-    vqa.add_argument("--max-retries", type=int, default=3, help="client retries on HTTP 429/5xx and timeouts")
+    vqa.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per judge request")
+    vqa.add_argument("--max-retries", type=non_negative_int, default=3,
+                     help="client retries on HTTP 429/5xx and timeouts")
     vqa.set_defaults(func=_eval_vqa)

@@ -16,7 +16,14 @@ from .lf_data import DatasetUnreadable, iter_answers
 from .log import get_logger
 from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
 from .state import SavedAttTok
-from .vocab import TOKEN_IN_TEXT, AttributeVocab, check_data_tokens, derive_vocab, load_vocab
+from .vocab import (
+    TOKEN_IN_TEXT,
+    AttributeVocab,
+    check_data_tokens,
+    check_keywords_against,
+    derive_vocab,
+    load_vocab,
+)
 
 logger = get_logger(__name__)
 
@@ -98,6 +105,7 @@ class AttTokContext:
                 f"{self.saved.folder}: its attribute tokens have ids {self.saved.token_ids} but the base tokenizer "
                 f"gives {self.token_ids}: the adapter was trained on another base model or vocabulary."
             )
+        check_keywords_against(self.vocab, tokenizer.all_special_tokens)  # no row starts from <|im_end|>'s
         self.keyword_ids = keyword_token_ids(tokenizer, self.vocab, self.token_ids)
         logger.info("AttTok: %d attribute tokens, ids %s", len(self.token_ids), self.token_ids)
 

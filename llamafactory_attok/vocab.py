@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -23,6 +23,10 @@ from .errors import AttTokError
 
 TOKEN_PATTERN = re.compile(r"^<\|[a-z0-9]+(?:_[a-z0-9]+)*\|>$")
 TOKEN_IN_TEXT = re.compile(r"<\|[^|<>\s]+\|>")
+# what a writer may have meant as a token: ``<|Fundus_Weird Token|>`` (capitals, spaces) too
+TOKEN_LIKE = re.compile(r"<\|[^<>\n]{0,80}?\|>")
+# markup a tokenizer may treat as one special token: <|im_end|>, <image>, </s>, <start_of_turn>, <IMG_CONTEXT>
+SPECIAL_LIKE = re.compile(r"<\|[^<>\n]{0,80}?\|>|</?[A-Za-z_][^<>\s]{0,40}>")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class AttributeVocab:
 
     tokens: tuple[str, ...]
     keywords: tuple[str, ...]
+    source: str = field(default="", compare=False)  # the file it was read from, for error messages
+    lines: tuple[int, ...] = field(default=(), compare=False)  # the line of each token in that file (0: unknown)
+
+    def where(self, token: str) -> str:
+        """``file: line N`` of ``token`` (as far as known), for error messages."""
+        index = self.tokens.index(token)
+        line = self.lines[index] if index < len(self.lines) else 0
+        return f"{self.source or 'attribute vocabulary'}" + (f": line {line}" if line else "")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -84,16 +96,41 @@ def validate_token_name(token: object, where: str) -> str:
     return token
 
 
+def _check_keyword(token: str, keyword: object, where: str) -> None:
+    """A keyword is plain words: its token embeddings initialise the attribute row (§4.1), so markup a tokenizer
+    reads as one special token (``<|im_end|>``, ``<image>``, ``</s>``) would start the row from that token."""
+    if not isinstance(keyword, str) or not keyword.strip():
+        raise AttTokError(f"{where}: attribute token {token} needs a non-empty keyword text, got {keyword!r}.")
+    special = SPECIAL_LIKE.search(keyword)
+    if special:
+        raise AttTokError(f"{where}: the keyword {keyword!r} of {token} contains {special.group(0)!r}, which looks "
+                          "like a special token of a tokenizer; the attribute row would start from that token's "
+                          "embedding. Write the keyword as plain words.")
+
+
 def vocab_from_mapping(mapping: dict, source: str, text: str = "") -> AttributeVocab:
     """Validate a token → keyword mapping; ``source``/``text`` locate errors by file and line."""
     if not mapping:
         raise AttTokError(f"{source}: the attribute vocabulary is empty.")
+    lines = []
     for token, keyword in mapping.items():
-        where = f"{source}: line {_line_of(text, str(token))}" if text else source
+        lines.append(_line_of(text, str(token)) if text else 0)
+        where = f"{source}: line {lines[-1]}" if text else source
         validate_token_name(token, where)
-        if not isinstance(keyword, str) or not keyword.strip():
-            raise AttTokError(f"{where}: attribute token {token} needs a non-empty keyword text, got {keyword!r}.")
-    return AttributeVocab(tuple(mapping), tuple(str(v).strip() for v in mapping.values()))
+        _check_keyword(token, keyword, where)
+    return AttributeVocab(tuple(mapping), tuple(str(v).strip() for v in mapping.values()), source, tuple(lines))
+
+
+def check_keywords_against(vocab: AttributeVocab, special_tokens: Iterable[str]) -> None:
+    """Refuse a keyword that is, or contains, a special token of the tokenizer (any spelling, e.g. ``[CLS]``),
+    naming the vocabulary file and line; call it where the tokenizer is at hand (keyword ids are computed)."""
+    specials = [t for t in special_tokens if t and t.strip()]
+    for token, keyword in zip(vocab.tokens, vocab.keywords, strict=True):
+        found = next((t for t in specials if t in keyword), None)
+        if found is not None:
+            raise AttTokError(f"{vocab.where(token)}: the keyword {keyword!r} of {token} contains {found!r}, a "
+                              "special token of the tokenizer; the attribute row would start from its embedding. "
+                              "Write the keyword as plain words.")
 
 
 def read_text(path: str | Path) -> str:
@@ -136,6 +173,14 @@ def tokens_in_text(text: str) -> list[str]:
     return TOKEN_IN_TEXT.findall(text)
 
 
+def refuse_malformed_tokens(text: str, known_special: set[str], where: str) -> None:
+    """Anything written like a token (``<|…|>``, spaces and capitals included) must be a known special token or
+    follow the naming rule; else it would train as plain text and teach no attribute: an error naming ``where``."""
+    for token in TOKEN_LIKE.findall(text):
+        if token not in known_special:
+            validate_token_name(token, where)
+
+
 def keyword_after(text: str, token: str) -> str:
     """The text after ``token`` up to the next ``<|…|>`` token or the end, stripped of spaces and ``,;.``."""
     start = text.index(token) + len(token)
@@ -153,6 +198,7 @@ def derive_vocab(answers: Iterable[tuple[str, str]], known_special: set[str]) ->
     """
     keyword_counts: dict[str, Counter] = defaultdict(Counter)
     for where, answer in answers:
+        refuse_malformed_tokens(answer, known_special, where)
         for token in tokens_in_text(answer):
             if token in known_special:
                 continue
@@ -174,6 +220,7 @@ def check_data_tokens(answers: Iterable[tuple[str, str]], vocab: AttributeVocab,
     valid = set(vocab.tokens)
     occurrences = 0
     for where, answer in answers:
+        refuse_malformed_tokens(answer, known_special, where)
         for token in tokens_in_text(answer):
             if token in valid:
                 occurrences += 1

@@ -9,6 +9,7 @@ from llamafactory_attok.errors import AttTokError
 from llamafactory_attok.rows import add_attribute_tokens, keyword_token_ids
 from llamafactory_attok.tiny import build_tiny_tokenizer
 from llamafactory_attok.vocab import (
+    AttributeVocab,
     check_data_tokens,
     derive_vocab,
     keyword_after,
@@ -72,7 +73,10 @@ def test_empty_keyword(tmp_path):
 
 def test_keyword_that_tokenises_to_nothing_usable():
     tokenizer = build_tiny_tokenizer()
-    vocab = vocab_from_mapping({"<|fundus_a|>": "first", "<|fundus_b|>": "<|fundus_a|>"}, "vocab.yaml")
+    mapping = {"<|fundus_a|>": "first", "<|fundus_b|>": "<|fundus_a|>"}
+    with pytest.raises(AttTokError, match=r"vocab.yaml: the keyword '<\|fundus_a\|>' of <\|fundus_b\|> contains"):
+        vocab_from_mapping(mapping, "vocab.yaml")  # refused when read; the guard below stays for built vocabularies
+    vocab = AttributeVocab(tuple(mapping), tuple(mapping.values()))
     ids, _ = add_attribute_tokens(tokenizer, vocab)
     with pytest.raises(AttTokError, match=r"keyword '<\|fundus_a\|>' of <\|fundus_b\|> tokenises to nothing"):
         keyword_token_ids(tokenizer, vocab, ids)
@@ -154,10 +158,12 @@ def test_unreadable_dataset_is_a_warning_with_a_vocabulary_and_an_error_without(
 
     info = json.loads((sample_data / "dataset_info.json").read_text())
     info["hub_only"] = {"hf_hub_url": "nobody/not-a-dataset", "formatting": "sharegpt"}
-    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    data = tmp_path / "data"  # beside the output folders: an output_dir inside the data folder is refused
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps(info))
     for name in ("retina_attok_train.json", "retina_images"):
-        (tmp_path / name).symlink_to(sample_data / name)
-    common = {"dataset": "hub_only", "dataset_dir": str(tmp_path)}
+        (data / name).symlink_to(sample_data / name)
+    common = {"dataset": "hub_only", "dataset_dir": str(data)}
     with_vocab = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "o1", attok=True,
                            attok_vocab=str(sample_data / "retina_vocab.yaml"), **common)
     model_args, *_ = get_train_args(with_vocab)

@@ -9,12 +9,18 @@ Safety: each build owns its images folder (a vanilla build of N writes ``N_vanil
 Before anything is written, every dataset name and path the build writes must be free, else an error (unless
 ``overwrite``). Images are written to a temp folder inside the output folder and renamed into place at the end, so
 a failed build leaves the output folder as it was; with ``overwrite`` the previous build of P (images folder, JSON
-files, ``dataset_info.json`` entries) is replaced as a whole.
+files, ``dataset_info.json`` entries) is replaced as a whole. Builds into one output folder hold its lock
+(:func:`~llamafactory_attok.safe_paths.build_lock`) from the check to the last write: two builds of one name at
+once run one after the other, and the last one wins whole.
+
+Input: the dataset name stays a file name inside the output folder; ``image_size`` ≥ 1, each ratio in [0, 1) and
+their sum below 1; an image listed twice is kept once (same label and split) or refused (another label or split:
+leakage); 16-bit and float images are scaled, not clipped (:mod:`.images`); a class too small for the ratios is
+named in a warning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -28,9 +34,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import AttTokError
+from ..safe_paths import build_lock, dataset_name, refuse_same_as_input
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
 from .augment import balance, missing_count
+from .images import as_rgb, open_rgb
 from .lf_format import (
     attribute_token,
     check_free_names,
@@ -41,7 +49,7 @@ from .lf_format import (
     write_png,
     write_vocab,
 )
-from .sources import SPLITS, Item
+from .sources import SPLITS, Item, drop_duplicates, warn
 
 OPEN_QUESTION = "<image>What is the diagnosis shown in this {modality} image?"
 CLOSE_QUESTION = (
@@ -99,31 +107,46 @@ def derive_class_map(labels: list[str], modality: str) -> tuple[dict, str]:
     return mapping, header + yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False)
 
 
+def check_split_options(image_size: int, val_ratio: float, test_ratio: float) -> None:
+    """``image_size`` at least 1; each ratio in [0, 1) and their sum below 1 (a training split must remain)."""
+    if image_size < 1:
+        raise AttTokError(f"--image-size {image_size}: must be at least 1 (pixels of the shorter side)")
+    for option, ratio in (("--val-ratio", val_ratio), ("--test-ratio", test_ratio)):
+        if not 0 <= ratio < 1:
+            raise AttTokError(f"{option} {ratio}: must be in [0, 1)")
+    if val_ratio + test_ratio >= 1:
+        raise AttTokError(f"--val-ratio {val_ratio} + --test-ratio {test_ratio} = {val_ratio + test_ratio:g}: the "
+                          "sum must be below 1, or no image is left for training")
+
+
 def stratified_split(items: list[Item], val_ratio: float, test_ratio: float, seed: int) -> list[Item]:
-    """Give split-less items a seeded, per-class (stratified) train/val/test assignment."""
+    """Give split-less items a seeded, per-class (stratified) train/val/test assignment; classes too small to
+    reach every split the ratios ask for are named in a warning, with their counts."""
     rng = random.Random(seed)
     by_label: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         by_label[item.label].append(item)
+    thin = []
     for label in sorted(by_label):
         group = by_label[label]
         rng.shuffle(group)
         n_test, n_val = round(len(group) * test_ratio), round(len(group) * val_ratio)
         for index, item in enumerate(group):
             item.split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
+        counts = Counter(item.split for item in group)
+        wanted = ["train", *(["val"] if val_ratio else []), *(["test"] if test_ratio else [])]
+        if any(not counts[split] for split in wanted):
+            thin.append(f"{label!r} ({len(group)} image(s): " + ", ".join(f"{s} {counts[s]}" for s in SPLITS) + ")")
+    if thin:
+        warn(f"class(es) too small for --val-ratio {val_ratio} / --test-ratio {test_ratio} get no sample in some "
+             f"split: {'; '.join(thin)}; add images or give the source its own split")
     return items
 
 
 def _load_image(item: Item, size: int) -> Image.Image:
-    try:
-        if isinstance(item.image, Image.Image):
-            image = item.image.convert("RGB")
-        else:
-            with Image.open(item.image) as opened:
-                image = opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:  # not an image, truncated, bad header (PIL's own errors)
-        where = item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
-        raise AttTokError(f"{where}: cannot be read as an image ({type(err).__name__}: {err})") from err
+    """The item's image as RGB (bit depth scaled, see :mod:`.images`), upscaled to ``size`` when smaller."""
+    where = item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
+    image = as_rgb(item.image, where) if isinstance(item.image, Image.Image) else open_rgb(item.image, where)
     if min(image.size) < size:  # small sources (MedMNIST 28×28) are upscaled; larger ones kept
         scale = size / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
@@ -172,61 +195,91 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     return per_split
 
 
+@dataclass
+class _Outputs:
+    """What one build of ``name`` writes inside the output folder (``prefix``: ``name`` or ``name_vanilla``)."""
+
+    name: str
+    prefix: str
+    vanilla: bool
+    derived_file: str | None
+
+    @property
+    def images_dir(self) -> str:
+        return f"{self.prefix}_images"
+
+    @property
+    def vocab_file(self) -> str | None:
+        return None if self.vanilla else f"{self.name}_vocab.yaml"
+
+    @property
+    def datasets(self) -> list[str]:
+        return [f"{self.prefix}_{kind}_{split}" for kind in ("open", "close") for split in SPLITS]
+
+    def paths(self) -> list[str]:
+        extra = [f for f in (self.vocab_file, self.derived_file) if f]
+        return [self.images_dir, *(f"{d}.json" for d in self.datasets), *extra]
+
+
 def build_classification(items: list[Item], class_map: str | Path | None, out_dir: str | Path, name: str, *,
                          image_size: int = 112, seed: int = 42, val_ratio: float = 0.1, test_ratio: float = 0.2,
                          augment: bool = True, augment_target: int | None = None, vanilla: bool = False,
-                         overwrite: bool = False, modality: str | None = None) -> dict[str, str]:
+                         overwrite: bool = False, modality: str | None = None,
+                         inputs: dict[str, str | Path | None] | None = None) -> dict[str, str]:
     """Write images, datasets, vocabulary and ``dataset_info.json`` entries; return dataset name → file name.
 
     Without ``class_map`` the labels are the answer names (``modality`` names the modality) and the derived map
     is written as ``<prefix>_classes.yaml`` next to the datasets, to edit and pass back as ``class_map``.
+    ``inputs`` (option → path, e.g. the source) may not be among the files written. The same image listed twice
+    is kept once (same label and split, with a warning) or refused (see :func:`.sources.drop_duplicates`).
+    Builds into one folder exclude each other (:func:`~llamafactory_attok.safe_paths.build_lock`).
     """
     out = Path(out_dir)
+    dataset_name(name)
+    check_split_options(image_size, val_ratio, test_ratio)
+    items = drop_duplicates(items)
     prefix = f"{name}_vanilla" if vanilla else name
-    derived_file = None
+    derived_text = ""
     if class_map is None:
         if not items:
             raise AttTokError("the source has no samples; nothing to build")
-        derived_file = f"{prefix}_classes.yaml"
+        plan = _Outputs(name, prefix, vanilla, f"{prefix}_classes.yaml")
         mapping, derived_text = derive_class_map([item.label for item in items], modality or "")
-        modality, specs = load_class_map(out / derived_file, raw=mapping)
-        class_map = out / derived_file
+        modality, specs = load_class_map(out / plan.derived_file, raw=mapping)
+        class_map = out / plan.derived_file
     else:
+        plan = _Outputs(name, prefix, vanilla, None)
         modality, specs = load_class_map(class_map)
+        inputs = {**(inputs or {}), "--class-map": class_map}
     _check_items(items, specs, class_map)
-    images_dir = f"{prefix}_images"
-    vocab_file = None if vanilla else f"{name}_vocab.yaml"
-    datasets = [f"{prefix}_{kind}_{split}" for kind in ("open", "close") for split in SPLITS]
-    check_free_names(out, datasets, overwrite,
-                     paths=[images_dir, *(f"{d}.json" for d in datasets), *([vocab_file] if vocab_file else []),
-                            *([derived_file] if derived_file else [])])
+    refuse_same_as_input([out / p for p in [*plan.paths(), "dataset_info.json"]], inputs or {})
     if any(item.split is None for item in items):
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
-    try:
-        per_split = _write_images(items, specs, staging, images_dir, image_size, augment, augment_target, seed)
-    except BaseException:
-        shutil.rmtree(staging)
-        if created:
-            with contextlib.suppress(OSError):  # removed only while still empty
-                out.rmdir()
-        raise
-    ordered = [specs[k] for k in specs]
-    rows_of = _datasets(per_split, specs, ordered, modality, prefix, seed, vanilla)
-    stale = [d for d in datasets if d not in rows_of]  # written by a build being replaced, not by this one
-    try:
-        _commit(out, staging, images_dir, rows_of, stale)
-        if derived_file:
-            atomic_write_bytes(out / derived_file, derived_text.encode("utf-8"))
-        if vocab_file:
-            write_vocab(out / vocab_file, {s.token: s.keyword for s in ordered},
-                        f"attribute vocabulary of {name} ({modality}), written by `attok data classify`")
-        merge_dataset_info(out, {d: dataset_entry(f"{d}.json") for d in rows_of}, overwrite=overwrite, remove=stale)
-    finally:
-        shutil.rmtree(staging)
+    with build_lock(out):
+        check_free_names(out, plan.datasets, overwrite, paths=plan.paths())
+        staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
+        try:
+            per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,
+                                      seed)
+            rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
+            _write_outputs(out, staging, plan, rows_of, overwrite, derived_text,
+                           {s.token: s.keyword for s in specs.values()}, f"{name} ({modality})")
+        finally:
+            shutil.rmtree(staging)
     return {d: f"{d}.json" for d in rows_of}
+
+
+def _write_outputs(out: Path, staging: Path, plan: _Outputs, rows_of: dict[str, list[dict]], overwrite: bool,
+                   derived_text: str, vocab: dict[str, str], described: str) -> None:
+    """Swap the staged images in, then write datasets, class map, vocabulary and ``dataset_info.json`` entries."""
+    stale = [d for d in plan.datasets if d not in rows_of]  # written by a build being replaced, not by this one
+    _commit(out, staging, plan.images_dir, rows_of, stale)
+    if plan.derived_file:
+        atomic_write_bytes(out / plan.derived_file, derived_text.encode("utf-8"))
+    if plan.vocab_file:
+        write_vocab(out / plan.vocab_file, vocab, f"attribute vocabulary of {described}, written by `attok data "
+                                                  "classify`")
+    merge_dataset_info(out, {d: dataset_entry(f"{d}.json") for d in rows_of}, overwrite=overwrite, remove=stale)
 
 
 def _datasets(per_split: dict[str, list[tuple[str, str, dict]]], specs: dict[str, ClassSpec],

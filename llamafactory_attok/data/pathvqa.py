@@ -9,16 +9,16 @@ A question whose image the release lacks is skipped, listed by qid in the build 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import AttTokError
+from ..safe_paths import build_lock
 from .lf_format import sharegpt_row, write_json
 from .pathvqa_sources import QA, from_parquet, from_release, release_file
-from .vqa_build import VQA_SPLITS, YES_NO, Skipped, VqaBuild, check_outputs_free, commit
+from .vqa_build import VQA_SPLITS, YES_NO, Skipped, VqaBuild, check_outputs_free, commit, skip_empty_answer
 
 FORMATS = ("auto", "release", "parquet")
 
@@ -46,13 +46,17 @@ def _assemble(build: VqaBuild, records: Iterable[QA], source: Path) -> None:
             build.skipped.append(Skipped(qa.split, qa.qid, f"{qa.where}: image images/{qa.image_name} does not "
                                                            "exist"))
             continue
+        if skip_empty_answer(build, qa.split, qa.qid, qa.answer):
+            continue
         rel = f"{build.name}_images/{qa.image_name}"
         build.images[rel] = qa.image
         build.rows[qa.split].append(_row(qa, rel))
     empty = [s for s, rows in build.rows.items() if not rows]
     if empty:
+        answers = sum(s.kind == "answer" for s in build.skipped)
         raise AttTokError(f"{source}: no question with an image in split(s) {', '.join(empty)} "
-                          f"({len(build.skipped)} skipped for a missing image); nothing to build")
+                          f"({len(build.skipped) - answers} skipped for a missing image"
+                          f"{f', {answers} for an empty answer' if answers else ''}); nothing to build")
 
 
 def build_pathvqa(source_dir: str | Path, out_dir: str | Path, name: str = "pathvqa", source_format: str = "auto",
@@ -66,24 +70,18 @@ def build_pathvqa(source_dir: str | Path, out_dir: str | Path, name: str = "path
         raise AttTokError(f"--format {source_format!r}: expected one of {', '.join(FORMATS)}")
     fmt = detect_format(source) if source_format == "auto" else source_format
     report = f"{name}_build_report.json"
-    check_outputs_free(out, name, VQA_SPLITS, overwrite, extra_paths=(report,))
-    build = VqaBuild(name)
-    if fmt == "release":
-        _assemble(build, from_release(source), source)
-        commit(build, out, overwrite)
-    else:
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.building.", dir=out))
-        try:
-            _assemble(build, from_parquet(source, staging), source)
+    with build_lock(out):
+        check_outputs_free(out, name, VQA_SPLITS, overwrite, extra_paths=(report,))
+        build = VqaBuild(name)
+        if fmt == "release":
+            _assemble(build, from_release(source), source)
             commit(build, out, overwrite)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            if created:
-                with contextlib.suppress(OSError):  # removed only while still empty
-                    out.rmdir()
-            raise
-        shutil.rmtree(staging)
-    write_json(out / report, {"source": str(source), "format": fmt, **build.summary()})
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.building.", dir=out))
+            try:
+                _assemble(build, from_parquet(source, staging), source)
+                commit(build, out, overwrite)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        write_json(out / report, {"source": str(source), "format": fmt, **build.summary()})
     return build

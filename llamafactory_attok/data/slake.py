@@ -3,12 +3,14 @@
 The release folder holds ``train.json``, ``validate.json`` (later re-uploads: ``validation.json``; either is
 accepted) and ``test.json``, and the images at ``imgs/xmlabN/source.jpg`` (``img_name`` is relative to ``imgs/``).
 Each question file mixes English and Chinese questions (``q_lang``); English is the default (``lang="en"``,
-4919 / 1053 / 1061 questions), ``"zh"`` or ``"all"`` on request. A split that keeps no question is an error.
+4919 / 1053 / 1061 questions, of which train qid 1622 has an empty answer and is skipped), ``"zh"`` or ``"all"`` on
+request. A split that keeps no question is an error.
 
 Kept per question: ``qid``, ``answer_type`` (``closed`` / ``open``, lowercased like VQA-RAD's), ``content_type``
 (Organ, Position, Abnormality, ..., for the per-type breakdown of `attok eval vqa`), ``modality``, ``location``,
-``base_type`` (vqa / kvqa) and ``lang``. A question whose image is missing is skipped, listed by qid in the build
-report and counted; if no question of a split has its image, the build is an error (wrong folder).
+``base_type`` (vqa / kvqa) and ``lang``. A question whose image is missing, or whose answer has no letter or
+digit, is skipped, listed by qid in the build report and counted; if no question of a split has its image, the
+build is an error (wrong folder).
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import AttTokError
+from ..safe_paths import build_lock
 from .lf_format import read_json, sharegpt_row, write_json
-from .vqa_build import VQA_SPLITS, Skipped, VqaBuild, answer_type_of, check_outputs_free, commit, relative_member
+from .vqa_build import (
+    VQA_SPLITS,
+    Skipped,
+    VqaBuild,
+    answer_type_of,
+    check_outputs_free,
+    commit,
+    relative_member,
+    skip_empty_answer,
+)
 
 SPLIT_FILES = {"train": ("train.json",), "val": ("validate.json", "validation.json"), "test": ("test.json",)}
 LANGS = ("en", "zh", "all")
@@ -78,6 +90,8 @@ def _add_split(build: VqaBuild, source: Path, split: str, lang: str) -> None:
             build.skipped.append(Skipped(split, str(entry["qid"]), f"image {image} does not exist"))
             missing += 1
             continue
+        if skip_empty_answer(build, split, str(entry["qid"]), str(entry["answer"]).strip()):
+            continue
         rel = f"{build.name}_images/{member.as_posix()}"
         build.images[rel] = image
         rows.append(_row(entry, rel, where))
@@ -97,10 +111,11 @@ def build_slake(source_dir: str | Path, out_dir: str | Path, name: str = "slake"
     if not source.is_dir():
         raise AttTokError(f"{source}: not a folder (expected the SLAKE 1.0 release folder)")
     report = f"{name}_build_report.json"
-    check_outputs_free(out, name, VQA_SPLITS, overwrite, extra_paths=(report,))
-    build = VqaBuild(name)
-    for split in VQA_SPLITS:
-        _add_split(build, source, split, lang)
-    commit(build, out, overwrite)
-    write_json(out / report, {"source": str(source), "lang": lang, **build.summary()})
+    with build_lock(out):
+        check_outputs_free(out, name, VQA_SPLITS, overwrite, extra_paths=(report,))
+        build = VqaBuild(name)
+        for split in VQA_SPLITS:
+            _add_split(build, source, split, lang)
+        commit(build, out, overwrite)
+        write_json(out / report, {"source": str(source), "lang": lang, **build.summary()})
     return build

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AttTokError
 from ..vocab import read_text
+from .images import array_to_image
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -28,38 +31,90 @@ class Item:
     source: str  # where it came from, for error messages
 
 
-def from_npz(path: Path) -> Iterator[Item]:
-    import numpy as np
-    from PIL import Image
+def warn(message: str) -> None:
+    """A note on stderr about input the build changed or could not use fully (counts and names included)."""
+    print(f"attok: warning: {message}", file=sys.stderr)
 
+
+def load_npz(path: Path) -> dict:
+    """The arrays of a ``.npz`` file; a missing file, a file that is not ``.npz`` or a damaged one is an error
+    naming the path (numpy's own messages do not)."""
+    import numpy as np
+
+    path = Path(path)
     if not path.is_file():
         raise AttTokError(f"{path}: file does not exist")
-    data = np.load(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = None
+        if hasattr(data, "files"):  # an archive of named arrays, not a plain .npy array
+            with data:
+                arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise AttTokError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); expected a MedMNIST "
+                          "file with train/val/test _images and _labels arrays") from err
+    if arrays is None:
+        raise AttTokError(f"{path}: a single .npy array, not a .npz archive of named arrays")
+    return arrays
+
+
+def npz_split(path: Path, data: dict, split: str) -> tuple:
+    """``(images, labels)`` of one MedMNIST split, labels as an (N, k) array; a missing key or a length mismatch
+    is an error naming the file."""
+    keys = (f"{split}_images", f"{split}_labels")
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise AttTokError(f"{path}: no {' or '.join(repr(k) for k in missing)} array (MedMNIST keys: train/val/test "
+                          f"_images/_labels; the file has {', '.join(sorted(data)) or 'none'})")
+    images, labels = data[keys[0]], data[keys[1]]
+    if images.ndim < 3 or labels.ndim < 1 or len(images) != len(labels):
+        raise AttTokError(f"{path}: {keys[0]} has shape {images.shape} and {keys[1]} {labels.shape}; expected N "
+                          "images (N×H×W or N×H×W×C) and N labels")
+    return images, labels.reshape(len(labels), -1)
+
+
+def _label_text(value) -> str:
+    """An npz label as the class-map key: integral numbers as ``"3"`` (MedMNIST), anything else as its text."""
+    number = value.item() if hasattr(value, "item") else value
+    return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
+
+
+def from_npz(path: Path) -> Iterator[Item]:
+    data = load_npz(path)
     for split in SPLITS:
-        if f"{split}_images" not in data:
-            raise AttTokError(f"{path}: no '{split}_images' array (MedMNIST keys: train/val/test _images/_labels)")
-        images, labels = data[f"{split}_images"], data[f"{split}_labels"].reshape(len(data[f"{split}_images"]), -1)
+        images, labels = npz_split(path, data, split)
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            where = f"{path}: {split} sample {index}"
             if label.shape[0] != 1:
-                raise AttTokError(f"{path}: {split} sample {index} has {label.shape[0]} labels; one expected")
-            yield Item(split, str(int(label[0])), Image.fromarray(image), f"{path}: {split} sample {index}")
+                raise AttTokError(f"{where} has {label.shape[0]} labels; one expected")
+            yield Item(split, _label_text(label[0]), array_to_image(image, where), where)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def _visible(entries: list[Path], hidden: list[Path]) -> list[Path]:
+    """``entries`` without hidden ones (``.ipynb_checkpoints/``, macOS ``._x.png``), which go to ``hidden``."""
+    hidden += [p for p in entries if p.name.startswith(".")]
+    return [p for p in entries if not p.name.startswith(".")]
+
+
+def _images_in(folder: Path, hidden: list[Path]) -> list[Path]:
+    return sorted(p for p in _visible(list(folder.iterdir()), hidden) if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def from_image_folder(root: Path) -> Iterator[Item]:
+    """Hidden folders and files (name starting with a dot) are skipped and counted in a warning."""
     if not root.is_dir():
         raise AttTokError(f"{root}: not a folder (expected root/<class>/* or root/<split>/<class>/*)")
     split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
     layout = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
-    found = 0
+    found, hidden = 0, []
     for split, folder in layout:
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for image in _images_in(class_dir):
+        for class_dir in sorted(p for p in _visible(list(folder.iterdir()), hidden) if p.is_dir()):
+            for image in _images_in(class_dir, hidden):
                 found += 1
                 yield Item(split, class_dir.name, image, str(image))
+    if hidden:
+        shown = ", ".join(str(p.relative_to(root)) for p in hidden[:5]) + (" …" if len(hidden) > 5 else "")
+        warn(f"{root}: skipped {len(hidden)} hidden folder(s)/file(s) (name starting with a dot): {shown}")
     if not found:
         raise AttTokError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in root/<class>/ or "
                           "root/<split>/<class>/")
@@ -95,3 +150,29 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
         raise AttTokError(f"{path}: line {reader.line_num}: malformed CSV: {err}") from err
     if not rows:
         raise AttTokError(f"{path}: no data rows below the header; nothing to build")
+
+
+def drop_duplicates(items: list[Item]) -> list[Item]:
+    """One image file listed twice (the same path, however spelled, or a link to it): rows with the same label and
+    split are kept once, with a warning giving the count; under two labels or in two splits it is an error naming
+    both rows — the image would be trained on and tested on (leakage) or taught two answers."""
+    first: dict[tuple[int, int], Item] = {}
+    kept, dropped = [], []
+    for item in items:
+        if not isinstance(item.image, Path):
+            kept.append(item)
+            continue
+        stat = item.image.stat()
+        seen = first.setdefault((stat.st_dev, stat.st_ino), item)
+        if seen is item:
+            kept.append(item)
+        elif (seen.label, seen.split) == (item.label, item.split):
+            dropped.append(item.source)
+        else:
+            raise AttTokError(f"{item.source}: image {item.image} (label {item.label!r}, split {item.split}) is "
+                              f"already listed at {seen.source} (label {seen.label!r}, split {seen.split}); one image "
+                              "may have one label and one split: remove one of the two rows")
+    if dropped:
+        shown = "; ".join(dropped[:5]) + (" …" if len(dropped) > 5 else "")
+        warn(f"{len(dropped)} duplicate row(s) (an image listed again with the same label) kept once: {shown}")
+    return kept

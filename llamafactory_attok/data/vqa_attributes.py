@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError, field_validator
 from tqdm import tqdm
 
+from ..errors import AttTokError
 from .lf_format import attribute_token, read_json, slug, write_atomic
 
 NON_DISCRIMINATIVE = re.compile(
@@ -134,6 +135,37 @@ class ExtractionResult:
     rows: list[dict]
     vocab: dict[str, str]
     report: dict
+
+
+SHOWN_SAMPLES = 10  # samples named in an error listing several
+
+
+def check_rows(rows: object, source: Path) -> list[dict]:
+    """The input of `attok data vqa-attributes`: a non-empty list of sharegpt samples, each with a question and an
+    answer that has a letter or digit (an empty answer would become a bare ``<|token|> `` answer); else an error
+    naming the file and the samples."""
+    if not isinstance(rows, list) or not rows:
+        raise AttTokError(f"{source}: expected a non-empty JSON list of sharegpt samples")
+    bad, empty = [], []
+    for index, row in enumerate(rows):
+        turns = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(turns, list) or len(turns) < 2 or not all(
+                isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns[:2]):
+            bad.append(index)
+        elif not any(ch.isalnum() for ch in turns[1]["content"]):
+            empty.append(f"{index} (qid {row.get('qid', index)}: {turns[1]['content']!r})")
+    if bad:
+        raise AttTokError(f"{source}: sample(s) {_listed(bad)} need `messages` with a user and an assistant turn "
+                          "(each with a string `content`)")
+    if empty:
+        raise AttTokError(f"{source}: sample(s) {_listed(empty)} have an empty answer (no letter or digit); remove "
+                          "them — an attribute token would become the whole answer")
+    return rows
+
+
+def _listed(items: list) -> str:
+    shown = ", ".join(str(i) for i in items[:SHOWN_SAMPLES])
+    return shown + (f" … ({len(items)} in all)" if len(items) > SHOWN_SAMPLES else "")
 
 
 def _meta(row: dict) -> dict:

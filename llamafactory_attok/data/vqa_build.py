@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import AttTokError
+from ..safe_paths import dataset_name
 from ..state import atomic_write_bytes
 from .lf_format import check_free_names, dataset_entry, merge_dataset_info, write_json
 
@@ -28,6 +29,7 @@ class Skipped:
     split: str
     qid: str
     reason: str
+    kind: str = "image"  # "image": its image is missing (the download is incomplete); "answer": empty answer
 
 
 @dataclass
@@ -51,6 +53,15 @@ class VqaBuild:
                 "skipped_questions": [s.__dict__ for s in self.skipped]}
 
 
+def skip_empty_answer(build: VqaBuild, split: str, qid: str, answer: str) -> bool:
+    """True, with the question listed as skipped, when ``answer`` has no letter or digit (empty, ``"?"``): with
+    attribute tokens it would train as a bare token, and an empty reference would score an empty prediction right."""
+    if any(ch.isalnum() for ch in answer):
+        return False
+    build.skipped.append(Skipped(split, qid, f"answer {answer!r} has no letter or digit", kind="answer"))
+    return True
+
+
 def answer_type_of(value: object, where: str) -> str:
     """``closed`` / ``open`` from a release's ``answer_type`` (any case, stray spaces as in VQA-RAD)."""
     kind = str(value).strip().lower()
@@ -71,7 +82,8 @@ def relative_member(name: object, where: str) -> PurePosixPath:
 
 def check_outputs_free(out: Path, name: str, splits: tuple[str, ...], overwrite: bool,
                        extra_paths: tuple[str, ...] = ()) -> None:
-    """Dataset names, their JSON files and ``extra_paths`` must be free (before any reading or writing)."""
+    """A valid name; dataset names, their JSON files and ``extra_paths`` must be free (before any writing)."""
+    dataset_name(name)
     datasets = [f"{name}_{split}" for split in splits]
     check_free_names(out, datasets, overwrite, paths=[*(f"{d}.json" for d in datasets), *extra_paths])
 

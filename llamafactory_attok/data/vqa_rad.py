@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AttTokError
+from ..safe_paths import build_lock, dataset_name
 from .lf_format import check_free_names, read_json, sharegpt_row
-from .vqa_build import VqaBuild, answer_type_of, commit, relative_member
+from .sources import warn
+from .vqa_build import VqaBuild, answer_type_of, commit, relative_member, skip_empty_answer
 
 SPLIT_OF_PHRASE = {"freeform": "train", "para": "train", "test_freeform": "test", "test_para": "test"}
 OFFICIAL_JSON = "VQA_RAD Dataset Public.json"
 IMAGE_FOLDER = "VQA_RAD Image Folder"
+SHOWN = 10  # skipped questions listed in the warning
 
 
 def build_vqa_rad(source_dir: str | Path, out_dir: str | Path, name: str = "vqa_rad",
@@ -21,7 +24,17 @@ def build_vqa_rad(source_dir: str | Path, out_dir: str | Path, name: str = "vqa_
     path = source / OFFICIAL_JSON
     if not path.is_file():
         raise AttTokError(f"{source}: the official {OFFICIAL_JSON!r} is missing")
-    check_free_names(out, [f"{name}_train", f"{name}_test"], overwrite)
+    with build_lock(out):
+        check_free_names(out, [f"{dataset_name(name)}_train", f"{name}_test"], overwrite)
+        build = _assemble(source, path, name)
+        written = commit(build, out, overwrite)
+    if build.skipped:
+        warn(f"{path}: skipped {len(build.skipped)} question(s): " + "; ".join(
+            f"qid {s.qid}: {s.reason}" for s in build.skipped[:SHOWN]) + (" …" if len(build.skipped) > SHOWN else ""))
+    return written
+
+
+def _assemble(source: Path, path: Path, name: str) -> VqaBuild:
     build = VqaBuild(name, rows={"train": [], "test": []})
     for index, qa in enumerate(read_json(path)):
         where = f"{path}: entry {index} (qid {qa.get('qid')})"
@@ -31,10 +44,13 @@ def build_vqa_rad(source_dir: str | Path, out_dir: str | Path, name: str = "vqa_
         image = source / IMAGE_FOLDER / relative_member(qa.get("image_name"), where)
         if not image.is_file():
             raise AttTokError(f"{where}: image {image} does not exist")
+        answer = str(qa["answer"]).strip()
+        if skip_empty_answer(build, split, str(qa["qid"]), answer):
+            continue
         rel = f"{name}_images/{image.name}"
         build.images[rel] = image
         build.rows[split].append(sharegpt_row(
-            f"<image>{qa['question'].strip()}", str(qa["answer"]).strip(), [rel], qid=str(qa["qid"]),
+            f"<image>{qa['question'].strip()}", answer, [rel], qid=str(qa["qid"]),
             answer_type=answer_type_of(qa["answer_type"], where),  # two entries read "CLOSED " upstream
             question_type=qa.get("question_type"), organ=qa.get("image_organ"), modality=None))
-    return commit(build, out, overwrite)
+    return build

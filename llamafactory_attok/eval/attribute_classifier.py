@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.images import IMAGE_ERRORS
 from ..data.lf_format import read_json
 from ..errors import AttTokError
 from ..lf_data import EncodedPrompt, PromptEncoder, attr_for_file, load_aligned
@@ -101,7 +102,7 @@ def _image_problem(sample: Sample, images: list, media_dir: Path) -> str | None:
         try:
             with Image.open(image) as opened:
                 opened.verify()
-        except (OSError, ValueError, SyntaxError) as err:
+        except IMAGE_ERRORS as err:  # incl. Pillow's decompression-bomb refusal
             return (f"{sample.dataset}: sample {sample.index}: image {shown} cannot be read "
                     f"({type(err).__name__}: {err})")
     return None
@@ -112,7 +113,7 @@ def open_image(sample: Sample) -> Image.Image:
     try:
         with Image.open(sample.image) as image:
             return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:
+    except IMAGE_ERRORS as err:
         raise AttTokError(f"{sample.dataset}: sample {sample.index}: image {sample.image} cannot be read "
                           f"({type(err).__name__}: {err})") from err
 

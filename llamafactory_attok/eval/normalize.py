@@ -3,7 +3,7 @@
 Text rules:
 
 1. attribute tokens ``<|…|>`` and LF special tokens are removed;
-2. lowercase; every character that is not a letter or digit becomes a space; spaces collapse;
+2. lowercase; every character that is not a letter or digit (of any script) becomes a space; spaces collapse;
 3. a class matches when one of its names (display name, vocabulary keyword, extra synonyms) occurs as a whole
    word sequence; exactly one matching class is the prediction — none or several is *unparseable* (and wrong).
    A longer name contained in the text wins over a shorter name it contains ("no diabetic retinopathy" over
@@ -25,8 +25,10 @@ SPECIAL = re.compile(r"<\|[^|<>]*\|>")
 
 
 def normalize(text: str) -> str:
+    """Rules 1-2: letters and digits of any script are kept (SLAKE's Chinese answers must not normalise to
+    nothing, which would make every Chinese or empty prediction equal to every Chinese reference)."""
     text = SPECIAL.sub(" ", text or "").lower()
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
+    return " ".join(re.sub(r"[\W_]+", " ", text).split())
 
 
 def matching_classes(text: str, names: list[list[str]]) -> list[int]:

@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from ..data.lf_format import write_atomic
 from ..errors import AttTokError
+from ..safe_paths import output_file, refuse_same_as_input
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
 from .attribute_classifier import (
@@ -36,6 +37,37 @@ def resolve_vocab(model_path: str, adapter: str | None, vocab_path: str | None) 
         raise AttTokError(f"no attribute vocabulary: {adapter or model_path} holds no attok_vocab.yaml and no --vocab "
                           "was given (for a vanilla model use --mode likelihood)")
     return saved.vocab
+
+
+def vocab_token_ids(tokenizer, vocab: AttributeVocab, model: str) -> list[int]:
+    """Ids of the vocabulary's tokens in the model's tokenizer; a token it lacks is an error naming the token, the
+    vocabulary file and the model (instead of a ``None`` id failing deep inside torch)."""
+    known = tokenizer.get_vocab()
+    missing = [t for t in vocab.tokens if t not in known]
+    if missing:
+        shown = ", ".join(missing[:8]) + (" …" if len(missing) > 8 else "")
+        raise AttTokError(f"{vocab.where(missing[0])}: attribute token(s) {shown} are not in the tokenizer of "
+                          f"{model}: it was trained with another vocabulary; pass that one, or leave --vocab out to "
+                          "use the vocabulary saved with the model")
+    return [known[t] for t in vocab.tokens]
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """Every file `attok predict` writes for ``--out``: rows, rows in progress, confusion matrix, metrics."""
+    out = Path(out)
+    return {"rows": out, "partial": out.with_name(out.name + ".partial"),
+            "confusion": out.with_suffix(".confusion.png"), "metrics": out.with_suffix(".metrics.json")}
+
+
+def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, top_k: int, batch_size: int) -> None:
+    """Everything that can be refused before a dataset is read or the model loaded."""
+    if mode not in ("attribute", "likelihood"):
+        raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
+    for option, value in (("--top-k", top_k), ("--batch-size", batch_size)):
+        if value < 1:
+            raise AttTokError(f"{option} {value}: must be at least 1")
+    output_file(out, "--out")
+    refuse_same_as_input(output_paths(out).values(), inputs)
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
@@ -82,7 +114,7 @@ class _RowWriter:
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
-        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.partial = output_paths(out)["partial"]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.partial, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish()
 
@@ -118,8 +150,8 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     image is missing or unreadable is reported by id on stderr, skipped and counted (``skipped``). Writes ``out``
     (JSONL, rows appended as they are scored), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with
     ``per_class`` and ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
-    if mode not in ("attribute", "likelihood"):
-        raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
+    _check_request(out, {"--dataset": dataset, "--val-dataset": val_dataset, "--vocab": vocab_path,
+                         "--model": model_path, "--adapter": adapter}, mode, top_k, batch_size)
     samples, skipped = read_samples_skipping(dataset, require_token=mode == "attribute")
     for item in skipped:
         print(f"attok predict: skipped {item['error']}", file=sys.stderr)
@@ -145,7 +177,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     kwargs = {"device": device, "template": template, "default_system": default_system}
     temperature = 1.0
     if mode == "attribute":
-        token_ids = processor.tokenizer.convert_tokens_to_ids(list(vocab.tokens))
+        token_ids = vocab_token_ids(processor.tokenizer, vocab, adapter or model_path)
         if val:
             val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, **kwargs)
             temperature = calibrate_temperature(val_logits, torch.tensor([vocab.tokens.index(s.label_token)
@@ -166,7 +198,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
         predicted += probs.argmax(-1).tolist()
         writer.write(_rows(chunk, probs, chunk_truth, names, top_k, retrieval))
     writer.finish()
-    confusion = confusion_png(truth, predicted, names, Path(out).with_suffix(".confusion.png"),
+    confusion = confusion_png(truth, predicted, names, output_paths(out)["confusion"],
                               title=f"{Path(dataset).stem} ({mode})")
     metrics = {"mode": mode, "template": template, "samples": len(samples), "skipped": len(skipped),
                "skipped_samples": skipped, "temperature": temperature, **_metrics(truth, predicted),
@@ -174,5 +206,5 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     if retrieved is not None:
         metrics["retrieval_accuracy"] = _metrics(truth, retrieved)["accuracy"]
     metrics["confusion"] = confusion
-    write_atomic(Path(out).with_suffix(".metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    write_atomic(output_paths(out)["metrics"], json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.lf_format import read_json, write_atomic
 from ..errors import AttTokError
+from ..safe_paths import same_file
 from .classification import arm_of, mean_std
 from .vqa_report import read_vqa_results, table2_markdown
 
@@ -19,6 +20,23 @@ PROTOCOL = (
     "models are scored by class-name likelihood."
 )
 METRICS = ("accuracy", "macro_f1", "retrieval_accuracy", "unparseable")
+
+
+def distinct_runs(pairs: list[tuple[str, str]], flag: str, names_repeat: bool = False) -> list[tuple[str, Path]]:
+    """``(run, path)`` pairs in order; one run name given twice (unless ``names_repeat``: VQA runs name one file per
+    dataset) or one file given twice would be dropped or counted twice: an error naming both."""
+    kept: list[tuple[str, Path]] = []
+    for run, path in pairs:
+        path = Path(path)
+        for seen_run, seen_path in kept:
+            if run == seen_run and not names_repeat:
+                raise AttTokError(f"{flag} {run} is given twice ({seen_path} and {path}); name each run once "
+                                  "(arm@seed, e.g. attok@1 and attok@2)")
+            if run != seen_run and same_file(path, seen_path):  # one run's repeats: read_vqa_results names them
+                raise AttTokError(f"{flag} {run}={path} is the same file as {flag} {seen_run}={seen_path}; each "
+                                  "result belongs to one run")
+        kept.append((run, path))
+    return kept
 
 
 def build_report(runs: dict[str, Path], out: Path, figures: list[Path] | None = None,
@@ -45,6 +63,9 @@ def _classification_lines(runs: dict[str, Path]) -> list[str]:
         metrics = read_json(path)
         if not isinstance(metrics, dict):
             raise AttTokError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
+        if not any(isinstance(metrics.get(key), (int, float)) for key in METRICS):
+            raise AttTokError(f"{path}: no metrics ({', '.join(METRICS)}) in run {run}; expected the "
+                              "<out>.metrics.json of `attok predict` or the --out of `attok eval classify`")
         seeds[arm_of(run)] += 1
         for name, f1 in _class_f1(metrics).items():
             per_class[arm_of(run)][name].append(f1)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data.lf_format import read_json
 from ..errors import AttTokError
 from .classification import check_alignment, read_dataset, read_predictions
+from .normalize import normalize
 from .vqa_protocols import BREAKDOWN_FIELDS, PROTOCOLS, VERDICT, VqaItem, tally
 
 DEFAULT_PROMPT = Path(__file__).with_name("judge_prompt.txt")
@@ -85,8 +86,14 @@ def load_items(predictions_path: str | Path, dataset_json: str | Path) -> list[V
     if untyped:
         raise AttTokError(f"{dataset_json}: sample {untyped[0]}: needs `answer_type` closed or open, as `attok data "
                           "vqa-rad` / `slake` / `pathvqa` write")
+    answers = [ATTRIBUTE_TOKEN.sub("", row["messages"][1]["content"]).strip() for row in rows]
+    empty = [i for i, answer in enumerate(answers) if not normalize(answer)]
+    if empty:
+        raise AttTokError(f"{dataset_json}: sample(s) {', '.join(map(str, empty[:10]))}"
+                          f"{' …' if len(empty) > 10 else ''}: the reference answer is empty (no letter or digit "
+                          "once attribute tokens are removed); it cannot be scored: remove those samples")
     return [VqaItem(index, row["messages"][0]["content"].replace("<image>", "").strip(),
-                    ATTRIBUTE_TOKEN.sub("", row["messages"][1]["content"]).strip(), pred["predict"],
+                    answers[index], pred["predict"],
                     row["answer_type"] == "closed",
                     {k: str(row[k]).strip() for k in BREAKDOWN_FIELDS if row.get(k) is not None})
             for index, (pred, row) in enumerate(zip(predictions, rows, strict=True))]

@@ -2,7 +2,8 @@
 
 ``paper`` (the paper's wording, §5.1): a closed yes/no question is right when the prediction's *first word* is
 the reference; any other question when the normalised prediction equals the normalised reference. Only when that
-fails does the LLM judge decide.
+fails does the LLM judge decide. Under both protocols a prediction that normalises to nothing is wrong, decided by
+the rules (a judge is never asked about an empty answer).
 
 ``medevalkit`` (Lingshu's MedEvalKit, which most medical-VLM papers report): the answer is first taken out of
 ``\\boxed{…}``, ``<answer>…</answer>`` or the text after "answer:" / "answer is"; a closed yes/no question is right
@@ -55,14 +56,19 @@ Ask = Callable[[VqaItem, str], "bool | None"]  # the judge's verdict on (item, p
 
 
 def exact_match(prediction: str, answer: str, closed: bool) -> bool:
-    """The paper's rule: closed yes/no by the first word, everything else by equality after normalisation."""
+    """The paper's rule: closed yes/no by the first word, everything else by equality after normalisation; an
+    empty prediction (nothing left after normalisation) is wrong."""
     pred, ref = normalize(prediction), normalize(answer)
+    if not pred:
+        return False
     if closed and ref in YES_NO:
         return pred.split(" ")[:1] == [ref]
     return pred == ref
 
 
 def paper_verdict(item: VqaItem, ask: Ask) -> Verdict:
+    if not normalize(item.prediction):  # nothing to judge: wrong, without asking the judge
+        return Verdict(False, "rules")
     if exact_match(item.prediction, item.answer, item.closed):
         return Verdict(True, "rules")
     verdict = ask(item, item.prediction)
@@ -88,6 +94,8 @@ def first_yes_no(text: str) -> str | None:
 def medevalkit_verdict(item: VqaItem, ask: Ask) -> Verdict:
     prediction = extract_answer(item.prediction)
     reference = normalize(item.answer)
+    if not normalize(prediction):  # an empty answer is wrong, whatever a judge would say
+        return Verdict(False, "rules")
     if item.closed:
         if reference in YES_NO:
             return Verdict(first_yes_no(prediction) == reference, "rules")

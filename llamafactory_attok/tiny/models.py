@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from ..errors import AttTokError
 from .specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SIZED_FAMILIES, SPECS, TinySpec
 
 FAMILIES: tuple[str, ...] = tuple(SPECS)
@@ -113,13 +114,17 @@ def build_tiny_model(
     spare_rows: int = 0,
     width: int | None = None,
     layers: int | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write a tiny model folder (config, seeded random weights, tokenizer, processors) and return its path.
 
     ``spare_rows`` adds unused embedding rows beyond the tokenizer, like Qwen2.5-VL's 151936 rows for
     151665 tokens, so that new tokens fit without a resize. ``tied`` defaults to the family's habit (Gemma-3
     ties the head to the embedding, the others do not). ``width`` / ``layers`` (Qwen2-VL only) widen / deepen the
-    LLM (:func:`build_tiny_config`). The folder is written atomically.
+    LLM (:func:`build_tiny_config`). The folder is written atomically: built next to ``out_dir``, then renamed into
+    place. An existing ``out_dir`` (a non-empty folder, or a file) is replaced only with ``overwrite`` (the default
+    here, for tests and benchmarks that rebuild their own scratch model; ``attok tiny-model`` passes False unless
+    ``--overwrite``), and then swapped out as a whole, so ``out_dir`` is always a complete model.
     """
     import torch
     from transformers import AutoModelForImageTextToText
@@ -139,13 +144,30 @@ def build_tiny_model(
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
+        _move_into_place(tmp, out, overwrite)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder ``tmp`` to ``out``. Without ``overwrite`` the rename itself refuses an ``out``
+    that appeared meanwhile (no check-then-write race); with it, the previous ``out`` is moved aside first and
+    deleted only once the new one is in place."""
+    previous = tmp.with_name(tmp.name + ".previous")
+    if overwrite and (out.is_symlink() or out.exists()):
+        os.replace(out, previous)
+    try:
+        os.rename(tmp, out)  # replaces only an empty folder; a file or a non-empty folder is an OSError
+    except OSError as err:
+        if os.path.lexists(previous):
+            os.replace(previous, out)
+        raise AttTokError(f"{out}: already exists ({err.strerror}); pass --overwrite to replace it, or choose a "
+                          "new folder") from err
+    if previous.is_dir() and not previous.is_symlink():
+        shutil.rmtree(previous)
+    elif os.path.lexists(previous):
+        previous.unlink()
 
 
 def chat_text(question: str, answer_prefix: str = "", family: str = "qwen2_vl", template: str | None = None) -> str:

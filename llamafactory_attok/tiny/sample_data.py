@@ -11,7 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from ..data.lf_format import dataset_entry, write_atomic
+from ..data.lf_format import check_free_names, dataset_entry, merge_dataset_info, write_atomic, write_png
+from ..errors import AttTokError
+from ..safe_paths import build_lock, refuse_same_as_input
 
 RETINA_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_no_dr|>", "no diabetic retinopathy"),
@@ -52,44 +54,69 @@ def _sample(image_rel: str, label: int, with_tokens: bool) -> dict:
     }
 
 
+def _retina_outputs() -> tuple[list[str], list[str]]:
+    """Dataset names and paths (relative to the output folder) that :func:`build_retina_sample` writes."""
+    names = [f"retina_{kind}_{split}" for split in ("train", "test") for kind in ("attok", "vanilla")]
+    return names, ["retina_images", *(f"{n}.json" for n in names), "retina_vocab.yaml"]
+
+
 def build_retina_sample(
     out_dir: str | os.PathLike,
     per_class_train: int = 8,
     per_class_test: int = 4,
     image_size: int = 56,
     npz_path: str | os.PathLike = RETINA_NPZ,
+    overwrite: bool = False,
 ) -> dict[str, str]:
     """Write ``retina_attok_{train,test}``, ``retina_vanilla_{train,test}`` and ``retina_vocab.yaml``.
 
     Returns the dataset names mapped to their JSON file names; ``dataset_info.json`` in ``out_dir`` is
-    merged (existing entries kept).
+    merged (existing entries kept). Like the ``attok data`` builders it refuses, before writing anything, to
+    replace any of those datasets, files or the images folder (the user may have edited the vocabulary) unless
+    ``overwrite``; ``npz_path`` may not be one of them. Builds into one folder exclude each other.
     """
-    import numpy as np
-    from PIL import Image
+    for option, value in (("--per-class-train", per_class_train), ("--per-class-test", per_class_test),
+                          ("--image-size", image_size)):
+        if value < 1:
+            raise AttTokError(f"{option} {value}: must be at least 1")
+    from ..data.sources import load_npz
 
-    out = Path(out_dir)
-    data = np.load(npz_path)
-    written: dict[str, str] = {}
-    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
-        labels = data[f"{split}_labels"].reshape(-1)
-        images = data[f"{split}_images"]
-        rows_attok, rows_vanilla = [], []
-        for idx in _balanced_indices(labels, per_class):
-            rel = f"retina_images/{split}_{idx:04d}.png"
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[idx]).resize((image_size, image_size), Image.BICUBIC).save(out / rel)
-            rows_attok.append(_sample(rel, int(labels[idx]), with_tokens=True))
-            rows_vanilla.append(_sample(rel, int(labels[idx]), with_tokens=False))
-        for kind, rows in (("attok", rows_attok), ("vanilla", rows_vanilla)):
-            name = f"retina_{kind}_{split}"
-            write_atomic(out / f"{name}.json", json.dumps(rows, indent=1))
-            written[name] = f"{name}.json"
-    vocab = "".join(f'"{tok}": "{kw}"\n' for tok, kw in RETINA_CLASSES)
-    write_atomic(out / "retina_vocab.yaml", "# RetinaMNIST DR grades (CC BY 4.0, MedMNIST v2)\n" + vocab)
-    info_path = out / "dataset_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    info.update({name: dataset_entry(file) for name, file in written.items()})
-    write_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    out, npz_path = Path(out_dir), Path(npz_path)
+    names, paths = _retina_outputs()
+    refuse_same_as_input([out / p for p in [*paths, "dataset_info.json"]], {"--npz": npz_path})
+    data = load_npz(npz_path)
+    with build_lock(out):
+        check_free_names(out, names, overwrite, paths=paths)
+        written: dict[str, str] = {}
+        for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+            written.update(_write_retina_split(out, npz_path, data, split, per_class, image_size))
+        write_atomic(out / "retina_vocab.yaml", "# RetinaMNIST DR grades (CC BY 4.0, MedMNIST v2)\n"
+                     + "".join(f'"{tok}": "{kw}"\n' for tok, kw in RETINA_CLASSES))
+        merge_dataset_info(out, {name: dataset_entry(file) for name, file in written.items()}, overwrite=overwrite)
+    return written
+
+
+def _write_retina_split(out: Path, npz_path: Path, data: dict, split: str, per_class: int,
+                        image_size: int) -> dict[str, str]:
+    from PIL import Image  # numpy / Pillow only when images are written (`attok --help` stays fast)
+
+    from ..data.images import array_to_image
+    from ..data.sources import npz_split
+
+    images, labels = npz_split(npz_path, data, split)
+    labels = labels[:, 0]
+    rows_attok, rows_vanilla = [], []
+    for idx in _balanced_indices(labels, per_class):
+        rel = f"retina_images/{split}_{idx:04d}.png"
+        image = array_to_image(images[idx], f"{npz_path}: {split} sample {idx}")
+        write_png(out / rel, image.resize((image_size, image_size), Image.BICUBIC))
+        rows_attok.append(_sample(rel, int(labels[idx]), with_tokens=True))
+        rows_vanilla.append(_sample(rel, int(labels[idx]), with_tokens=False))
+    written = {}
+    for kind, rows in (("attok", rows_attok), ("vanilla", rows_vanilla)):
+        name = f"retina_{kind}_{split}"
+        write_atomic(out / f"{name}.json", json.dumps(rows, indent=1))
+        written[name] = f"{name}.json"
     return written
 
 

@@ -1,0 +1,127 @@
+"""Path guards every ``attok`` command applies before it writes anything.
+
+- an output is never one of the command's inputs (the same path, or a path resolving to the same file:
+  ``data/x.json`` and ``./data/../data/x.json``, a symlink or a hard link), so no input is replaced by a result;
+- a folder a command creates as a whole (``attok tiny-model``) is refused when it already holds anything, unless
+  ``--overwrite``;
+- dataset names become file names inside ``--out``: they may not leave it (no path separator, no ``..``, no
+  leading dot, not empty);
+- builds into one folder exclude each other (:func:`build_lock`), so two builds of one name at once serialise and
+  the last one wins whole, and no ``dataset_info.json`` entry is lost to a concurrent merge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from .errors import AttTokError
+
+PathLike = str | os.PathLike
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file or folder (after ``..``, symlinks and hard links)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist: then only the resolved paths could make them equal
+        return False
+
+
+def refuse_same_as_input(outputs: Iterable[PathLike], inputs: Mapping[str, PathLike | None],
+                         what: str = "output") -> None:
+    """Refuse when one of ``outputs`` is the same file as an input (``option -> path``; None: not given)."""
+    for out in outputs:
+        for option, source in inputs.items():
+            if source is not None and same_file(out, source):
+                raise AttTokError(f"{what} {out} is the same file as {option} {source}: writing it would replace "
+                                  "the input; choose another output path")
+
+
+def output_file(path: PathLike, option: str) -> Path:
+    """A file the command writes (replacing an earlier result of its own): refused when it is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise AttTokError(f"{option} {path} is a folder; give the path of the file to write")
+    return path
+
+
+def new_output_path(path: PathLike, overwrite: bool, option: str) -> Path:
+    """A folder the command writes as a whole: refused when it is a file, or a folder with anything in it
+    (unless ``overwrite``); an empty folder is fine."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AttTokError(f"{option} {path} is a file, not a folder; choose a folder path")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:5]) + (" …" if len(entries) > 5 else "")
+        raise AttTokError(f"{option} {path} already exists with {len(entries)} entries ({shown}); pass --overwrite "
+                          "to replace it, or choose a new folder")
+    return path
+
+
+def dataset_name(name: str, option: str = "--name") -> str:
+    """A dataset name that stays a plain file name inside the output folder, else an error naming the option."""
+    problem = None
+    if not name or not name.strip():
+        problem = "is empty"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif ".." in name:
+        problem = "contains '..'"
+    elif name.startswith("."):
+        problem = "starts with a dot (hidden files are skipped by file browsers and by attok's own image reader)"
+    elif any(ord(ch) < 32 for ch in name):
+        problem = "contains a control character"
+    if problem:
+        raise AttTokError(f"{option} {name!r} {problem}; a dataset name becomes file names inside --out: use letters, "
+                          "digits, '_' and '-' (e.g. chest_xray)")
+    return name
+
+
+@contextlib.contextmanager
+def build_lock(out: PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the folder ``out`` (created if missing) while a build checks and writes it.
+
+    The lock is ``flock`` on the folder itself, so no lock file is left behind; another build of the same folder
+    waits (saying so on stderr) until this one is done. Folders made here (``out`` and missing parents) and still
+    empty afterwards (a build that failed before writing) are removed again: a failed build changes nothing on disk.
+    """
+    import fcntl
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AttTokError(f"--out {out} is a file, not a folder; give the dataset folder to write into")
+    while True:
+        created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"attok: another attok build is writing to {out}; waiting for it to finish", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_there(fd, out):
+            break
+        os.close(fd)  # the build we waited for removed the (empty) folder it had made: lock the path anew
+    try:
+        yield out
+    finally:
+        with contextlib.suppress(OSError):  # removed only while still empty, and while still locked
+            for folder in created:
+                folder.rmdir()
+        os.close(fd)  # releases the lock
+
+
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether ``path`` is still the folder open as ``fd``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
