@@ -14,7 +14,13 @@ from .errors import AttTokError
 from .families import check_widths
 from .lf_data import DatasetUnreadable, iter_answers
 from .log import get_logger
-from .rows import add_attribute_tokens, init_attribute_rows, keyword_token_ids, resize_if_needed
+from .rows import (
+    add_attribute_tokens,
+    init_attribute_rows,
+    keyword_token_ids,
+    resize_if_needed,
+    show_attribute_tokens,
+)
 from .state import SavedAttTok
 from .vocab import (
     TOKEN_IN_TEXT,
@@ -100,6 +106,8 @@ class AttTokContext:
             self._check_data(tokenizer)
         special = not self.args.attok_show_tokens  # special tokens are hidden by skip_special_tokens
         self.token_ids, self.new_token_ids = add_attribute_tokens(tokenizer, self.vocab, special)
+        if self.args.attok_show_tokens:  # tokens a saved folder's tokenizer holds as special are shown too
+            show_attribute_tokens(tokenizer, self.vocab.tokens)
         if self.saved is not None and self.saved.token_ids != self.token_ids:
             raise AttTokError(
                 f"{self.saved.folder}: its attribute tokens have ids {self.saved.token_ids} but the base tokenizer "

@@ -33,6 +33,27 @@ def add_attribute_tokens(tokenizer, vocab: AttributeVocab, special: bool = True)
     return list(ids), list(new_ids)
 
 
+def show_attribute_tokens(tokenizer, tokens: Sequence[str]) -> None:
+    """Make ``tokens`` non-special in a tokenizer that already holds them as special (a merged / full-fine-tuned
+    AttTok folder), so ``skip_special_tokens`` keeps them in decoded answers (``attok_show_tokens``). The Rust
+    tokenizer cannot re-flag an added token in place: its serialised state is edited and loaded again."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise AttTokError("attok_show_tokens needs a fast (Rust) tokenizer to show tokens it holds as special.")
+    state = json.loads(backend.to_str())
+    wanted = set(tokens)
+    flipped = [t for t in state.get("added_tokens", []) if t["content"] in wanted and t.get("special")]
+    if not flipped:
+        return
+    for token in flipped:
+        token["special"] = False
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+
+
 def keyword_token_ids(tokenizer, vocab: AttributeVocab, excluded_ids: Sequence[int]) -> list[list[int]]:
     """Token ids of each keyword text, without attribute ids; a keyword with none left is an error."""
     excluded = set(excluded_ids)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,10 +87,65 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    """Run ``llamafactory-cli`` (or another venv command) for real; output kept for assertions."""
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, process: bool = False,
+            **env: str) -> subprocess.CompletedProcess:
+    """Run a venv command; output kept for assertions. ``attok`` runs in this process (its ``main``; the same
+    parser, exit status and stdout / stderr) unless ``process``: a launch costs seconds and proves nothing more for
+    a command that touches no startup hook. ``llamafactory-cli`` and ``python`` always run in a new process."""
+    if args[0] == "attok" and not process:
+        return run_attok_in_process(args[1:], cwd, **env)
     cmd = [str(VENV_BIN / args[0]), *args[1:]]
     return subprocess.run(cmd, cwd=cwd, env=cli_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[dict[str, io.StringIO]]:
+    """stdout / stderr of Python code in this process: ``sys.stdout`` / ``sys.stderr`` and every logging
+    ``StreamHandler`` (they keep the stream they were created with) point at buffers meanwhile."""
+    import logging
+
+    found = {"stdout": io.StringIO(), "stderr": io.StringIO()}
+    loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    handlers = {h for lg in loggers for h in lg.handlers
+                if type(h) is logging.StreamHandler}
+    streams = {h: h.stream for h in handlers}
+    for handler in handlers:
+        out = handler.stream in (sys.stdout, sys.__stdout__)
+        handler.setStream(found["stdout" if out else "stderr"])
+    try:
+        with contextlib.redirect_stdout(found["stdout"]), contextlib.redirect_stderr(found["stderr"]):
+            yield found
+    finally:
+        for handler, stream in streams.items():
+            handler.setStream(stream)
+
+
+def run_attok_in_process(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``attok ARGV`` through :func:`llamafactory_attok.cli.main` in this process, in ``cwd`` with ``env`` set."""
+    from llamafactory_attok.cli import main
+
+    before, here = dict(os.environ), os.getcwd()
+    os.environ.update(cli_env(**env))
+    os.chdir(cwd)
+    code = 0
+    try:
+        with _captured() as output:
+            try:
+                code = main(list(argv))
+            except SystemExit as exit_:  # argparse errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except Exception:  # noqa: BLE001 - a crash is a failed command with its traceback on stderr, as a launch
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(before)
+    return subprocess.CompletedProcess(["attok", *argv], code, output["stdout"].getvalue(),
+                                       output["stderr"].getvalue())
 
 
 def train_cli(tmp: Path, args: dict, **env: str) -> subprocess.CompletedProcess:

@@ -133,7 +133,7 @@ def test_lf_entry_point_modules_are_patched_in_a_fresh_interpreter(tmp_path):
     result = run_cli(["python", "-c", code], cwd=tmp_path)
     assert_ok(result)
     assert result.stdout.strip().endswith("True True True")
-    probe = "import llamafactory.hparams.parser as p; print(hasattr(p, '__attok_patched__'))"
+    probe = "import llamafactory.hparams.parser as p; print(hasattr(p._parse_train_args, '__wrapped__'))"
     disabled = run_cli(["python", "-c", probe], cwd=tmp_path, ATTOK_DISABLE="1")
     assert disabled.stdout.strip().endswith("False")
 

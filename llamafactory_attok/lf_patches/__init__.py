@@ -86,6 +86,7 @@ PRIVATE_CALLS: tuple[str, ...] = (
     "transformers.core_model_loading:dot_natural_key",
     "peft.tuners.trainable_tokens.layer:TrainableTokensLayer",
     "peft.utils.integrations:gather_params_ctx",
+    "transformers.tokenization_utils_tokenizers:TokenizersBackend.backend_tokenizer",  # rows.show_attribute_tokens
 )
 
 # module name (or module.symbol) -> why it could not be patched; read when AttTok is asked for
