@@ -55,7 +55,8 @@ def generate_with_training_positions(model) -> bool:
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        # LF's do_predict passes ``input_ids``; its chat engine passes ``inputs`` (generate's first parameter)
+        input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         has_media = kwargs.get("image_grid_thw") is not None or kwargs.get("video_grid_thw") is not None
         if (isinstance(input_ids, torch.Tensor) and has_media and kwargs.get("mm_token_type_ids") is None
                 and kwargs.get("position_ids") is None):

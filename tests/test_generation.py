@@ -84,6 +84,31 @@ def test_greedy_generation_follows_the_training_positions(family, family_models,
         torch.testing.assert_close(batch_scores[row], single_scores[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_engine_first_step_follows_the_training_positions(family, family_models, sample_data):
+    """The inputs LF's chat engine (chat / api / WebUI) builds, passed to ``generate`` as it passes them
+    (``inputs=``): first-step scores = the one-forward logits of the training prompt."""
+    from llamafactory.chat import ChatModel
+
+    template = TEMPLATES[family]
+    chat = ChatModel({"model_name_or_path": str(family_models[family]), "template": template,
+                      "infer_dtype": "float32", "do_sample": False, "attok_training_positions": True})
+    engine = chat.engine
+    encoder, prompts = _prompts(sample_data, engine.processor, template, 1)
+    sample = read_samples(sample_data / "retina_vanilla_test.json", require_token=False)[0]
+    messages = [{"role": "user", "content": sample.example["_prompt"][0]["content"]}]
+    gen_kwargs, _ = engine._process_args(engine.model, engine.tokenizer, engine.processor, engine.template,
+                                         dict(engine.generating_args), messages,
+                                         images=list(sample.example["_images"]))
+    # the chat engine's own prompt (for qwen3_vl it lacks the empty thought the training template adds)
+    chat_prompt = type(prompts[0])(gen_kwargs["inputs"][0].tolist(), prompts[0].images)
+    gen_kwargs["generation_config"].max_new_tokens = 1
+    with torch.no_grad():
+        out = engine.model.generate(**gen_kwargs, output_scores=True, return_dict_in_generate=True)
+        reference = engine.model(**encoder.batch([chat_prompt], "cpu", engine.model)).logits[0, -1]
+    torch.testing.assert_close(out.scores[0][0], reference, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_without_the_fix_qwen_vl_generation_uses_other_positions(family, family_models, sample_data):
     """The check above can fail: plain LF (no opt-in) generates with 1-D positions for the image tokens."""
