@@ -13,6 +13,7 @@ exist before the Trainer is built). Two hooks connect it to the model:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,8 +31,9 @@ from .rows import gathered, is_zero3
 logger = get_logger(__name__)
 
 
-def base_model_of(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (or the model itself)."""
+def base_model_of(model: nn.Module) -> Any:
+    """The transformers model under a PEFT wrapper (or the model itself); typed ``Any`` since transformers'
+    ``PreTrainedModel`` API (``config``, ``get_input_embeddings`` …) is what callers use."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
@@ -135,7 +137,7 @@ class AttTokModule(nn.Module):
         self.books.bank.load_state_dict({"prototypes": state["bank.prototypes"], "seen": state["bank.seen"]})
 
 
-def keyword_embeddings(model: nn.Module, keyword_ids: list[list[int]]) -> torch.Tensor:
+def keyword_embeddings(model: Any, keyword_ids: list[list[int]]) -> torch.Tensor:
     """(K, d) mean of each keyword's input embeddings (§4.1's e_ind initialisation).
 
     Rows are scaled like the embedding module scales them on lookup (Gemma's √d ``embed_scale``; 1 elsewhere),

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def save_description(folder: str | os.PathLike, vocab: AttributeVocab, config: d
 
 
 
-def find_saved_quietly(folders: list[str | os.PathLike | None]) -> Path | None:
+def find_saved_quietly(folders: Sequence[str | os.PathLike | None]) -> Path | None:
     """The last folder holding any AttTok file, without reading it (for warnings and refusals)."""
     for folder in reversed([f for f in folders if f]):
         path = Path(folder)
@@ -101,7 +102,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def find_saved(folders: list[str | os.PathLike | None]) -> SavedAttTok | None:
+def find_saved(folders: Sequence[str | os.PathLike | None]) -> SavedAttTok | None:
     """The last folder (adapters are applied in order) that carries an AttTok description, if any.
 
     A folder with some AttTok files but not all of them (config, vocabulary, state) is an error naming the

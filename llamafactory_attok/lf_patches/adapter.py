@@ -11,7 +11,7 @@ from ..errors import AttTokError
 TOKEN_INDICES: contextvars.ContextVar[Any] = contextvars.ContextVar("attok_token_indices", default=None)
 
 
-def lora_config_subclass(lora_config_cls):
+def lora_config_subclass(lora_config_cls: Any) -> Any:
     """PEFT's LoraConfig, plus ``trainable_token_indices`` for the attribute rows inside an AttTok run.
 
     A subclass (not a factory function), so ``isinstance(config, LoraConfig)`` keeps working everywhere.
@@ -23,10 +23,11 @@ def lora_config_subclass(lora_config_cls):
         def __post_init__(self) -> None:
             indices = TOKEN_INDICES.get()
             if indices is not None:
-                if self.trainable_token_indices not in (None, indices):
+                given: Any = getattr(self, "trainable_token_indices", None)  # PEFT's dataclass field
+                if given not in (None, indices):
                     raise AttTokError(
                         "attok: true sets LoRA's trainable_token_indices to the attribute rows; another value "
-                        f"({self.trainable_token_indices!r}) was given.")
+                        f"({given!r}) was given.")
                 self.trainable_token_indices = indices
             super().__post_init__()
 
