@@ -168,3 +168,61 @@ def test_chat_engine_first_token_is_the_one_forward_top1(tiny_models, modality_a
     for image, token in modality_top1.items():
         reply = chat.chat([{"role": "user", "content": "<image>What kind of image is this?"}], images=[image])
         assert reply[0].response_text.startswith(token), (image, reply[0].response_text)
+
+
+# ---- serving beyond one process: vLLM / SGLang, and a plain exported model --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def acc_free_export(tiny_models, sample_data, tmp_path_factory):
+    """A LoRA AttTok run trained with ``attok_acc: false`` and its merged export."""
+    from lf_inprocess import run_sft
+    from llamafactory.train.tuner import export_model
+
+    root = tmp_path_factory.mktemp("acc_free")
+    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, root / "adapter", attok=True, attok_acc=False,
+                      max_steps=2))
+    export_model({"model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(root / "adapter"),
+                  "template": "qwen2_vl", "finetuning_type": "lora", "export_dir": str(root / "merged"),
+                  "export_device": "cpu", "infer_dtype": "float32"})
+    return root
+
+
+def test_vllm_and_sglang_refuse_acc_models_and_adapters(tiny_models, modality_adapter, acc_free_export):
+    from llamafactory.hparams import get_infer_args
+
+    from llamafactory_attok.errors import AttTokError
+
+    base = {"model_name_or_path": str(tiny_models["qwen2_vl"]), "template": "qwen2_vl"}
+    for backend in ("vllm", "sglang"):
+        with pytest.raises(AttTokError, match=f"`infer_backend: {backend}` cannot run this AttTok model: its ACC"):
+            get_infer_args({**base, "adapter_name_or_path": str(modality_adapter), "infer_backend": backend})
+        with pytest.raises(AttTokError, match="cannot load AttTok's attribute-token rows from a LoRA adapter"):
+            get_infer_args({**base, "adapter_name_or_path": str(acc_free_export / "adapter"),
+                            "infer_backend": backend})
+
+
+def test_acc_free_export_is_a_plain_model_without_the_plugin(acc_free_export, tmp_path):
+    """Loaded by plain transformers with the plugin disabled, the merged export gives the logits LF + plugin give."""
+    from conftest import run_cli
+
+    from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+    from llamafactory_attok.tiny import chat_inputs
+
+    merged = acc_free_export / "merged"
+    model, _, processor = load_model_for_inference(str(merged))
+    image = __import__("PIL.Image", fromlist=["Image"]).new("RGB", (56, 56), (120, 40, 60))
+    inputs = chat_inputs(processor, image, "which modality is this image?")
+    with torch.no_grad():
+        expected = model(**inputs).logits[0, -1]
+    torch.save({"inputs": dict(inputs), "expected": expected}, tmp_path / "case.pt")
+    code = (f"import torch; from transformers import AutoModelForImageTextToText as M\n"
+            f"case = torch.load({str(tmp_path / 'case.pt')!r}, weights_only=False)\n"
+            f"model = M.from_pretrained({str(merged)!r}, dtype=torch.float32).eval()\n"
+            "with torch.no_grad(): got = model(**case['inputs']).logits[0, -1]\n"
+            "print('max-diff', (got - case['expected']).abs().max().item())\n"
+            "import sys; print('plugin-loaded', any('lf_patches.loader' in m for m in sys.modules))")
+    result = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    diff = float(result.stdout.split("max-diff")[1].split()[0])
+    assert diff == 0.0 and "plugin-loaded False" in result.stdout
