@@ -189,13 +189,18 @@ def _eval_figures(ns: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in written))
 
 
+def _add_model_and_data_args(parser: argparse.ArgumentParser) -> None:
+    """--model / --adapter / --dataset / --vocab of the commands that read a trained model on a dataset."""
+    parser.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder of an AttTok run")
+    parser.add_argument("--dataset", required=True, help="sharegpt JSON with one image per sample")
+    parser.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
+
+
 def _add_eval_commands(sub) -> None:
     pred = sub.add_parser("predict", help="one-forward class probabilities per sample (JSONL), no generation")
-    pred.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
-    pred.add_argument("--adapter", default=None, help="LoRA adapter folder of an AttTok run")
-    pred.add_argument("--dataset", required=True, help="sharegpt JSON with one image per sample")
+    _add_model_and_data_args(pred)
     pred.add_argument("--out", required=True, help="JSONL; metrics go to <out>.metrics.json")
-    pred.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
     pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
     pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute",
                       help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla)")
@@ -216,10 +221,7 @@ def _add_eval_commands(sub) -> None:
     cls.set_defaults(func=_eval_classify)
     add_vqa_eval_command(ev)
     fig = ev.add_parser("figures", help="t-SNE, similarity heatmaps and ACC attention maps of a trained model")
-    fig.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
-    fig.add_argument("--adapter", default=None, help="LoRA adapter folder of an AttTok run")
-    fig.add_argument("--dataset", required=True, help="sharegpt JSON with one image per sample")
-    fig.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
+    _add_model_and_data_args(fig)
     fig.add_argument("--out-dir", required=True, help="folder for the PNG figures")
     fig.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     fig.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward")
