@@ -23,8 +23,9 @@ Setting — every choice below is the same for every arm of a dataset:
   generative (LF ``do_predict`` with greedy decoding + `attok eval classify`; unparseable answers count as wrong).
 
 Parts: ``main`` (vanilla vs AttTok = tokens + ACC + ACM, all three datasets), ``ablation`` (tokens only, +ACC,
-+ACM on RetinaMNIST; "+both" is main's AttTok), ``balanced`` (PneumoniaMNIST with offline balancing),
-``grid`` (γ and λ on RetinaMNIST, one seed, val and test), ``step_time`` (§3 at LLM width 256, 4 layers).
++ACM on the ``FOCUS`` dataset, PneumoniaMNIST; "+both" is main's AttTok), ``balanced`` (PneumoniaMNIST with offline
+balancing), ``grid`` (γ and λ on ``FOCUS``, PneumoniaMNIST, one seed, val and test), ``step_time`` (§3 at LLM width
+256, 4 layers).
 Runs are independent and go ``--workers`` at a time, one torch thread each (two single-threaded runs on the two
 cores finish sooner than one two-threaded run after the other); a rerun skips runs already in results.json.
 
