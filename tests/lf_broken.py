@@ -1,15 +1,23 @@
-"""Run `llamafactory-cli` in this process after breaking the plugin's view of LLaMA-Factory (fail-safe tests).
+"""Break the plugin's view of LLaMA-Factory, then run `llamafactory-cli train` twice in this one process (fail-safe
+tests): a vanilla run, which must train exactly as LF does, and an AttTok attempt, which must stop with an error.
 
-Usage: python lf_broken.py MODE CONFIG.yaml
+Usage: python lf_broken.py MODE VANILLA.yaml ATTOK.yaml
   raise-loader    the loader patcher raises (a patcher bug)
   drop-symbol     LF's parser module loses `_parse_train_mca_args` before the plugin patches it (an LF release
                   that renamed it; LF's own train path does not use it, so vanilla LF still works)
   fake-version    LF reports version 0.9.6: nothing private may be touched
+
+Between the two runs it writes MARKER to stdout and stderr, then one line on stdout: MARKER plus a JSON object that
+says what the plugin touched (``private``: LF's parser, loader and adapter as patched or not). The AttTok attempt's
+error ends the process as it ends `llamafactory-cli` (traceback on stderr, exit status 1).
 """
 
+import json
 import sys
 
 from llamafactory_attok import _boot, lf_patches
+
+MARKER = "==== lf_broken: AttTok attempt ===="
 
 
 class _DropSymbol:
@@ -41,8 +49,27 @@ class _DropSymbol:
         return spec
 
 
+def _touched() -> dict:
+    import llamafactory.hparams.parser as parser
+    import llamafactory.model.adapter as adapter
+    import llamafactory.model.loader as loader
+    import peft
+
+    return {"parse_train_args_wrapped": hasattr(parser._parse_train_args, "__wrapped__"),
+            "read_args_wrapped": hasattr(parser.read_args, "__wrapped__"),
+            "loader_patched": hasattr(loader, "__attok_patched__"),
+            "lora_config_is_peft": adapter.LoraConfig is peft.LoraConfig}
+
+
+def _train(config: str) -> None:
+    from llamafactory.cli import main as cli_main
+
+    sys.argv = ["llamafactory-cli", "train", config]
+    cli_main()
+
+
 def main() -> None:
-    mode, config = sys.argv[1], sys.argv[2]
+    mode, vanilla, attok = sys.argv[1:4]
     if mode == "raise-loader":
         def broken(module, *symbols):
             raise RuntimeError("simulated patcher bug")
@@ -58,10 +85,11 @@ def main() -> None:
         env.VERSION = "0.9.6"
     else:
         raise SystemExit(f"unknown mode {mode}")
-    from llamafactory.cli import main as cli_main
-
-    sys.argv = ["llamafactory-cli", "train", config]
-    cli_main()
+    _train(vanilla)
+    for stream in (sys.stdout, sys.stderr):
+        print(MARKER, file=stream, flush=True)
+    print(MARKER, json.dumps(_touched()), flush=True)
+    _train(attok)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -96,3 +98,88 @@ def run_predict(args: dict) -> None:
     args = {k: v for k, v in args.items() if k not in ("dataset", "max_steps", "learning_rate", "lr_scheduler_type",
                                                        "save_steps", "per_device_train_batch_size")}
     run_exp(args)
+
+
+_DISABLED_LOADS = """
+import sys, traceback
+model, adapter, marker = sys.argv[1:4]
+print(marker + "chat", file=sys.stderr, flush=True)
+try:
+    from llamafactory.chat import ChatModel
+    ChatModel({"model_name_or_path": model, "adapter_name_or_path": adapter, "template": "qwen2_vl",
+               "infer_dtype": "float32"})
+except Exception:
+    traceback.print_exc()
+print(marker + "load", file=sys.stderr, flush=True)
+from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
+load_model_for_inference(model, adapter=adapter)
+"""
+
+
+_DISABLED_LOADS_DONE: dict[tuple[str, str], dict] = {}
+
+
+def disabled_adapter_loads(model: str, adapter: str) -> dict:
+    """One ``ATTOK_DISABLE=1`` interpreter (the variable is read at interpreter start) that loads the AttTok
+    ``adapter`` on ``model`` twice: through LF's ``ChatModel`` (chat / api / WebUI) and through
+    ``load_model_for_inference``. Returns each load's stderr (``chat``, ``load``) and the exit status, which is the
+    second load's (a crash ends the process as it ends ``python -c``). Cached: the tests that need it share one
+    launch."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from conftest import cli_env
+
+    if (model, adapter) in _DISABLED_LOADS_DONE:
+        return _DISABLED_LOADS_DONE[model, adapter]
+    marker = "==== disabled load: "
+    result = subprocess.run([sys.executable, "-c", _DISABLED_LOADS, model, adapter, marker], env=cli_env(
+        ATTOK_DISABLE="1"), cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=600)
+    sections = dict(part.split("\n", 1) for part in result.stderr.split(marker)[1:])
+    found = {"chat": sections.get("chat", ""), "load": sections.get("load", ""), "returncode": result.returncode,
+             "stderr": result.stderr}
+    _DISABLED_LOADS_DONE[model, adapter] = found
+    return found
+
+
+# DeepSpeed JIT-compiles its CPU shared-memory comm op at every distributed start, under a file lock in
+# ~/.cache/torch_extensions/<python>_<cuda>/ unless TORCH_EXTENSIONS_DIR is set, which every Python environment of
+# this user shares: another venv with other include paths recompiles it in turn, and a start then waits minutes on
+# the lock (seen: 6.5 min). Every torchrun launch of the tests (and `make setup`'s prebuild) uses this folder of the
+# checkout's own: one build per checkout.
+TORCH_EXTENSIONS = Path(__file__).resolve().parent.parent / ".pytest_cache" / "torch_extensions"
+
+# Micro-batches of 2 on 2 ranks, in sampler order (LF's ``disable_shuffling: true``; accelerate hands batch i to rank
+# i % 2). A: attribute tokens and an image; V: an image, no attribute token (vanilla); T: attribute tokens, no image
+# (LF adds its dummy image). Every kind of micro-batch, and a rank without attribute tokens or without an image while
+# the other has them, shows in the first steps; each step's pair is (rank 0, rank 1).
+MIXED_BATCHES = ((("A", "A"), ("V", "V")), (("T", "T"), ("A", "A")), (("V", "T"), ("T", "V")),
+                 (("V", "V"), ("T", "T")), (("A", "V"), ("A", "T")), (("T", "A"), ("V", "A")))
+
+
+def add_mixed_batches_dataset(data: Path, name: str = "retina_mixed_batches") -> tuple[str, int]:
+    """Registers ``name``: the rows of :data:`MIXED_BATCHES` (from the AttTok / vanilla training sets; T is an AttTok
+    row without its image), to be read unshuffled with ``per_device_train_batch_size: 2`` on 2 ranks. Returns the
+    name and how many T rows rank 0 gets (its ``attok_samples_without_image`` after the last step)."""
+    attok = json.loads((data / "retina_attok_train.json").read_text())
+    vanilla = json.loads((data / "retina_vanilla_train.json").read_text())
+    rows, used = [], {"A": 0, "V": 0, "T": 0}
+    for step in MIXED_BATCHES:
+        for micro_batch in step:
+            for kind in micro_batch:
+                index = used[kind]
+                used[kind] += 1
+                if kind == "V":
+                    rows.append(vanilla[index])
+                    continue
+                row = json.loads(json.dumps(attok[index if kind == "A" else len(attok) - 1 - index]))
+                if kind == "T":
+                    row["images"] = []
+                    row["messages"][0]["content"] = row["messages"][0]["content"].replace("<image>", "")
+                rows.append(row)
+    (data / f"{name}.json").write_text(json.dumps(rows))
+    info = json.loads((data / "dataset_info.json").read_text())
+    info[name] = {**info["retina_attok_train"], "file_name": f"{name}.json"}
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    return name, sum(rank0.count("T") for rank0, _ in MIXED_BATCHES)

@@ -48,9 +48,14 @@ def test_finder_ignores_other_modules():
 
 def test_tiny_model_command_builds_a_model_lf_loads(tmp_path):
     assert_ok(run_cli(["attok", "tiny-model", str(tmp_path / "m"), "--family", "qwen2_5_vl", "--tied"], cwd=tmp_path))
-    code = (f"from transformers import AutoConfig, AutoProcessor; c = AutoConfig.from_pretrained('{tmp_path / 'm'}'); "
-            f"AutoProcessor.from_pretrained('{tmp_path / 'm'}'); print(c.model_type, c.tie_word_embeddings)")
-    assert run_cli(["python", "-c", code], cwd=tmp_path).stdout.strip().endswith("qwen2_5_vl True")
+    from llamafactory.hparams import get_infer_args
+    from llamafactory.model import load_tokenizer
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path / "m")
+    assert (config.model_type, config.tie_word_embeddings) == ("qwen2_5_vl", True)
+    model_args, *_ = get_infer_args({"model_name_or_path": str(tmp_path / "m"), "template": "qwen2_vl"})
+    assert load_tokenizer(model_args)["processor"] is not None  # LF's loader finds its processor
 
 
 def test_test_scaffolding_stays_out_of_the_production_path():

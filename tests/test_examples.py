@@ -2,11 +2,12 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, assert_ok, run_cli
+from conftest import REPO, assert_ok
 
 from llamafactory_attok.args import parse_attok_dict, split_attok_dict
 
@@ -36,12 +37,17 @@ def test_vanilla_recipe_differs_from_attok_only_by_attok(tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_recipe_trains(tiny_models, tmp_path):
+def test_cpu_recipe_trains(tiny_models, tmp_path, monkeypatch):
+    """`llamafactory-cli train RECIPE key=value ...` through the console script's function, in this process."""
+    from llamafactory.cli import main as cli_main
+
     recipe = REPO / "examples" / "attok_tiny_cpu.yaml"
     overrides = [f"model_name_or_path={tiny_models['qwen2_vl']}", f"dataset_dir={REPO / 'data'}",
-                 f"attok_vocab={REPO / 'data' / 'retina_vocab.yaml'}", f"output_dir={tmp_path / 'out'}", "max_steps=2",
+                 f"attok_vocab={REPO / 'data' / 'retina_vocab.yaml'}", f"output_dir={tmp_path / 'out'}", "max_steps=1",
                  "plot_loss=false"]
-    assert_ok(run_cli(["llamafactory-cli", "train", str(recipe), *overrides], cwd=tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", "train", str(recipe), *overrides])
+    cli_main()
     assert (tmp_path / "out" / "attok_state.safetensors").is_file()
 
 

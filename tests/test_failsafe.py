@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_ok, base_args, cli_env, log_history, run_cli, train_cli, write_yaml
-from lf_inprocess import run_sft
+from conftest import base_args, cli_env, log_history, train_cli, write_yaml
+from lf_inprocess import disabled_adapter_loads, run_sft
 
 from llamafactory_attok import lf_patches
 from llamafactory_attok.compat import REFUSED
@@ -23,55 +23,63 @@ from llamafactory_attok.state import atomic_write_bytes
 HERE = Path(__file__).resolve().parent
 
 
-def _broken_run(mode: str, tmp: Path, args: dict):
+def _broken_run(mode: str, tmp: Path, vanilla: dict, attok: dict):
+    """One process per fail-safe mode (tests/lf_broken.py): the vanilla run, then the AttTok attempt."""
     import subprocess
 
-    config = write_yaml(tmp / f"{mode}-{Path(args['output_dir']).name}.yaml", args)
-    return subprocess.run([sys.executable, str(HERE / "lf_broken.py"), mode, str(config)], cwd=tmp, env=cli_env(),
+    configs = [str(write_yaml(tmp / f"{mode}-{Path(a['output_dir']).name}.yaml", a)) for a in (vanilla, attok)]
+    return subprocess.run([sys.executable, str(HERE / "lf_broken.py"), mode, *configs], cwd=tmp, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
 
 
 # ---- rule 1: a broken patch never hurts vanilla LF; rule 2: AttTok then refuses, naming version and patch point
 
+VANILLA = {"dataset": "retina_vanilla_train", "max_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def vanilla_reference(tiny_models, sample_data, tmp_path_factory) -> list[tuple]:
+    """(step, loss, grad_norm) of vanilla LF with the plugin installed, run in this process: the same numbers as
+    with ATTOK_DISABLE=1 (test_integration.py::test_vanilla_run_is_bit_identical_with_and_without_the_plugin)."""
+    from llamafactory.train.tuner import run_exp
+
+    out = tmp_path_factory.mktemp("vanilla") / "out"
+    run_exp(base_args(tiny_models["qwen2_vl"], sample_data, out, **VANILLA))
+    reference = [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(out)]
+    assert len(reference) == VANILLA["max_steps"]
+    return reference
+
 
 @pytest.mark.slow
-def test_broken_patches_leave_vanilla_lf_bit_identical_and_refuse_attok(tiny_models, sample_data, tmp_path):
+@pytest.mark.parametrize(("mode", "message"), [
+    pytest.param("raise-loader", "llamafactory.model.loader: RuntimeError: simulated patcher bug", id="raise-loader"),
+    pytest.param("drop-symbol", "llamafactory.hparams.parser._parse_train_mca_args does not exist", id="drop-symbol"),
+    pytest.param("fake-version", "built for LLaMA-Factory 0.9.5, found 0.9.6", id="fake-version"),
+])
+def test_broken_patches_leave_vanilla_lf_bit_identical_and_refuse_attok(mode, message, vanilla_reference,
+                                                                        tiny_models, sample_data, tmp_path):
+    from lf_broken import MARKER
+
     model = tiny_models["qwen2_vl"]
-    vanilla = {"dataset": "retina_vanilla_train", "max_steps": 3}
-    assert_ok(train_cli(tmp_path, base_args(model, sample_data, tmp_path / "disabled", **vanilla), ATTOK_DISABLE="1"))
-    reference = [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(tmp_path / "disabled")]
-    assert len(reference) == 3
-    expected = {"raise-loader": "llamafactory.model.loader: RuntimeError: simulated patcher bug",
-                "drop-symbol": "llamafactory.hparams.parser._parse_train_mca_args does not exist",
-                "fake-version": "built for LLaMA-Factory 0.9.5, found 0.9.6"}
-    for mode, message in expected.items():
-        out = tmp_path / mode
-        result = _broken_run(mode, tmp_path, base_args(model, sample_data, out, **vanilla))
-        assert_ok(result)
-        assert [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(out)] == reference, mode
-        if mode != "fake-version":
-            assert "llamafactory-attok: could not patch" in result.stderr  # one warning naming what failed
-        refused = _broken_run(mode, tmp_path, base_args(model, sample_data, tmp_path / f"{mode}-attok", attok=True))
-        assert refused.returncode != 0, mode
-        assert message in refused.stderr, refused.stderr[-3000:]
-        assert "0.9.6" in refused.stderr if mode == "fake-version" else "LLaMA-Factory 0.9.5" in refused.stderr
-        assert not (tmp_path / f"{mode}-attok").exists()
-
-
-def test_unsupported_version_touches_nothing_private(tmp_path):
-    code = (
-        "import llamafactory.extras.env as e; e.VERSION = '0.9.6'\n"
-        "import llamafactory.hparams.parser as p, llamafactory.model.loader as l, llamafactory.model.adapter as a\n"
-        "import peft\n"
-        "print(hasattr(p._parse_train_args, '__wrapped__'), hasattr(p.read_args, '__wrapped__'),"
-        " hasattr(l, '__attok_patched__'), a.LoraConfig is peft.LoraConfig)\n"
-        "try:\n    p.get_train_args({'attok': True, 'stage': 'sft'})\nexcept Exception as err:\n    print(err)\n"
-    )
-    result = run_cli(["python", "-c", code], cwd=tmp_path)
-    assert_ok(result)
-    lines = result.stdout.strip().splitlines()
-    assert lines[-2] == "False True False True"
-    assert "AttTok keys attok cannot be honoured: llamafactory-attok was built for LLaMA-Factory 0.9.5" in lines[-1]
+    out = tmp_path / mode
+    result = _broken_run(mode, tmp_path, base_args(model, sample_data, out, **VANILLA),
+                         base_args(model, sample_data, tmp_path / f"{mode}-attok", attok=True))
+    stdout, stderr = result.stdout.split(MARKER), result.stderr.split(MARKER)
+    assert len(stderr) == 2, f"the vanilla run failed ({result.returncode})\n{result.stderr[-8000:]}"
+    vanilla_err, refused_err = stderr
+    assert [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(out)] == vanilla_reference, mode
+    if mode != "fake-version":
+        assert "llamafactory-attok: could not patch" in vanilla_err  # one warning naming what failed
+    assert result.returncode != 0, mode
+    assert message in refused_err, refused_err[-3000:]
+    assert "0.9.6" in refused_err if mode == "fake-version" else "LLaMA-Factory 0.9.5" in refused_err
+    assert not (tmp_path / f"{mode}-attok").exists()
+    if mode == "fake-version":  # an unsupported version: nothing private touched, AttTok keys refused by name
+        touched = json.loads(stdout[2].strip().splitlines()[0])
+        assert touched == {"parse_train_args_wrapped": False, "read_args_wrapped": True, "loader_patched": False,
+                           "lora_config_is_peft": True}
+        assert ("AttTok keys attok cannot be honoured: llamafactory-attok was built for LLaMA-Factory 0.9.5"
+                in refused_err)
 
 
 def test_patch_module_never_raises_and_records_why(monkeypatch, capsys):
@@ -253,17 +261,17 @@ def test_runtime_checks_stop_a_silently_degraded_run(tiny_models, sample_data, t
 
     from llamafactory.train.tuner import run_exp
 
-    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "hook", attok=True, max_steps=2)
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "hook", attok=True, max_steps=1)
     with pytest.raises(AttTokError, match="output head never saw the hidden states.*enable_liger_kernel"):
         run_exp(dict(args), callbacks=[DropHeadHook()])
-    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "nan", attok=True, max_steps=2)
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "nan", attok=True, max_steps=1)
     with pytest.raises(AttTokError, match=r"step 1: loss_ntp = nan"):
         run_exp(dict(args), callbacks=[PoisonWeights()])
     assert not (tmp_path / "nan" / "adapter_model.safetensors").exists()
     import llamafactory.train.sft.workflow as workflow
 
     monkeypatch.setattr(workflow, "CustomSeq2SeqTrainer", workflow.CustomSeq2SeqTrainer.__wrapped__)
-    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "bypass", attok=True, max_steps=2)
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "bypass", attok=True, max_steps=1)
     with pytest.raises(AttTokError, match="outside the AttTok trainer"):
         run_sft(args)
 
@@ -293,13 +301,11 @@ def test_incomplete_or_corrupt_attok_folders_name_the_file(modality_adapter, tin
 
 
 @pytest.mark.slow
-def test_disabled_plugin_explains_an_adapter_it_cannot_load(modality_adapter, tiny_models, tmp_path):
-    code = (f"from llamafactory_attok.eval.attribute_classifier import load_model_for_inference as load\n"
-            f"load({str(tiny_models['qwen2_vl'])!r}, adapter={str(modality_adapter)!r})")
-    result = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1")
-    assert result.returncode != 0
-    assert "loading this AttTok run with ATTOK_DISABLE=1 failed" in result.stderr
-    assert "unset ATTOK_DISABLE" in result.stderr
+def test_disabled_plugin_explains_an_adapter_it_cannot_load(modality_adapter, tiny_models):
+    result = disabled_adapter_loads(str(tiny_models["qwen2_vl"]), str(modality_adapter))  # ATTOK_DISABLE=1 process
+    assert result["returncode"] != 0, result["stderr"][-3000:]
+    assert "loading this AttTok run with ATTOK_DISABLE=1 failed" in result["load"]
+    assert "unset ATTOK_DISABLE" in result["load"]
 
 
 # ---- files: umask honoured, durable, a crash before the rename leaves the old file
@@ -349,7 +355,9 @@ def test_attok_settings_without_attok_true_are_refused_not_ignored(tiny_models, 
     with pytest.raises(AttTokError, match="AttTok settings attok_acc_gamma, attok_vocab are given but `attok: true` "
                                           "is missing"):
         get_train_args(args)
-    get_train_args({**args, "attok": False})  # an explicit `attok: false` is a choice, not an oversight
+    # an explicit `attok: false` alone is a vanilla run (with settings it is refused too: test_run_guards.py)
+    vanilla = {k: v for k, v in args.items() if not k.startswith("attok_")}
+    get_train_args({**vanilla, "attok": False})
 
 
 def test_resuming_an_attok_checkpoint_without_attok_is_refused(tiny_models, sample_data, tmp_path):

@@ -1,10 +1,14 @@
-"""The one door into LLaMA-Factory, exercised through the real `llamafactory-cli` (subprocesses)."""
+"""The one door into LLaMA-Factory: the real `llamafactory-cli` (console script, fresh interpreters) where the process
+is what is proven (startup hook, ATTOK_DISABLE, WebUI-spawned training); LF's own entry points in this process (the
+startup hook has patched them here too) for everything else."""
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
-from conftest import assert_ok, base_args, log_history, run_cli, train_cli, trainer_log, write_yaml
+from conftest import assert_ok, base_args, cli_env, log_history, run_cli, train_cli, trainer_log, write_yaml
 
 from llamafactory_attok import lf_patches
 from llamafactory_attok.errors import AttTokError
@@ -13,27 +17,49 @@ from llamafactory_attok.lf_patches import workflow as lf_workflow
 
 pytestmark = pytest.mark.slow
 
+# An ATTOK_DISABLE=1 interpreter: says whether LF's parser is wrapped, then runs `llamafactory-cli train CONFIG`.
+_DISABLED_TRAIN = """
+import sys
+import llamafactory.hparams.parser as p
+print("wrapped:", hasattr(p._parse_train_args, "__wrapped__"), flush=True)
+from llamafactory.cli import main
+sys.argv = ["llamafactory-cli", "train", sys.argv[1]]
+main()
+"""
+
 
 def test_vanilla_run_is_bit_identical_with_and_without_the_plugin(tiny_models, sample_data, tmp_path):
-    """Installed but no attok keys: the same per-step losses as with ATTOK_DISABLE=1."""
-    losses = {}
-    for name, env in (("plugin", {}), ("disabled", {"ATTOK_DISABLE": "1"})):
-        args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / name, dataset="retina_vanilla_train")
-        assert_ok(train_cli(tmp_path, args, **env))
-        losses[name] = [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(tmp_path / name)]
+    """Installed but no attok keys (LF's run_exp in this process): the same per-step losses as with ATTOK_DISABLE=1
+    (a fresh interpreter, where the variable is read), whose LF modules stay unwrapped."""
+    from llamafactory.train.tuner import run_exp
+
+    def args(name):
+        return base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / name, dataset="retina_vanilla_train",
+                         max_steps=3)
+
+    run_exp(args("plugin"))
+    config = write_yaml(tmp_path / "disabled.yaml", args("disabled"))
+    disabled = subprocess.run([sys.executable, "-c", _DISABLED_TRAIN, str(config)], cwd=tmp_path,
+                              env=cli_env(ATTOK_DISABLE="1"), capture_output=True, text=True, timeout=600)
+    assert_ok(disabled)
+    assert "wrapped: False" in disabled.stdout
+    losses = {name: [(e["step"], e["loss"], e["grad_norm"]) for e in log_history(tmp_path / name)]
+              for name in ("plugin", "disabled")}
+    for name in losses:
         assert not (tmp_path / name / "attok_config.json").exists()
-    assert len(losses["plugin"]) == 6
+    assert len(losses["plugin"]) == 3
     assert losses["plugin"] == losses["disabled"]
 
 
 def test_attok_cli_run_logs_losses_and_saves_its_state(tiny_models, sample_data, tmp_path):
-    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, save_steps=3)
+    """The console script end to end; no `attok_vocab`, so the vocabulary is derived from the answers."""
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, max_steps=2, save_steps=1)
     result = train_cli(tmp_path, args)
     assert_ok(result)
     entries = [e for e in trainer_log(tmp_path / "out") if "loss_acm" in e]
-    assert len(entries) == 6 and entries[0]["acm_weight"] == 1.0 and entries[-1]["acm_weight"] == 0.0
+    assert len(entries) == 2 and entries[0]["acm_weight"] == 1.0 and entries[-1]["acm_weight"] == 0.0
     assert "'loss_acm'" in result.stdout + result.stderr  # console
-    for folder in (tmp_path / "out", tmp_path / "out" / "checkpoint-3"):
+    for folder in (tmp_path / "out", tmp_path / "out" / "checkpoint-1"):
         names = {p.name for p in folder.iterdir()}
         assert {"attok_vocab.yaml", "attok_config.json", "attok_state.safetensors"} <= names
     config = json.loads((tmp_path / "out" / "attok_config.json").read_text())
@@ -41,24 +67,24 @@ def test_attok_cli_run_logs_losses_and_saves_its_state(tiny_models, sample_data,
     adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert adapter["trainable_token_indices"] == {"embed_tokens": config["token_ids"], "lm_head": config["token_ids"]}
     assert not adapter["modules_to_save"]
-
-
-def test_vocabulary_derived_from_answers_when_no_file(tiny_models, sample_data, tmp_path):
-    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, max_steps=1)
-    assert_ok(train_cli(tmp_path, args))
-    vocab = (tmp_path / "out" / "attok_vocab.yaml").read_text()
+    vocab = (tmp_path / "out" / "attok_vocab.yaml").read_text()  # derived: no attok_vocab given
     assert "<|fundus_moderate_dr|>: moderate diabetic retinopathy" in vocab
 
 
-def test_cli_list_form_and_yaml_override_are_parsed_strictly(tiny_models, sample_data, tmp_path):
+def test_cli_list_form_and_yaml_override_are_parsed_strictly(tiny_models, sample_data, tmp_path, monkeypatch):
+    """LF's two other argument forms through the console script's function in this process: `train CONFIG.yaml
+    key=value` (refused: a misspelt AttTok key) and `train --key value ...` (run)."""
+    from llamafactory.cli import main as cli_main
+
     args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, max_steps=1)
     config = write_yaml(tmp_path / "x.yaml", args)
-    result = run_cli(["llamafactory-cli", "train", str(config), "attok_gama=0.2"], cwd=tmp_path)
-    assert result.returncode != 0 and "Unknown AttTok argument 'attok_gama'" in result.stderr
-    assert "attok_acc_gamma" in result.stderr
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", "train", str(config), "attok_gama=0.2"])
+    with pytest.raises(AttTokError, match="Unknown AttTok argument 'attok_gama'") as error:
+        cli_main()
+    assert "attok_acc_gamma" in str(error.value)
     flat = [item for key, value in args.items() for item in (f"--{key}", str(value))]
-    result = run_cli(["llamafactory-cli", "train", *flat, "--attok_acc_gamma", "0.25"], cwd=tmp_path)
-    assert_ok(result)
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", "train", *flat, "--attok_acc_gamma", "0.25"])
+    cli_main()
     saved = json.loads((tmp_path / "out" / "attok_config.json").read_text())["args"]
     assert saved["attok_acc_gamma"] == 0.25
 
@@ -73,32 +99,40 @@ def test_cli_list_form_and_yaml_override_are_parsed_strictly(tiny_models, sample
     ],
 )
 def test_bad_configurations_fail_before_training(overrides, message, tiny_models, sample_data, tmp_path):
+    """LF's run_exp in this process (a refusal through the real CLI:
+    test_failsafe.py::test_refusal_end_to_end_through_the_cli)."""
+    from llamafactory.train.tuner import run_exp
+
     overrides = {k: (str(sample_data / "retina_vocab.yaml") if v == "VOCAB" else v) for k, v in overrides.items()}
     args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, **overrides)
-    result = train_cli(tmp_path, args)
-    assert result.returncode != 0
-    assert message.replace("DATA", str(sample_data)) in result.stderr
+    with pytest.raises(AttTokError) as error:
+        run_exp(args)
+    assert message.replace("DATA", str(sample_data)) in str(error.value)
     assert not (tmp_path / "out" / "attok_state.safetensors").exists()
 
 
 def test_unsupported_family_is_refused(sample_data, tmp_path):
+    from llamafactory.train.tuner import run_exp
+
     text_only = tmp_path / "qwen2_text"
     text_only.mkdir()
     (text_only / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
     args = base_args(text_only, sample_data, tmp_path / "out", attok=True)
-    result = train_cli(tmp_path, args)
-    assert result.returncode != 0
-    assert "AttTok does not support model family 'qwen2'" in result.stderr and "qwen2_5_vl" in result.stderr
+    with pytest.raises(AttTokError) as error:
+        run_exp(args)
+    assert "AttTok does not support model family 'qwen2'" in str(error.value) and "qwen2_5_vl" in str(error.value)
 
 
 def test_attribute_token_missing_from_vocabulary_names_the_sample(tiny_models, sample_data, tmp_path):
+    from llamafactory.train.tuner import run_exp
+
     vocab = tmp_path / "partial.yaml"
     vocab.write_text('"<|fundus_no_dr|>": no diabetic retinopathy\n')
     args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, attok_vocab=str(vocab))
-    result = train_cli(tmp_path, args)
-    assert result.returncode != 0
+    with pytest.raises(AttTokError) as error:
+        run_exp(args)
     assert re.search(r"retina_attok_train.json: sample \d+: attribute token <\|fundus_\w+\|> appears in the data "
-                     r"but not in the attribute vocabulary", result.stderr)
+                     r"but not in the attribute vocabulary", str(error.value))
 
 
 def test_unsupported_lf_version_refuses_attok_only():
@@ -128,25 +162,23 @@ def test_attribute_tokens_are_removed_from_generation_eos():
 
 
 def test_lf_entry_point_modules_are_patched_in_a_fresh_interpreter(tmp_path):
+    """(Left unwrapped under ATTOK_DISABLE=1: test_vanilla_run_is_bit_identical_with_and_without_the_plugin.)"""
     code = ("import llamafactory.hparams.parser as p, llamafactory.model.loader as l, llamafactory.train.sft.workflow "
             "as w; print(p.__attok_patched__, l.__attok_patched__, w.__attok_patched__)")
     result = run_cli(["python", "-c", code], cwd=tmp_path)
     assert_ok(result)
     assert result.stdout.strip().endswith("True True True")
-    probe = "import llamafactory.hparams.parser as p; print(hasattr(p._parse_train_args, '__wrapped__'))"
-    disabled = run_cli(["python", "-c", probe], cwd=tmp_path, ATTOK_DISABLE="1")
-    assert disabled.stdout.strip().endswith("False")
 
 
 def test_webui_spawned_training_keeps_attok_keys(tiny_models, sample_data, tmp_path):
-    """What LlamaBoard's Train tab does: extra-arguments JSON merged into args, `save_cmd` writes the YAML, then
-    `llamafactory-cli train <output_dir>/training_args.yaml` runs in a new process with LLAMABOARD_ENABLED=1."""
+    """What LlamaBoard's Train tab does: extra-arguments JSON merged into args, `save_cmd` writes the YAML (here, in
+    this process), then `llamafactory-cli train <output_dir>/training_args.yaml` runs in a new process with
+    LLAMABOARD_ENABLED=1."""
+    from llamafactory.webui.common import save_cmd
+
     extra = json.loads('{"attok": true, "attok_acm": false, "attok_acc_gamma": 0.2}')
-    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "webui_out", max_steps=2, **extra)
-    code = f"from llamafactory.webui.common import save_cmd; print(save_cmd({args!r}))"
-    written = run_cli(["python", "-c", code], cwd=tmp_path)
-    assert_ok(written)
-    yaml_path = written.stdout.strip().splitlines()[-1]
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "webui_out", max_steps=1, **extra)
+    yaml_path = save_cmd(args)
     result = run_cli(["llamafactory-cli", "train", yaml_path], cwd=tmp_path, LLAMABOARD_ENABLED="1",
                      LLAMABOARD_WORKDIR=str(tmp_path / "webui_out"))
     assert_ok(result)

@@ -1,9 +1,9 @@
-"""Save → reload → equal outputs: adapter folder (chat / predict path) and `llamafactory-cli export` merged folder.
+"""Save → reload → equal outputs: adapter folder (chat / predict path) and LF's export (merged folder).
 Also: ACC touches only real image tokens of the loaded model."""
 
 import pytest
 import torch
-from conftest import assert_ok, base_args, run_cli, write_yaml
+from conftest import base_args
 from lf_inprocess import embeds_seen_by_llm, last_logits, run_sft
 from PIL import Image
 
@@ -43,11 +43,12 @@ def test_adapter_reload_gives_the_training_time_logits(trained, tiny_models, sam
 def test_export_merges_into_a_folder_that_reloads_with_equal_logits(trained, tiny_models, sample_data, tmp_path):
     out, training_model = trained
     export = tmp_path / "merged"
-    config = write_yaml(tmp_path / "export.yaml", {
+    from llamafactory.train.tuner import export_model
+
+    export_model({  # what `llamafactory-cli export CONFIG` runs, in this process
         "model_name_or_path": str(tiny_models["qwen2_5_vl"]), "adapter_name_or_path": str(out),
         "template": "qwen2_vl", "finetuning_type": "lora", "export_dir": str(export), "export_device": "cpu",
         "infer_dtype": "float32"})
-    assert_ok(run_cli(["llamafactory-cli", "export", str(config)], cwd=tmp_path))
     assert {"attok_state.safetensors", "attok_vocab.yaml", "attok_config.json"} <= {p.name for p in export.iterdir()}
     model, _, processor = load_model_for_inference(str(export))
     inputs = _inputs(processor, sample_data)

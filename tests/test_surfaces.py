@@ -7,7 +7,8 @@ import os
 import re
 
 import pytest
-from conftest import assert_ok, base_args, lf_api_server, run_cli, train_cli, write_yaml
+from conftest import assert_ok, base_args, lf_api_server, run_cli, write_yaml
+from lf_inprocess import disabled_adapter_loads, run_predict
 
 from llamafactory_attok.eval.classification import score_generated
 
@@ -63,9 +64,9 @@ def test_batch_prediction_writes_generated_predictions(tiny_models, adapter, sam
     args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "pred", do_train=False, do_predict=True,
                      predict_with_generate=True, adapter_name_or_path=str(adapter), eval_dataset="modality_train",
                      max_new_tokens=6, do_sample=False, per_device_eval_batch_size=4, skip_special_tokens=False)
-    for key in ("dataset", "max_steps", "learning_rate", "lr_scheduler_type", "lora_target", "lora_rank"):
+    for key in ("lora_target", "lora_rank"):
         args.pop(key)
-    assert_ok(train_cli(tmp_path, args))
+    run_predict(args)  # LF's run_exp in this process, as `llamafactory-cli train` runs it
     rows = [json.loads(line) for line in (tmp_path / "pred" / "generated_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all({"prompt", "predict", "label"} <= set(r) for r in rows)
     first = re.compile(r"<\|(fundus_photo|xray_chest)\|>")  # labels carry LF's pad tokens before the answer
@@ -77,26 +78,25 @@ def test_batch_prediction_writes_generated_predictions(tiny_models, adapter, sam
     assert scores.total == 16 and scores.unparseable == 16 and scores.accuracy == 0.0
 
 
-def test_loading_attok_folder_with_plugin_disabled_warns(tiny_models, adapter, tmp_path):
-    code = ("from llamafactory.chat import ChatModel\n"
-            f"ChatModel({{'model_name_or_path': '{tiny_models['qwen2_vl']}', 'adapter_name_or_path': '{adapter}', "
-            "'template': 'qwen2_vl', 'infer_dtype': 'float32'})\n")
-    result = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="1")
-    assert "was saved with AttTok state" in result.stderr and "outputs will differ" in result.stderr
+def test_loading_attok_folder_with_plugin_disabled_warns(tiny_models, adapter):
+    loads = disabled_adapter_loads(str(tiny_models["qwen2_vl"]), str(adapter))  # one ATTOK_DISABLE=1 process
+    assert "was saved with AttTok state" in loads["chat"] and "outputs will differ" in loads["chat"]  # ChatModel
 
 
 def test_adapter_on_another_base_tokenizer_is_refused(tiny_models, adapter, tmp_path):
+    from llamafactory.chat import ChatModel
+
+    from llamafactory_attok.errors import AttTokError
+
     other = tmp_path / "other_base"
     assert_ok(run_cli(["attok", "tiny-model", str(other), "--family", "qwen2_vl"], cwd=tmp_path))
     tokenizer = json.loads((other / "tokenizer.json").read_text())
     tokenizer["added_tokens"].append({"id": 400, "content": "<|extra_token|>", "single_word": False, "lstrip": False,
                                       "rstrip": False, "normalized": False, "special": True})
     (other / "tokenizer.json").write_text(json.dumps(tokenizer))
-    code = ("from llamafactory.chat import ChatModel\n"
-            f"ChatModel({{'model_name_or_path': '{other}', 'adapter_name_or_path': '{adapter}', "
-            "'template': 'qwen2_vl', 'infer_dtype': 'float32'})\n")
-    result = run_cli(["python", "-c", code], cwd=tmp_path)
-    assert result.returncode != 0
-    assert f"{adapter}: its attribute tokens have ids [400, 401]" in result.stderr
-    assert "base tokenizer gives [401, 402]" in result.stderr
+    with pytest.raises(AttTokError) as error:
+        ChatModel({"model_name_or_path": str(other), "adapter_name_or_path": str(adapter), "template": "qwen2_vl",
+                   "infer_dtype": "float32"})
+    assert f"{adapter}: its attribute tokens have ids [400, 401]" in str(error.value)
+    assert "base tokenizer gives [401, 402]" in str(error.value)
     assert os.path.isdir(adapter)
