@@ -220,5 +220,5 @@ def modality_adapter(tiny_models, sample_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("modality") / "adapter"
     run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
-                      max_steps=100, learning_rate=5e-3))
+                      max_steps=30, learning_rate=1e-2))
     return out
