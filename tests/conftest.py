@@ -110,15 +110,15 @@ def _captured() -> Iterator[dict[str, io.StringIO]]:
     handlers = {h for lg in loggers for h in lg.handlers
                 if type(h) is logging.StreamHandler}
     streams = {h: h.stream for h in handlers}
-    for handler in handlers:
+    for handler in handlers:  # plain assignment: setStream would flush a stream a finished test may have closed
         out = handler.stream in (sys.stdout, sys.__stdout__)
-        handler.setStream(found["stdout" if out else "stderr"])
+        handler.stream = found["stdout" if out else "stderr"]
     try:
         with contextlib.redirect_stdout(found["stdout"]), contextlib.redirect_stderr(found["stderr"]):
             yield found
     finally:
         for handler, stream in streams.items():
-            handler.setStream(stream)
+            handler.stream = stream
 
 
 def run_attok_in_process(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
