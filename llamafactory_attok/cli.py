@@ -103,7 +103,7 @@ def _predict(ns: argparse.Namespace) -> None:
 
     metrics = run_predict(ns.model, ns.dataset, ns.out, adapter=ns.adapter, vocab_path=ns.vocab,
                           val_dataset=ns.val_dataset, mode=ns.mode, top_k=ns.top_k, device=ns.device,
-                          batch_size=ns.batch_size, template=ns.template)
+                          batch_size=ns.batch_size, template=ns.template, overwrite=ns.overwrite)
     print(json.dumps(metrics, indent=2))
 
 
@@ -116,6 +116,7 @@ def _eval_classify(ns: argparse.Namespace) -> None:
     out = output_file(ns.out, "--out")
     refuse_same_as_input([out, out.with_suffix(".confusion.png")],
                          {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
+    output_file(out, "--out", ns.overwrite, exists_refused=True)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
     write_json(out, scores.as_dict())
     confusion_figure(scores.classes, scores.confusion, out.with_suffix(".confusion.png"),
@@ -146,6 +147,7 @@ def _eval_report(ns: argparse.Namespace) -> None:
     inputs = {f"{flag} {run}={path}": path for flag, pairs in (("--run", runs), ("--vqa", vqa_runs))
               for run, path in pairs}
     refuse_same_as_input([out, curves], inputs)
+    output_file(out, "--out", ns.overwrite, exists_refused=True)
     figures = [training_curves(dict(train_dirs), curves)] if train_dirs else []
     print(build_report(dict(runs), out, figures, vqa_runs=vqa_runs))
 
@@ -201,6 +203,7 @@ def _add_eval_commands(sub) -> None:
     pred = sub.add_parser("predict", help="one-forward class probabilities per sample (JSONL), no generation")
     _add_model_and_data_args(pred)
     pred.add_argument("--out", required=True, help="JSONL; metrics go to <out>.metrics.json")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
     pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute",
                       help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla)")
@@ -218,6 +221,7 @@ def _add_eval_commands(sub) -> None:
     cls.add_argument("--dataset", required=True, help="the dataset JSON the predictions were made from")
     cls.add_argument("--vocab", default=None, help="adds vocabulary keywords as class synonyms")
     cls.add_argument("--out", required=True, help="scores JSON (+ .confusion.png)")
+    cls.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     cls.set_defaults(func=_eval_classify)
     add_vqa_eval_command(ev)
     fig = ev.add_parser("figures", help="t-SNE, similarity heatmaps and ACC attention maps of a trained model")
@@ -235,13 +239,14 @@ def _add_eval_commands(sub) -> None:
                      help="an `attok eval vqa` result; one per run and dataset (Table 2 layout, both protocols)")
     rep.add_argument("--train-dir", action="append", default=[], help="name=output_dir for training curves")
     rep.add_argument("--out", required=True, help="report.md to write (figures next to it)")
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     rep.set_defaults(func=_eval_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attok", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny-model", help="build a tiny offline Qwen2-VL / Qwen2.5-VL (random weights)")
+    tiny = sub.add_parser("tiny-model", help="build a tiny offline model of a supported family (random weights)")
     tiny.add_argument("out", help="folder for the model, tokenizer and processor")
     from .tiny import FAMILIES  # test/demo scaffolding, used by this command only
     from .tiny.sample_data import RETINA_NPZ

@@ -210,6 +210,7 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     inputs = {"--predictions": ns.predictions, "--dataset": ns.dataset, "--judge-prompt": ns.judge_prompt,
               "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
     refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
+    output_file(out, "--out", ns.overwrite, exists_refused=True)
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)
     result = score_vqa(ns.predictions, ns.dataset, {p: _judge(ns, p) for p in protocols}, name=ns.name)
     write_json(ns.out, result)
@@ -227,6 +228,7 @@ def add_vqa_eval_command(ev) -> None:
     vqa.add_argument("--predictions", required=True, help="LF's generated_predictions.jsonl")
     vqa.add_argument("--dataset", required=True, help="the dataset JSON (with answer_type) the predictions come from")
     vqa.add_argument("--out", required=True, help="result JSON (both protocols, breakdowns)")
+    vqa.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     vqa.add_argument("--name", default=None, help="dataset name in reports (default: the dataset file's stem)")
     vqa.add_argument("--protocol", choices=["paper", "medevalkit", "both"], default="both",
                      help="paper: rules first, judge when they fail; medevalkit: every open question judged")

@@ -23,20 +23,21 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def refuse_output_over_inputs(output_dir: str, inputs: dict[str, str | None]) -> None:
-    """``output_dir`` may not be, contain or lie inside a folder the run reads (base model, adapters, data):
-    LF and AttTok would write the tokenizer, adapter and config files into it (``overwrite_output_dir`` or not)."""
+def refuse_output_over_inputs(output_dir: str, inputs: dict[str, str | None], option: str = "output_dir") -> None:
+    """``output_dir`` (or ``export_dir``: ``option``) may not be, contain or lie inside a folder the run reads (model,
+    adapters, data): LF and AttTok would write tokenizer, adapter and config files into it (``overwrite_output_dir``
+    or not)."""
     out = Path(output_dir).expanduser().resolve()
-    for option, value in inputs.items():
+    for source, value in inputs.items():
         for item in str(value or "").split(","):
             if not item.strip() or not Path(item.strip()).expanduser().exists():
                 continue
             folder = Path(item.strip()).expanduser().resolve()
             if _overlaps(out, folder):
                 raise AttTokError(
-                    f"output_dir {output_dir} overlaps {option} {item.strip()}: this AttTok run would write its "
+                    f"{option} {output_dir} overlaps {source} {item.strip()}: this AttTok run would write its "
                     "tokenizer, adapter and AttTok files into a folder it reads from (overwrite_output_dir does not "
-                    "change that). Choose an output_dir outside it.")
+                    f"change that). Choose an {option} outside it.")
 
 
 @contextlib.contextmanager

@@ -36,19 +36,26 @@ def same_file(a: PathLike, b: PathLike) -> bool:
 
 def refuse_same_as_input(outputs: Iterable[PathLike], inputs: Mapping[str, PathLike | None],
                          what: str = "output") -> None:
-    """Refuse when one of ``outputs`` is the same file as an input (``option -> path``; None: not given)."""
+    """Refuse when one of ``outputs`` is the same file as an input (``option -> path``; None: not given), or lies
+    inside an input folder (a model, an adapter: their files are never a command's output)."""
     for out in outputs:
         for option, source in inputs.items():
             if source is not None and same_file(out, source):
                 raise AttTokError(f"{what} {out} is the same file as {option} {source}: writing it would replace "
                                   "the input; choose another output path")
+            if source is not None and Path(source).is_dir() and Path(source).resolve() in Path(out).resolve().parents:
+                raise AttTokError(f"{what} {out} lies inside {option} {source}: a command never writes into the "
+                                  "folders it reads; choose an output path outside it")
 
 
-def output_file(path: PathLike, option: str) -> Path:
-    """A file the command writes (replacing an earlier result of its own): refused when it is a folder."""
+def output_file(path: PathLike, option: str, overwrite: bool = False, exists_refused: bool = False) -> Path:
+    """A file the command writes: refused when it is a folder; with ``exists_refused`` also when it exists (unless
+    ``overwrite``) — checked after :func:`refuse_same_as_input`, whose message says more."""
     path = Path(path)
     if path.is_dir():
         raise AttTokError(f"{option} {path} is a folder; give the path of the file to write")
+    if exists_refused and path.exists() and not overwrite:
+        raise AttTokError(f"{option} {path} already exists; pass --overwrite to replace it, or choose a new path")
     return path
 
 
@@ -58,6 +65,9 @@ def new_output_path(path: PathLike, overwrite: bool, option: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AttTokError(f"{option} {path} is a file, not a folder; choose a folder path")
+    if overwrite and path.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise AttTokError(f"{option} {path} is the current folder or one above it; it cannot be replaced as a "
+                          "whole: choose another folder")
     entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if entries and not overwrite:
         shown = ", ".join(entries[:5]) + (" …" if len(entries) > 5 else "")
@@ -79,6 +89,8 @@ def dataset_name(name: str, option: str = "--name") -> str:
         problem = "starts with a dot (hidden files are skipped by file browsers and by attok's own image reader)"
     elif any(ord(ch) < 32 for ch in name):
         problem = "contains a control character"
+    elif not all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in name):
+        problem = "holds a character other than ASCII letters, digits, '_' and '-' (LF splits `dataset` on commas)"
     if problem:
         raise AttTokError(f"{option} {name!r} {problem}; a dataset name becomes file names inside --out: use letters, "
                           "digits, '_' and '-' (e.g. chest_xray)")

@@ -137,3 +137,82 @@ def test_resuming_a_vanilla_checkpoint_with_attok_is_refused(tmp_path):
     vocab.write_text('"<|fundus_no_dr|>": "no"\n')
     with pytest.raises(AttTokError, match="trained without AttTok .* start a new AttTok run"):
         refuse_changed_resume(tmp_path, load_vocab(vocab), [400], {})
+
+
+# ---- the hostile sweep of this round: inference, export, predict outputs ------------------------------------
+
+
+def _infer_args(args: dict):
+    from llamafactory.hparams import get_infer_args
+
+    return get_infer_args(args)
+
+
+def test_export_never_writes_into_the_base_model_or_the_adapter(checkpoint, tiny_models, tmp_path):
+    from llamafactory.train.tuner import export_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["qwen2_vl"], model)
+    adapter = checkpoint["out"]
+    for target, source in ((model, "model_name_or_path"), (adapter, "adapter_name_or_path")):
+        with pytest.raises(AttTokError, match=f"export_dir .* overlaps {source}"):
+            export_model({"model_name_or_path": str(model), "adapter_name_or_path": str(adapter),
+                          "template": "qwen2_vl", "finetuning_type": "lora", "export_dir": str(target)})
+
+
+def test_do_predict_into_the_adapter_folder_is_refused(checkpoint, tiny_models, sample_data):
+    args = base_args(tiny_models["qwen2_vl"], sample_data, checkpoint["out"], do_train=False, do_predict=True,
+                     adapter_name_or_path=str(checkpoint["out"]), eval_dataset="retina_attok_test",
+                     predict_with_generate=True)
+    args.pop("dataset")
+    with pytest.raises(AttTokError, match="output_dir .* overlaps adapter_name_or_path"):
+        _train_args(args)
+
+
+@pytest.mark.parametrize("override", [{"attok_acc": False}, {"attok_acc_gamma": 5.0},
+                                      {"attok_training_positions": False}])
+def test_trained_settings_cannot_be_changed_at_inference(override, checkpoint, tiny_models):
+    base = {"model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(checkpoint["out"]),
+            "template": "qwen2_vl"}
+    with pytest.raises(AttTokError, match="trained with other settings than the ones given now .* Remove those keys"):
+        _infer_args({**base, **override})
+    _infer_args({**base, "attok_show_tokens": True})  # the display option stays free
+
+
+def test_wrong_template_at_inference_names_the_right_one(checkpoint, tiny_models):
+    with pytest.raises(AttTokError, match="template 'llava' does not fit .* use `template: qwen2_vl`"):
+        _infer_args({"model_name_or_path": str(tiny_models["qwen2_vl"]), "template": "llava",
+                     "adapter_name_or_path": str(checkpoint["out"])})
+
+
+def test_auto_resume_of_an_attok_run_without_attok_is_refused(checkpoint, tiny_models, sample_data, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(checkpoint["out"], out)
+    args = base_args(tiny_models["qwen2_vl"], sample_data, out, dataset="retina_vanilla_train",
+                     overwrite_output_dir=False, max_steps=3)
+    with pytest.raises(AttTokError, match="this checkpoint was trained with AttTok .* needs `attok: true`"):
+        _train_args(args)
+
+
+def test_predict_never_writes_into_input_folders_nor_over_results(checkpoint, tiny_models, sample_data, tmp_path):
+    from llamafactory_attok.eval.predict import run_predict
+
+    dataset = str(sample_data / "retina_attok_test.json")
+    with pytest.raises(AttTokError, match="lies inside --adapter"):
+        run_predict(str(tiny_models["qwen2_vl"]), dataset, str(checkpoint["out"] / "attok_config.json"),
+                    adapter=str(checkpoint["out"]), overwrite=True)
+    with pytest.raises(AttTokError, match="lies inside --model"):
+        run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tiny_models["qwen2_vl"] / "new.jsonl"))
+    earlier = tmp_path / "p.jsonl"
+    earlier.write_text("{}\n")
+    with pytest.raises(AttTokError, match="already exists; pass --overwrite"):
+        run_predict(str(tiny_models["qwen2_vl"]), dataset, str(earlier), adapter=str(checkpoint["out"]))
+    assert earlier.read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("name", ["p,q", "a:b", "ok name", "ａ／b"])
+def test_dataset_names_lf_cannot_select_are_refused(name):
+    from llamafactory_attok.safe_paths import dataset_name
+
+    with pytest.raises(AttTokError, match="use letters"):
+        dataset_name(name)

@@ -59,7 +59,8 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "confusion": out.with_suffix(".confusion.png"), "metrics": out.with_suffix(".metrics.json")}
 
 
-def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, top_k: int, batch_size: int) -> None:
+def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, top_k: int, batch_size: int,
+                   overwrite: bool = False) -> None:
     """Everything that can be refused before a dataset is read or the model loaded."""
     if mode not in ("attribute", "likelihood"):
         raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
@@ -68,6 +69,7 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
             raise AttTokError(f"{option} {value}: must be at least 1")
     output_file(out, "--out")
     refuse_same_as_input(output_paths(out).values(), inputs)
+    output_file(out, "--out", overwrite, exists_refused=True)
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
@@ -143,7 +145,7 @@ def _rows(samples, probs, truth, names, top_k, retrieval) -> list[dict]:
 
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
                 val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
-                batch_size: int = 8, template: str | None = None) -> dict:
+                batch_size: int = 8, template: str | None = None, overwrite: bool = False) -> dict:
     """Class probabilities per sample; the datasets are checked before the model is loaded.
 
     Prompts are the training prompts (LF's template; by default the one saved with the model). A sample whose
@@ -151,7 +153,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     (JSONL, rows appended as they are scored), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with
     ``per_class`` and ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
     _check_request(out, {"--dataset": dataset, "--val-dataset": val_dataset, "--vocab": vocab_path,
-                         "--model": model_path, "--adapter": adapter}, mode, top_k, batch_size)
+                         "--model": model_path, "--adapter": adapter}, mode, top_k, batch_size, overwrite)
     samples, skipped = read_samples_skipping(dataset, require_token=mode == "attribute")
     for item in skipped:
         print(f"attok predict: skipped {item['error']}", file=sys.stderr)

@@ -4,6 +4,7 @@ the run's :class:`~llamafactory_attok.context.AttTokContext` to LF's parsed argu
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from ..args import AttTokArguments, parse_attok_dict, split_attok_cli, split_attok_dict
@@ -48,12 +49,18 @@ def _check_lf_args(by_name: dict[str, Any]) -> None:
     if data_args is not None:
         datasets = [*(data_args.dataset or []), *(getattr(data_args, "eval_dataset", None) or [])]
         check_no_video_columns(data_args.dataset_dir, datasets)
-    if training_args is not None and getattr(training_args, "do_train", False):
-        refuse_output_over_inputs(training_args.output_dir, {
-            "model_name_or_path": model_args.model_name_or_path,
-            "adapter_name_or_path": ",".join(model_args.adapter_name_or_path or []),
-            "dataset_dir": getattr(data_args, "dataset_dir", None)})
     _check_model_family(model_args, getattr(data_args, "template", None))
+
+
+def _check_output_dir(model_args, data_args, training_args) -> None:
+    """What an AttTok run (training, do_predict, do_eval) writes never lands in what it reads."""
+    if training_args is None or not any(getattr(training_args, k, False) for k in ("do_train", "do_predict",
+                                                                                   "do_eval")):
+        return
+    refuse_output_over_inputs(training_args.output_dir, {
+        "model_name_or_path": model_args.model_name_or_path,
+        "adapter_name_or_path": ",".join(model_args.adapter_name_or_path or []),
+        "dataset_dir": getattr(data_args, "dataset_dir", None)})
 
 
 def _check_model_family(model_args, template: str | None) -> None:
@@ -70,6 +77,22 @@ def _check_model_family(model_args, template: str | None) -> None:
             f"template {template!r} does not fit model {model_args.model_name_or_path} (a {family.name} model): "
             f"use `template: {family.templates[0]}`" + (f" (or {', '.join(family.templates[1:])})"
                                                         if len(family.templates) > 1 else "") + ".")
+
+
+def _refuse_changed_saved_settings(ours: dict, saved) -> None:
+    """Loading a trained AttTok folder: its settings are what it was trained with. Only the display option
+    ``attok_show_tokens`` may be given; another value of a trained setting would silently run another model."""
+    saved_args = saved.config.get("args", {})
+    given = parse_attok_dict(ours).to_dict()
+    changed = [f"{k}: {saved_args.get(k)!r} -> {given[k]!r}" for k in ours
+               if k not in ("attok", "attok_show_tokens") and saved_args.get(k, given[k]) != given[k]]
+    if "attok_training_positions" in ours and not given["attok_training_positions"]:
+        changed.append("attok_training_positions: false (an AttTok model always generates with its training "
+                       "positions)")
+    if changed:
+        raise AttTokError(
+            f"{saved.folder}: this AttTok folder was trained with other settings than the ones given now "
+            f"({'; '.join(changed)}); they are fixed by training (see {CONFIG_FILE_NAME}). Remove those keys.")
 
 
 def _check_backend(model_args, attok: AttTokArguments, saved) -> None:
@@ -90,6 +113,17 @@ def _check_backend(model_args, attok: AttTokArguments, saved) -> None:
             f"{saved.folder}: `infer_backend: {backend}` cannot load AttTok's attribute-token rows from a LoRA "
             "adapter (PEFT trainable_token_indices); merge first with `llamafactory-cli export` and serve that "
             "folder.")
+
+
+def _auto_resume(training_args) -> str | None:
+    """The checkpoint LF will resume from by itself (``output_dir`` with checkpoints, no ``overwrite_output_dir``)."""
+    if training_args is None or not getattr(training_args, "do_train", False):
+        return None
+    if getattr(training_args, "overwrite_output_dir", False) or not os.path.isdir(training_args.output_dir):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(training_args.output_dir)
 
 
 def _refuse_adapter_without_attok_files(model_args) -> None:
@@ -122,7 +156,7 @@ def _refuse_orphan_settings(ours: dict, training_args) -> None:
         raise AttTokError(
             f"AttTok settings {', '.join(settings)} are given but {said}, so none of AttTok would run. Set "
             "`attok: true`, or remove them.")
-    resume = getattr(training_args, "resume_from_checkpoint", None)
+    resume = getattr(training_args, "resume_from_checkpoint", None) or _auto_resume(training_args)
     if resume and find_saved_quietly([resume]) is not None:
         raise AttTokError(f"{resume}: this checkpoint was trained with AttTok (it holds attok_* files); resuming it "
                           "needs `attok: true` with the run's AttTok settings.")
@@ -146,14 +180,20 @@ def build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
         raise AttTokError(unsupported_version_reason())
     _require_patched(training and attok.attok)
     if attok.attok:
+        if not attok.attok_training_positions:
+            raise AttTokError("attok_training_positions: false is not available with `attok: true`: an AttTok model "
+                              "always generates with the positions it was trained with. Remove the key.")
         _check_lf_args(by_name)
     elif saved is not None:
+        _refuse_changed_saved_settings(ours, saved)
         try:
             attok = AttTokArguments(**{**saved.config["args"],
                                        **{k: v for k, v in attok.to_dict().items() if k in ours}})
         except (AttTokError, TypeError) as err:
             raise AttTokError(f"{saved.folder / CONFIG_FILE_NAME}: saved AttTok arguments are invalid: {err}") from err
         _check_backend(model_args, attok, saved)
+        _check_model_family(model_args, getattr(data_args, "template", None))
+    _check_output_dir(model_args, data_args, training_args)
     return AttTokContext(
         args=attok,
         training=training and attok.attok,

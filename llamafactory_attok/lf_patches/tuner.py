@@ -6,6 +6,7 @@ import functools
 from pathlib import Path
 
 from ..filenames import STATE_FILE_NAME
+from ..run_guards import refuse_output_over_inputs
 from ..state import atomic_write_bytes, save_description
 from .parser import context_of
 
@@ -16,6 +17,10 @@ def _wrap_export(original):
         from llamafactory.hparams import get_infer_args
 
         model_args, _, finetuning_args, _ = get_infer_args(args)
+        if context_of(finetuning_args) is not None:  # an AttTok export never writes into what it reads
+            refuse_output_over_inputs(model_args.export_dir, {
+                "model_name_or_path": model_args.model_name_or_path,
+                "adapter_name_or_path": ",".join(model_args.adapter_name_or_path or [])}, option="export_dir")
         original(args)
         context = context_of(finetuning_args)
         if context is not None and context.saved is not None:

@@ -106,6 +106,15 @@ def build_tiny_processor(family: Family, tokenizer):
     return spec_of(family).processor(tokenizer, tokenizer.chat_template)
 
 
+def _honour_umask(folder: Path) -> None:
+    """Modes as plain ``open`` / ``mkdir`` would give them under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def build_tiny_model(
     out_dir: str | os.PathLike,
     family: Family = "qwen2_vl",
@@ -144,6 +153,7 @@ def build_tiny_model(
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _honour_umask(tmp)  # mkdtemp and safetensors create 0700 / 0600; a model folder is shared like LF's
         _move_into_place(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
