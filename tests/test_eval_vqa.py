@@ -55,7 +55,8 @@ def test_both_protocols_with_judge_and_cache(tmp_path):
         assert server.completions == 6  # 3 paper + 3 MedEvalKit-style prompts
         assert "| paper | 50.0 | 66.7 | 60.0 | 2 / 3 | judge: scripted |" in result.stdout
         assert "| medevalkit | 50.0 | 66.7 | 60.0 | 2 / 3 | judge: scripted |" in result.stdout
-        assert run_cli([*args, "--overwrite"], cwd=tmp_path).returncode == 0 and server.completions == 6  # both caches hit
+        again = run_cli([*args, "--overwrite"], cwd=tmp_path)
+        assert again.returncode == 0 and server.completions == 6  # both caches hit
     assert (tmp_path / "vqa.judge_cache.json").is_file() and (tmp_path / "vqa.medevalkit_judge_cache.json").is_file()
 
 
