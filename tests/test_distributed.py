@@ -1,13 +1,22 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 on 2 CPU ranks (gloo) through LF's own torchrun relaunch (`launcher.py` as a file).
+"""DeepSpeed ZeRO-3 on 2 CPU ranks (gloo) through LF's own torchrun relaunch (`launcher.py` as a file).
 
-Mixed micro-batches (with and without attribute tokens, with and without images) must not hang; prototypes are
-identical on both ranks (checked at every save); only attribute rows change; the adapter reloads."""
+What each launch proves (ZeRO-2 on 2 ranks is the two-node run of tests/test_multinode.py, which carries the same
+mixed micro-batches and the row / prototype / reload checks):
+
+- test_zero_on_two_cpu_ranks[qwen2_vl-3], [gemma3-3] (LoRA): LF relaunches itself on 2 ranks; mixed micro-batches
+  (from step 2 on, a rank with no attribute token or no real image while the other has them, a different pairing
+  every step, read in a fixed order: ``lf_inprocess.MIXED_BATCHES``, where the step-1 exception is explained) do
+  not hang; prototypes are identical on both ranks at every save (checkpoint-3, checkpoint-6, final); only the
+  attribute rows of embed and head change (weight decay 0.1); the adapter reloads with the saved prototypes.
+  Gemma-3 (MedGemma) adds a tied head and the projector hook point.
+- test_zero3_full_and_freeze_keep_every_other_row[full], [freeze]: the row mask under ZeRO-3 partitioning of the
+  full / freeze model (embed / head have size 0 on each rank), the 16-bit gathered save, LF's reload."""
 
 
 import pytest
 import torch
-from conftest import REPO, add_text_only_dataset, assert_ok, base_args, train_cli, trainer_log
-from lf_inprocess import effective_rows, row_hashes
+from conftest import REPO, assert_ok, base_args, train_cli, trainer_log
+from lf_inprocess import TORCH_EXTENSIONS, add_mixed_batches_dataset, effective_rows, row_hashes
 from safetensors.torch import load_file
 
 from llamafactory_attok.attach import module_of
@@ -17,28 +26,31 @@ from llamafactory_attok.tiny import TEMPLATES, build_tiny_model
 pytestmark = pytest.mark.slow
 
 
+def train_on_two_ranks(tmp, args):
+    return train_cli(tmp, args, FORCE_TORCHRUN="1", NPROC_PER_NODE="2", TORCH_EXTENSIONS_DIR=str(TORCH_EXTENSIONS))
+
+
 @pytest.fixture(scope="module")
-def mixed_data(sample_data):
-    """Adds a text-only copy of the AttTok set so some micro-batches carry no image."""
-    add_text_only_dataset(sample_data, "retina_textonly_small", limit=12)
-    return sample_data
+def mixed_batches(sample_data):
+    """The mixed micro-batches, read in order: (dataset name, text-only samples rank 0 sees in the run)."""
+    return add_mixed_batches_dataset(sample_data)
 
 
-@pytest.mark.parametrize(("family", "stage"), [("qwen2_vl", 2), ("qwen2_vl", 3), ("gemma3", 3)])
-def test_zero_on_two_cpu_ranks(family, stage, tiny_models, mixed_data, tmp_path):
-    """Gemma-3 (MedGemma) adds a tied head and the projector hook point under ZeRO-3 partitioning."""
+@pytest.mark.parametrize(("family", "stage"), [("qwen2_vl", 3), ("gemma3", 3)])
+def test_zero_on_two_cpu_ranks(family, stage, tiny_models, sample_data, mixed_batches, tmp_path):
     model = tiny_models[family] if family in tiny_models else build_tiny_model(tmp_path / family, family)
     out = tmp_path / f"z{stage}"
-    args = base_args(model, mixed_data, out, attok=True, max_steps=20, save_steps=10,
-                     weight_decay=0.1, per_device_train_batch_size=2, template=TEMPLATES[family],
-                     dataset="retina_attok_train,retina_vanilla_train,retina_textonly_small",
-                     deepspeed=str(REPO / "examples" / "deepspeed" / f"ds_z{stage}.json"))
-    result = train_cli(tmp_path, args, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
+    dataset, rank0_text_only = mixed_batches
+    args = base_args(model, sample_data, out, attok=True, max_steps=6, save_steps=3, weight_decay=0.1,
+                     per_device_train_batch_size=2, template=TEMPLATES[family], dataset=dataset,
+                     disable_shuffling=True, deepspeed=str(REPO / "examples" / "deepspeed" / f"ds_z{stage}.json"))
+    result = train_on_two_ranks(tmp_path, args)
     assert_ok(result)
     assert "Initializing 2 distributed tasks" in result.stdout + result.stderr
-    assert (result.stdout + result.stderr).count("AttTok prototypes identical on 2 ranks") >= 2
+    assert (result.stdout + result.stderr).count("AttTok prototypes identical on 2 ranks") >= 3
     logged = [e for e in trainer_log(out) if "loss_acm" in e]
-    assert len(logged) == 20
+    assert len(logged) == 6
+    assert logged[-1]["attok_samples_without_image"] == rank0_text_only  # the planned micro-batches reached rank 0
     state = load_file(str(out / "attok_state.safetensors"))
     assert state["param.acc.attok_q.weight"].shape == (64, 64) and state["bank.seen"].any()
 
@@ -61,7 +73,7 @@ def test_zero3_full_and_freeze_keep_every_other_row(finetuning_type, tiny_models
                      deepspeed=str(REPO / "examples" / "deepspeed" / "ds_z3.json"))
     for key in ("lora_target", "lora_rank"):
         args.pop(key)
-    result = train_cli(tmp_path, args, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
+    result = train_on_two_ranks(tmp_path, args)
     assert_ok(result)
     assert len([e for e in trainer_log(out) if "loss_acm" in e]) == 6
     base, _, _ = load_model_for_inference(str(model))

@@ -1,17 +1,20 @@
 """AttTok end to end on every family behind the per-family seam (llamafactory_attok/families/): Qwen3-VL, Gemma-3
 (MedGemma), InternVL and LLaVA-1.5 tiny models, trained by LF with the family's own template.
 
-Per family, one 40-step LoRA run on the two-attribute modality set (fundus vs chest X-ray), then:
-ACM falls and ACC/θ/books get gradient every step; only the attribute rows of embed and head change;
-ACC changes exactly the real image tokens (LF's dummy image is left as the tower made it); the saved adapter
-reloads through LF's loaders with the training-time logits.
+Per family, one 20-step LoRA run (LF's ``run_exp`` in this process) on the two-attribute modality set (fundus vs
+chest X-ray), then: ACM falls and ACC/θ/books get gradient every step; only the attribute rows of embed and head
+change; ACC changes exactly the real image tokens (LF's dummy image is left as the tower made it); the saved adapter
+reloads through LF's loaders with the training-time logits and reads the trained modality; LF's export merges it
+into one folder (`llamafactory-cli export` as a command for Gemma-3, LF's ``export_model`` in this process for the
+others: the same function, without a launch each). At 20 steps every family's mean ACM of the last 5 steps is under
+0.4 (first 5: over 0.5) and the reader is right on at least 15 of 16 samples (seen with seed 42).
 """
 
 import json
 
 import pytest
 import torch
-from conftest import assert_ok, base_args, run_cli, train_cli, trainer_log, write_yaml
+from conftest import assert_ok, base_args, run_cli, trainer_log, write_yaml
 from lf_inprocess import embeds_seen_by_llm, last_logits, run_sft
 from PIL import Image
 
@@ -59,10 +62,9 @@ def test_vision_width_other_than_llm_width_is_refused_at_startup(sample_data, tm
         check_widths(config)
     folder = tmp_path / "unmerged"
     folder.mkdir()
-    config.save_pretrained(folder)
-    result = train_cli(tmp_path, base_args(folder, sample_data, tmp_path / "out", attok=True))
-    assert result.returncode != 0
-    assert "vision output is 32 wide but the language model is 64 wide" in result.stderr
+    config.save_pretrained(folder)  # no weights: a run that got past the check would fail on loading them instead
+    with pytest.raises(AttTokError, match="vision output is 32 wide but the language model is 64 wide"):
+        run_sft(base_args(folder, sample_data, tmp_path / "out", attok=True))
 
 
 @pytest.fixture(scope="module", params=NEW_FAMILIES)
@@ -71,7 +73,7 @@ def trained(request, sample_data, tmp_path_factory):
     root = tmp_path_factory.mktemp(family)
     model = build_tiny_model(root / "model", family)
     out = root / "adapter"
-    args = base_args(model, sample_data, out, attok=True, max_steps=40, dataset="modality_train",
+    args = base_args(model, sample_data, out, attok=True, max_steps=20, dataset="modality_train",
                      learning_rate=1e-2, lr_scheduler_type="constant", attok_acm_schedule="constant",
                      template=TEMPLATES[family])
     probe = run_sft(args)
@@ -84,7 +86,7 @@ pytestmark = pytest.mark.slow
 
 def test_acm_falls_and_every_attok_part_gets_gradient(trained):
     acm = [e["loss_acm"] for e in trainer_log(trained["out"]) if "loss_acm" in e]
-    assert len(acm) == 40
+    assert len(acm) == 20
     assert sum(acm[-5:]) / 5 < sum(acm[:5]) / 5, acm
     for name in ("acc.attok_q.weight", "acc.attok_k.weight", "acc.attok_v.weight", "acc.attok_o.weight",
                  "acm.attok_theta.weight", "books.attok_keyword_embeds"):
@@ -121,7 +123,7 @@ def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_token
 
     inputs = _inputs(trained, processor)
     reloaded, original = last_logits(model, inputs), last_logits(trained["probe"].model, inputs)
-    # LF merges the LoRA weights on reload: float rounding of W + BA after 40 steps at lr 1e-2 reaches ~2e-5
+    # LF merges the LoRA weights on reload: float rounding of W + BA after 40 steps at lr 1e-2 reached ~2e-5
     torch.testing.assert_close(reloaded, original, atol=1e-4, rtol=1e-4)
 
     base = base_model_of(model)
@@ -149,14 +151,22 @@ def test_reload_gives_training_time_logits_and_acc_changes_only_real_image_token
 
 
 def test_export_merges_into_a_folder_that_reloads_with_equal_logits(trained, tmp_path):
-    """`llamafactory-cli export` with the family's template: LoRA, attribute rows and AttTok state in one folder."""
+    """LF's export with the family's template: LoRA, attribute rows and AttTok state in one folder. Gemma-3 runs
+    `llamafactory-cli export` (a new process: the command users run); the others LF's ``export_model`` in this
+    process, which is what that command calls."""
     template = TEMPLATES[trained["family"]]
     export = tmp_path / "merged"
-    config = write_yaml(tmp_path / "export.yaml", {
+    export_args = {
         "model_name_or_path": str(trained["model"]), "adapter_name_or_path": str(trained["out"]),
         "template": template, "finetuning_type": "lora", "export_dir": str(export), "export_device": "cpu",
-        "infer_dtype": "float32"})
-    assert_ok(run_cli(["llamafactory-cli", "export", str(config)], cwd=tmp_path))
+        "infer_dtype": "float32"}
+    if trained["family"] == "gemma3":
+        config = write_yaml(tmp_path / "export.yaml", export_args)
+        assert_ok(run_cli(["llamafactory-cli", "export", str(config)], cwd=tmp_path))
+    else:
+        from llamafactory.train.tuner import export_model
+
+        export_model(export_args)
     assert {"attok_state.safetensors", "attok_vocab.yaml", "attok_config.json"} <= {p.name for p in export.iterdir()}
     merged, _, processor = load_model_for_inference(str(export), template=template)
     adapter, _, _ = load_model_for_inference(str(trained["model"]), adapter=str(trained["out"]), template=template)

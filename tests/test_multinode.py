@@ -7,7 +7,12 @@ Checked: the run ends on both nodes; only global rank 0 writes the AttTok files 
 is false by default and LF keeps it; every ``os.replace`` onto an ``attok_*`` file is logged with its rank by a
 ``sitecustomize`` on the nodes' PYTHONPATH); LF's log is written once; prototypes are identical on both ranks at
 every save; resuming both nodes from checkpoint-3 gives per-step losses equal to the uninterrupted run within 1e-6
-and the same final AttTok state."""
+and the same final AttTok state.
+
+The same run is also the ZeRO-2 case of tests/test_distributed.py (ZeRO-2 on 2 CPU ranks, LoRA, weight decay 0.1):
+mixed micro-batches (``lf_inprocess.MIXED_BATCHES``: a rank without attribute tokens or without a real image while
+the other has them) do not hang; only the attribute rows of embed and head change, every other row bit for bit; the
+adapter reloads with the saved prototypes."""
 
 from __future__ import annotations
 
@@ -19,16 +24,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, VENV_BIN, base_args, cli_env, free_port, trainer_log, write_yaml
+from lf_inprocess import TORCH_EXTENSIONS, add_mixed_batches_dataset, effective_rows, row_hashes
 from safetensors.torch import load_file
+
+from llamafactory_attok.attach import module_of
+from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
 
 pytestmark = pytest.mark.slow
 
 ATTOK_FILES = ("attok_state.safetensors", "attok_config.json", "attok_vocab.yaml")
-# DeepSpeed JIT-compiles its CPU shared-memory comm op at every distributed start, under a file lock in
-# ~/.cache/torch_extensions/<python>_<cuda>/, which every Python environment of this user shares: another venv with
-# other include paths recompiles it in turn, and a start then waits minutes on the lock (seen: 6.5 min). A folder
-# of this checkout's own keeps one build per checkout.
-TORCH_EXTENSIONS = REPO / ".pytest_cache" / "torch_extensions"
 SITECUSTOMIZE = '''
 import os
 
@@ -87,7 +91,9 @@ def ntp_acm_losses(folder: Path) -> dict[int, tuple[float, float, float]]:
 
 
 def test_two_nodes_zero2_train_save_once_and_resume(tiny_models, sample_data, tmp_path):
+    dataset, rank0_text_only = add_mixed_batches_dataset(sample_data)
     common = dict(attok=True, max_steps=6, save_steps=3, per_device_train_batch_size=2, learning_rate=5e-3,
+                  weight_decay=0.1, dataset=dataset, disable_shuffling=True,
                   deepspeed=str(REPO / "examples" / "deepspeed" / "ds_z2.json"))
     full = tmp_path / "full"
     output, writes = launch_two_nodes(tmp_path, base_args(tiny_models["qwen2_vl"], sample_data, full, **common),
@@ -105,6 +111,17 @@ def test_two_nodes_zero2_train_save_once_and_resume(tiny_models, sample_data, tm
     assert not any(p.name.startswith(".attok_") for p in full.rglob("*"))  # no temp file left behind
     uninterrupted = ntp_acm_losses(full)
     assert sorted(uninterrupted) == [1, 2, 3, 4, 5, 6]  # LF's log written once, not once per node
+    last = [e for e in trainer_log(full) if "loss_acm" in e][-1]
+    assert last["attok_samples_without_image"] == rank0_text_only  # the planned micro-batches reached rank 0
+    state = load_file(str(full / "attok_state.safetensors"))
+    assert state["param.acc.attok_q.weight"].shape == (64, 64) and state["bank.seen"].any()
+    base, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]))
+    trained, _, _ = load_model_for_inference(str(tiny_models["qwen2_vl"]), adapter=str(full))
+    for before, after in zip(effective_rows(base), effective_rows(trained), strict=True):
+        assert row_hashes(after[:400]) == row_hashes(before[:400])  # every pre-existing row, bit for bit
+        assert not torch.equal(after[400:405], before[400:405])
+    assert torch.equal(module_of(trained).books.bank.prototypes.cpu(), state["bank.prototypes"])
+
     checkpoint = full / "checkpoint-3"
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
 

@@ -1,5 +1,8 @@
-"""Only attribute rows train: SHA-256 of every other row of embed and head is unchanged after 24 AdamW steps with
-weight decay 0.1 (LoRA via PEFT trainable_token_indices, full / freeze via gradient masks + a wd-0 group)."""
+"""Only attribute rows train: SHA-256 of every other row of embed and head is unchanged after 6 AdamW steps with
+weight decay 0.1 (LoRA via PEFT trainable_token_indices, full / freeze via gradient masks + a wd-0 group). A leak
+shows from the first step: decoupled weight decay moves every non-zero row it reaches, and the rows of every token
+in a batch get a gradient; a masked row has zero gradient and zero Adam moments, so its update stays exactly 0 at
+every later step."""
 
 from pathlib import Path
 
@@ -25,7 +28,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_only_attribute_rows_change(case, tiny_models, sample_data, tmp_path):
     model_key, overrides = CASES[case]
-    args = base_args(tiny_models[model_key], sample_data, tmp_path / "out", attok=True, max_steps=24,
+    args = base_args(tiny_models[model_key], sample_data, tmp_path / "out", attok=True, max_steps=6,
                      weight_decay=0.1, attok_vocab=str(sample_data / "retina_vocab.yaml"), **overrides)
     probe = run_sft(args)
     for start, end in zip(probe.start, probe.end, strict=True):

@@ -15,13 +15,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_acm_falls_and_acc_receives_gradient(family, tiny_models, sample_data, tmp_path):
-    """Fundus vs chest X-ray (two attributes): uniform ACM would be -log(3/6) = 0.693."""
-    args = base_args(tiny_models[family], sample_data, tmp_path / "out", attok=True, max_steps=40,
+    """Fundus vs chest X-ray (two attributes): uniform ACM would be -log(3/6) = 0.693. 20 steps at lr 1e-2: the mean
+    of the last 5 was 0.17 (Qwen2-VL) and 0.24 (Qwen2.5-VL) with seed 42, the first 5 over 0.7."""
+    args = base_args(tiny_models[family], sample_data, tmp_path / "out", attok=True, max_steps=20,
                      dataset="modality_train", learning_rate=1e-2, lr_scheduler_type="constant",
                      attok_acm_schedule="constant")
     probe = run_sft(args)
     acm = [e["loss_acm"] for e in trainer_log(tmp_path / "out") if "loss_acm" in e]
-    assert len(acm) == 40
+    assert len(acm) == 20
     assert sum(acm[-5:]) / 5 < 0.5 < sum(acm[:5]) / 5
     for name in ("acc.attok_q.weight", "acc.attok_k.weight", "acc.attok_v.weight", "acc.attok_o.weight",
                  "acm.attok_theta.weight", "books.attok_keyword_embeds"):
@@ -54,22 +55,22 @@ def test_image_free_samples_are_skipped_for_prototypes_and_counted(tiny_models, 
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_models, sample_data, tmp_path):
-    common = dict(attok=True, max_steps=10, save_steps=5, learning_rate=5e-3)
+    common = dict(attok=True, max_steps=6, save_steps=3, learning_rate=5e-3)
     full = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "full", **common)
     run_sft(full)
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
-    shutil.copytree(tmp_path / "full" / "checkpoint-5", resumed_dir / "checkpoint-5")
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", resumed_dir / "checkpoint-3")
     resumed = base_args(tiny_models["qwen2_vl"], sample_data, resumed_dir, overwrite_output_dir=False,
-                        resume_from_checkpoint=str(resumed_dir / "checkpoint-5"), **common)
+                        resume_from_checkpoint=str(resumed_dir / "checkpoint-3"), **common)
     run_sft(resumed)
 
     def losses(folder):
         return {e["current_steps"]: (e["loss_ntp"], e["loss_acm"]) for e in trainer_log(folder) if "loss_acm" in e}
 
     uninterrupted, after_resume = losses(tmp_path / "full"), losses(resumed_dir)
-    assert sorted(after_resume) == [6, 7, 8, 9, 10]
-    for step in range(6, 11):
+    assert sorted(after_resume) == [4, 5, 6]
+    for step in range(4, 7):
         assert after_resume[step] == pytest.approx(uninterrupted[step], abs=1e-6)
     a = load_file(str(tmp_path / "full" / "attok_state.safetensors"))
     b = load_file(str(resumed_dir / "attok_state.safetensors"))
