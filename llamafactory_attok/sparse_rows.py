@@ -36,26 +36,28 @@ def _single_adapter(layer) -> str | None:
     return active[0]
 
 
+# Under ZeRO-3 every rank must issue the same collectives: after ``base_layer(x)`` DeepSpeed releases the base
+# weight, and reading ``base_layer.weight`` again (even for its dtype) would gather it on one rank only. So the base
+# weight is touched only through the module call, and Δ's dtype is taken from the base output (the weight's dtype,
+# or autocast's), which is what PEFT's ``delta.to(W)`` gives too.
+
+
 def _embedding_forward(layer, x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     result = layer.base_layer(x)  # base lookup (and the layer's own embedding scale)
+    scale = layer._get_embed_scale()  # a buffer (Gemma-3), never partitioned
     hits = torch.isin(x, indices)
     if not bool(hits.any()):
         return result + 0.0 * delta.sum().to(result.dtype)  # Δ takes part in every step (ZeRO-3, DDP)
-    rows = torch.searchsorted(indices, x[hits])
-    values = delta.to(layer.base_layer.weight.dtype)[rows]
-    scale = layer._get_embed_scale()
+    values = delta.to(result.dtype)[torch.searchsorted(indices, x[hits])]
     if scale is not None:
         values = values * scale.to(values.dtype)
-    return result.index_put((hits,), values.to(result.dtype))
+    return result.index_put((hits,), values)
 
 
 def _head_forward(layer, x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    logits = layer.base_layer(x)
-    columns = x @ delta.to(layer.base_layer.weight.dtype).to(x.dtype).T
-    bias = getattr(layer.base_layer, "bias", None)
-    if bias is not None:
-        columns = columns + bias[indices].to(columns.dtype)
-    return logits.index_copy_(-1, indices, columns.to(logits.dtype))
+    logits = layer.base_layer(x)  # the attribute heads have no bias (LM heads), see use_sparse_rows
+    columns = x.to(logits.dtype) @ delta.to(logits.dtype).T
+    return logits.index_copy_(-1, indices, columns)
 
 
 def _sparse_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -92,6 +94,8 @@ def use_sparse_rows(model) -> int:
     if layers:
         _check_peft()
     for layer in layers:
+        if isinstance(layer.base_layer, nn.Linear) and layer.base_layer.bias is not None:
+            continue  # a head with a bias keeps PEFT's forward (no LM head of a supported family has one)
         if not getattr(layer, _MARK, False):
             layer.forward = types.MethodType(_sparse_forward, layer)
             setattr(layer, _MARK, True)
