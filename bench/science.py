@@ -214,7 +214,9 @@ def generative(run: Path, model_data: Path, name: str, arm: str) -> dict:
     out = run / "generate"
     args = {**_common(run, model_data, out, 0), "do_predict": True, "predict_with_generate": True,
             "finetuning_type": "full", "eval_dataset": dataset, "max_new_tokens": 16, "do_sample": False,
-            "per_device_eval_batch_size": 32, "skip_special_tokens": False}
+            "per_device_eval_batch_size": 32, "skip_special_tokens": False,
+            # both arms decode with the training positions (an AttTok folder always does; LF alone does not)
+            "attok_training_positions": True}
     _run_lf(args, out)
     scores = score_generated(out / "generated_predictions.jsonl", model_data / f"{dataset}.json")
     keep = ("accuracy", "macro_f1", "per_class_f1", "unparseable", "total", "by_token")
