@@ -113,10 +113,10 @@ def _eval_classify(ns: argparse.Namespace) -> None:
     from .eval.figures import confusion_figure
     from .vocab import load_vocab
 
-    out = output_file(ns.out, "--out")
+    out = Path(ns.out)
     refuse_same_as_input([out, out.with_suffix(".confusion.png")],
                          {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
-    output_file(out, "--out", ns.overwrite, exists_refused=True)
+    output_file(out, "--out", ns.overwrite)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
     write_json(out, scores.as_dict())
     confusion_figure(scores.classes, scores.confusion, out.with_suffix(".confusion.png"),
@@ -142,12 +142,12 @@ def _eval_report(ns: argparse.Namespace) -> None:
     runs = distinct_runs(_pair_list(ns.run, "--run"), "--run")
     vqa_runs = distinct_runs(_pair_list(ns.vqa, "--vqa"), "--vqa", names_repeat=True)  # one per run and dataset
     train_dirs = distinct_runs(_pair_list(ns.train_dir, "--train-dir"), "--train-dir")
-    out = output_file(ns.out, "--out")
+    out = Path(ns.out)
     curves = out.with_name(out.stem + "_curves.png")
     inputs = {f"{flag} {run}={path}": path for flag, pairs in (("--run", runs), ("--vqa", vqa_runs))
               for run, path in pairs}
     refuse_same_as_input([out, curves], inputs)
-    output_file(out, "--out", ns.overwrite, exists_refused=True)
+    output_file(out, "--out", ns.overwrite)
     figures = [training_curves(dict(train_dirs), curves)] if train_dirs else []
     print(build_report(dict(runs), out, figures, vqa_runs=vqa_runs))
 

@@ -206,11 +206,11 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     from .eval.vqa_protocols import PROTOCOLS
     from .eval.vqa_report import result_markdown
 
-    out = output_file(ns.out, "--out")
+    out = Path(ns.out)
     inputs = {"--predictions": ns.predictions, "--dataset": ns.dataset, "--judge-prompt": ns.judge_prompt,
               "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
     refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
-    output_file(out, "--out", ns.overwrite, exists_refused=True)
+    output_file(out, "--out", ns.overwrite)
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)
     result = score_vqa(ns.predictions, ns.dataset, {p: _judge(ns, p) for p in protocols}, name=ns.name)
     write_json(ns.out, result)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import AttTokError
 from .filenames import ATTOK_FILES, CONFIG_FILE_NAME, VOCAB_FILE_NAME
+from .safe_paths import within
 from .state import find_saved
 from .vocab import AttributeVocab
 
@@ -19,23 +20,18 @@ LOCK_FILE_NAME = ".attok_run.lock"
 _COMPONENT_SWITCHES = ("attok_acc", "attok_acm")
 
 
-def _overlaps(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
-
-
 def refuse_output_over_inputs(output_dir: str, inputs: dict[str, str | None], option: str = "output_dir") -> None:
     """``output_dir`` (or ``export_dir``: ``option``) may not be, contain or lie inside a folder the run reads (model,
     adapters, data): LF and AttTok would write tokenizer, adapter and config files into it (``overwrite_output_dir``
     or not)."""
-    out = Path(output_dir).expanduser().resolve()
     for source, value in inputs.items():
         for item in str(value or "").split(","):
-            if not item.strip() or not Path(item.strip()).expanduser().exists():
+            folder = item.strip()
+            if not folder or not Path(folder).expanduser().exists():
                 continue
-            folder = Path(item.strip()).expanduser().resolve()
-            if _overlaps(out, folder):
+            if within(output_dir, folder) or within(folder, output_dir):
                 raise AttTokError(
-                    f"{option} {output_dir} overlaps {source} {item.strip()}: this AttTok run would write its "
+                    f"{option} {output_dir} overlaps {source} {folder}: this AttTok run would write its "
                     "tokenizer, adapter and AttTok files into a folder it reads from (overwrite_output_dir does not "
                     f"change that). Choose an {option} outside it.")
 

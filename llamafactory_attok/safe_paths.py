@@ -34,6 +34,12 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
+def within(path: PathLike, folder: PathLike) -> bool:
+    """True when ``path`` is ``folder`` or lies inside it (after ``..`` and symlinks)."""
+    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
 def refuse_same_as_input(outputs: Iterable[PathLike], inputs: Mapping[str, PathLike | None],
                          what: str = "output") -> None:
     """Refuse when one of ``outputs`` is the same file as an input (``option -> path``; None: not given), or lies
@@ -43,18 +49,18 @@ def refuse_same_as_input(outputs: Iterable[PathLike], inputs: Mapping[str, PathL
             if source is not None and same_file(out, source):
                 raise AttTokError(f"{what} {out} is the same file as {option} {source}: writing it would replace "
                                   "the input; choose another output path")
-            if source is not None and Path(source).is_dir() and Path(source).resolve() in Path(out).resolve().parents:
+            if source is not None and Path(source).is_dir() and within(out, source):
                 raise AttTokError(f"{what} {out} lies inside {option} {source}: a command never writes into the "
                                   "folders it reads; choose an output path outside it")
 
 
-def output_file(path: PathLike, option: str, overwrite: bool = False, exists_refused: bool = False) -> Path:
-    """A file the command writes: refused when it is a folder; with ``exists_refused`` also when it exists (unless
-    ``overwrite``) — checked after :func:`refuse_same_as_input`, whose message says more."""
+def output_file(path: PathLike, option: str, overwrite: bool) -> Path:
+    """A file the command writes: refused when it is a folder, or when it exists (unless ``overwrite``). Call it
+    after :func:`refuse_same_as_input`, whose message says more when the file is an input."""
     path = Path(path)
     if path.is_dir():
         raise AttTokError(f"{option} {path} is a folder; give the path of the file to write")
-    if exists_refused and path.exists() and not overwrite:
+    if path.exists() and not overwrite:
         raise AttTokError(f"{option} {path} already exists; pass --overwrite to replace it, or choose a new path")
     return path
 

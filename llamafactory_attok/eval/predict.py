@@ -67,9 +67,8 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     for option, value in (("--top-k", top_k), ("--batch-size", batch_size)):
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
-    output_file(out, "--out")
     refuse_same_as_input(output_paths(out).values(), inputs)
-    output_file(out, "--out", overwrite, exists_refused=True)
+    output_file(out, "--out", overwrite)
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:

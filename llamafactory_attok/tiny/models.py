@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import AttTokError
+from ..state import current_umask
 from .specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SIZED_FAMILIES, SPECS, TinySpec
 
 FAMILIES: tuple[str, ...] = tuple(SPECS)
@@ -108,8 +109,7 @@ def build_tiny_processor(family: Family, tokenizer):
 
 def _honour_umask(folder: Path) -> None:
     """Modes as plain ``open`` / ``mkdir`` would give them under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
