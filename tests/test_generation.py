@@ -60,9 +60,10 @@ def _generate(model, encoder, prompts) -> tuple[list[list[int]], torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def family_models(tmp_path_factory) -> dict[str, object]:
+def family_models(tmp_path_factory, tiny_models) -> dict[str, object]:
+    """Every family's default tiny model; the session's own (read only here) where it has one."""
     root = tmp_path_factory.mktemp("generation_families")
-    return {family: build_tiny_model(root / family, family) for family in FAMILIES}
+    return {family: tiny_models.get(family) or build_tiny_model(root / family, family) for family in FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -35,8 +35,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture()
-def webui(tmp_path):
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    """One LlamaBoard server for the module's tests (each opens its own page and writes its own output folder)."""
+    tmp_path = tmp_path_factory.mktemp("webui")
     port = _free_port()
     env = cli_env(GRADIO_ANALYTICS_ENABLED="False", GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
     server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "webui"], cwd=tmp_path, env=env,
