@@ -44,7 +44,7 @@ bench: setup
 	$(PY) -m bench.run_all
 
 bench-science: setup  # BENCHMARKS.md §4: does AttTok help when the baseline learns? (not part of make test / CI)
-	$(PY) -m bench.science run --out bench_results/science
+	$(PY) -m bench.science run --out bench_results/science_v2
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,15 +1,17 @@
-"""Markdown tables of `bench.science` results (BENCHMARKS.md §4): mean ± sample std over seeds, and the paired
-per-seed difference AttTok − vanilla (same seed = same data order; both arms start from the same warm-started
-model, so the spread covers data order and AttTok's own initialisation, not the base model's)."""
+"""Markdown report of `bench.science` v2 results (BENCHMARKS.md §4): the tower's probe, the inclusion rule (val
+only), every arm per dataset, and the paired comparisons with their tests over images and over replicates."""
 
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 
-from llamafactory_attok.eval.classification import mean_std
+import numpy as np
 
-DATASET_ORDER = ("pneumonia", "breast", "retina")
+from bench.science_stats import INCLUSION_RULE, bootstrap_interval, included, mcnemar, replicate_test
+
+COMPARISONS = (("attok", "vanilla"), ("attok", "class_rows"), ("class_rows", "vanilla"), ("tokens", "vanilla"),
+               ("+ACC", "vanilla"), ("+ACM", "vanilla"), ("attok", "tokens"))
+SCORERS = (("one_forward", "one forward"), ("generative", "generative"))
 
 
 def _ms(values: list[float]) -> str:
@@ -17,142 +19,158 @@ def _ms(values: list[float]) -> str:
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.3f} (n=1)"
-    mean, std = mean_std(values)
-    return f"{round(mean, 3) + 0.0:.3f} ± {std:.3f}"  # + 0.0: no "-0.000"
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values) + 0.0:.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _get(record: dict, *path: str):
-    value = record
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
+def _p(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
-def _rows(results: list[dict], part: str, dataset: str, arm: str) -> list[dict]:
-    return sorted((r for r in results if r["part"] == part and r["dataset"] == dataset and r["arm"] == arm),
-                  key=lambda r: r["seed"])
+def runs_of(results: dict, dataset: str, arm: str) -> list[dict]:
+    return sorted((r for r in results["runs"] if r["dataset"] == dataset and r["arm"] == arm),
+                  key=lambda r: (r["replicate"], r["seed"]))
 
 
-def _arm_line(label: str, rows: list[dict]) -> str:
-    one = [_get(r, "test", "one_forward", "accuracy") for r in rows]
-    one_f1 = [_get(r, "test", "one_forward", "macro_f1") for r in rows]
-    retrieval = [_get(r, "test", "one_forward", "retrieval_accuracy") for r in rows]
-    gen = [_get(r, "test", "generative", "accuracy") for r in rows]
-    by_token = [_get(r, "test", "generative", "by_token", "accuracy") for r in rows]
-    gen_f1 = [_get(r, "test", "generative", "macro_f1") for r in rows]
-    unparseable = [_get(r, "test", "generative", "unparseable") for r in rows]
-    total = _get(rows[0], "test", "generative", "total") if rows else None
-    known = [u for u in unparseable if u is not None]
-    unp = "—" if total is None or not known else f"{statistics.mean(known):.1f} / {total}"
-    return (f"| {label} | {_ms(one)} | {_ms(one_f1)} | {_ms(retrieval)} | {_ms(gen)} | {_ms(gen_f1)} | {unp} | "
-            f"{_ms(by_token)} | {len(rows)} |")
+def correct(run: dict, scorer: str, truth: list[int]) -> list[int]:
+    predicted = run[scorer]["test"]["predicted"]
+    if len(predicted) != len(truth):
+        raise ValueError(f"{run['dataset']} {run['arm']} r{run['replicate']} s{run['seed']}: {len(predicted)} "
+                         f"predictions for {len(truth)} test images")
+    return [int(p == t) for p, t in zip(predicted, truth, strict=True)]
 
 
-def _paired(attok: list[dict], vanilla: list[dict], *path: str) -> tuple[str, str]:
-    """Mean ± std of AttTok − vanilla over seeds, and the per-seed list; both arms must have the same seeds."""
-    if sorted(r["seed"] for r in attok) != sorted(r["seed"] for r in vanilla):
-        seeds = {"AttTok": [r["seed"] for r in attok], "vanilla": [r["seed"] for r in vanilla]}
-        raise ValueError(f"unpaired seeds: {seeds}")
-    by_seed = {r["seed"]: r for r in vanilla}
-    diffs = [_get(a, *path) - _get(by_seed[a["seed"]], *path) for a in attok
-             if a["seed"] in by_seed and _get(a, *path) is not None and _get(by_seed[a["seed"]], *path) is not None]
-    return _ms(diffs), ", ".join(f"{d:+.3f}" for d in diffs)
+def compare(results: dict, dataset: str, arm: str, base: str, scorer: str) -> dict | None:
+    """The paired comparison ``arm`` − ``base`` on the (replicate, seed) pairs both have."""
+    truth = results["datasets"][dataset]["truth"]["test"]
+    by_key = {(r["replicate"], r["seed"]): r for r in runs_of(results, dataset, base)}
+    pairs = [(r, by_key[(r["replicate"], r["seed"])]) for r in runs_of(results, dataset, arm)
+             if (r["replicate"], r["seed"]) in by_key]
+    if not pairs:
+        return None
+    a = [correct(r, scorer, truth) for r, _ in pairs]
+    z = [correct(b, scorer, truth) for _, b in pairs]
+    tests = [mcnemar(x, y) for x, y in zip(a, z, strict=True)]
+    replicates = sorted({r["replicate"] for r, _ in pairs})
+    per_replicate = [float(np.mean([t["delta"] for (r, _), t in zip(pairs, tests, strict=True)
+                                    if r["replicate"] == rep])) for rep in replicates]
+    mean, low, high = bootstrap_interval(a, z)
+    return {"pairs": len(pairs), "mean": mean, "low": low, "high": high, "replicate_deltas": per_replicate,
+            "replicate_test": replicate_test(per_replicate), "mcnemar": tests}
 
 
-def report(results: list[dict]) -> str:
-    out: list[str] = []
-    datasets = [d for d in DATASET_ORDER if any(r["dataset"] == d for r in results)]
-    warm = {r["dataset"]: r for r in results if r["part"] == "warm"}
-    header = ("| arm | one-forward acc. | one-forward macro-F1 | retrieval acc. | generative acc. (text rules) | "
-              "generative macro-F1 | unparseable | generative acc. (first attribute token) | seeds |\n"
-              "|---|---|---|---|---|---|---|---|---|")
-    if any(r["part"] == "main" for r in results):
-        out.append("### Main: vanilla vs AttTok (tokens + ACC + ACM), test split, mean ± std over seeds\n")
+def inclusion(results: dict, dataset: str) -> dict | None:
+    vanilla = [r["one_forward"]["val"]["accuracy"] for r in runs_of(results, dataset, "vanilla")
+               if "val" in r["one_forward"]]
+    if not vanilla:
+        return None
+    return included(vanilla, results["datasets"][dataset]["val_labels"])
+
+
+def _changed(run: dict) -> str:
+    groups = run.get("changed") or {}
+    rows = sum(v[0] for k, v in groups.items() if k.endswith("warm-model rows") and v[0] > 0)
+    added = sum(v[1] for k, v in groups.items() if "attribute rows" in k)
+    modules = sum(v[1] for k, v in groups.items() if k.startswith("AttTok modules"))
+    tower = groups.get("vision tower + merger", [0, 0])[0]
+    return f"{rows} | {added} | {modules} | {tower}"
+
+
+def report(results: dict) -> str:
+    lines = ["# Science v2 (`python -m bench.science run`)", "",
+             f"Inclusion rule, fixed before any test number was read: {INCLUSION_RULE}.", ""]
+    datasets = list(results["datasets"])
+    if results.get("towers"):
+        lines += ["## The vision tower (label-free SimCLR pretraining of tower + merger, training images only)", "",
+                  "| dataset | replicates | linear probe on val: random tower | pretrained tower | val majority | "
+                  "NT-Xent loss first → last | seconds |", "|---|---|---|---|---|---|---|"]
         for dataset in datasets:
-            w = warm.get(dataset)
-            if w:
-                out.append(f"**{dataset}** — majority-class rate: val {w['majority']['val']:.3f}, test "
-                           f"{w['majority']['test']:.3f}; warm start alone (label-free, before any image training), "
-                           f"val likelihood accuracy {w['val']['one_forward']['accuracy']:.3f}\n")
-            out.append(header)
-            for arm in ("vanilla", "attok"):
-                rows = _rows(results, "main", dataset, arm)
-                if rows:
-                    out.append(_arm_line(arm, rows))
-            out.append("")
-        out.append("### Paired difference AttTok − vanilla (per seed), test split\n")
-        out.append("| dataset | one-forward acc. Δ | per seed | generative acc. Δ | per seed | "
-                   "one-forward macro-F1 Δ | generative macro-F1 Δ |\n|---|---|---|---|---|---|---|")
+            towers = [t for t in results["towers"] if t["dataset"] == dataset]
+            if towers:
+                lines.append(
+                    f"| {dataset} | {len(towers)} | {_ms([t['probe_val_random_tower'] for t in towers])} | "
+                    f"{_ms([t['probe_val_pretrained_tower'] for t in towers])} | {towers[0]['val_majority']:.3f} | "
+                    f"{_ms([t['pretraining_loss'][0] for t in towers])} → {_ms([t['pretraining_loss'][-1] for t in towers])}"
+                    f" | {_ms([t['seconds'] for t in towers])} |")
+        lines.append("")
+    if results.get("warm"):
+        lines += ["## Warm start (label-free, text only, both answer forms)", "",
+                  "| dataset | replicates | rows | loss first → last logged | seconds |", "|---|---|---|---|---|"]
         for dataset in datasets:
-            attok, vanilla = _rows(results, "main", dataset, "attok"), _rows(results, "main", dataset, "vanilla")
-            if attok and vanilla:
-                one, one_seeds = _paired(attok, vanilla, "test", "one_forward", "accuracy")
-                gen, gen_seeds = _paired(attok, vanilla, "test", "generative", "accuracy")
-                one_f1, _ = _paired(attok, vanilla, "test", "one_forward", "macro_f1")
-                gen_f1, _ = _paired(attok, vanilla, "test", "generative", "macro_f1")
-                out.append(f"| {dataset} | {one} | {one_seeds} | {gen} | {gen_seeds} | {one_f1} | {gen_f1} |")
-        out.append("")
-    ablation = [r for r in results if r["part"] == "ablation"]
-    if ablation:
-        dataset = ablation[0]["dataset"]
-        out.append(f"### Ablation (Fig. 3) on {dataset}, test split\n")
-        out.append(header)
-        for label, part, arm in (("vanilla", "main", "vanilla"), ("tokens only", "ablation", "tokens"),
-                                 ("+ACC", "ablation", "+ACC"), ("+ACM", "ablation", "+ACM"),
-                                 ("+ACC +ACM (main's AttTok)", "main", "attok")):
-            rows = _rows(results, part, dataset, arm)
-            if rows:
-                out.append(_arm_line(label, rows))
-        out.append("")
-    balanced = [r for r in results if r["part"] == "balanced"]
-    if balanced:
-        out.append("### Imbalance (Table 7 analogue): PneumoniaMNIST per-class F1, test split\n")
-        out.append("| training data | arm | F1 normal (one forward) | F1 pneumonia (one forward) | "
-                   "F1 normal (generative) | F1 pneumonia (generative) | seeds |\n|---|---|---|---|---|---|---|")
-        for label, part in (("as released (≈ 1:3)", "main"), ("offline balanced", "balanced")):
-            for arm in ("vanilla", "attok"):
-                rows = _rows(results, part, "pneumonia", arm)
-                if not rows:
-                    continue
-                cells = []
-                for scoring in ("one_forward", "generative"):
-                    for cls in ("normal", "pneumonia"):
-                        if scoring == "one_forward":
-                            values = [_get(r, "test", scoring, "per_class", cls, "f1") for r in rows]
-                        else:
-                            values = [_get(r, "test", scoring, "per_class_f1", cls) for r in rows]
-                        cells.append(_ms(values))
-                out.append(f"| {label} | {arm} | {' | '.join(cells)} | {len(rows)} |")
-        out.append("")
-    grid = [r for r in results if r["part"] == "grid"]
-    if grid:
-        out.append(f"### γ and λ (Table 8 analogue) on {grid[0]['dataset']}, one seed, one-forward accuracy\n")
-        out.append("| γ (ACC) | λ (initial ACM weight) | val acc. | val macro-F1 | test acc. | test macro-F1 |\n"
-                   "|---|---|---|---|---|---|")
-        for r in grid:
-            gamma, weight = r.get("attok_acc_gamma", 0.1), r.get("attok_acm_weight", 1.0)
-            out.append(f"| {gamma:g} | {weight:g} | {_get(r, 'val', 'one_forward', 'accuracy'):.3f} | "
-                       f"{_get(r, 'val', 'one_forward', 'macro_f1'):.3f} | "
-                       f"{_get(r, 'test', 'one_forward', 'accuracy'):.3f} | "
-                       f"{_get(r, 'test', 'one_forward', 'macro_f1'):.3f} |")
-        out.append("")
-    changed: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in sorted((r for r in results if r["part"] == "main" and "changed" in r), key=lambda r: r["seed"]):
-        changed[r["dataset"]].setdefault(r["arm"], r["changed"])  # the lowest seed of each arm
+            warm = [w for w in results["warm"] if w["dataset"] == dataset]
+            if warm:
+                lines.append(f"| {dataset} | {len(warm)} | {warm[0]['rows']} | {_ms([w['loss_first'] for w in warm])}"
+                             f" → {_ms([w['loss_last'] for w in warm])} | {_ms([w['seconds'] for w in warm])} |")
+        lines.append("")
+    lines += ["## Inclusion (val only)", "", "| dataset | vanilla val accuracy | val majority | margin | in the headline |",
+              "|---|---|---|---|---|"]
+    decisions = {}
     for dataset in datasets:
-        arms = {arm: changed[dataset][arm] for arm in ("vanilla", "attok") if arm in changed[dataset]}
-        if not arms:
+        decision = inclusion(results, dataset)
+        decisions[dataset] = decision
+        if decision:
+            lines.append(f"| {dataset} | {decision['vanilla_val_accuracy']:.3f} | {decision['val_majority']:.3f} | "
+                         f"{decision['margin']:+.3f} | {'yes' if decision['included'] else '**no**'} |")
+    lines.append("")
+    headline = []
+    for dataset in datasets:
+        runs = [r for r in results["runs"] if r["dataset"] == dataset]
+        if not runs:
             continue
-        groups = list(dict.fromkeys(g for per_arm in arms.values() for g in per_arm))
-        out.append(f"### Parameters changed by training ({dataset}, lowest seed): elements that differ from the "
-                   "warm-started model\n")
-        out.append("| group | " + " | ".join(arms) + " |\n|---|" + "---|" * len(arms))
-        for group in groups:
-            cells = ["—" if group not in arms[a] else f"new, {arms[a][group][1]:,} trained" if arms[a][group][0] < 0
-                     else f"{arms[a][group][0]:,} / {arms[a][group][1]:,}" for a in arms]
-            out.append(f"| {group} | " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
+        status = decisions.get(dataset)
+        tag = "" if status and status["included"] else " — **not in the headline** (fails the inclusion rule)"
+        test = results["datasets"][dataset]["truth"]["test"]
+        majority = max(test.count(c) for c in set(test)) / len(test)
+        lines += [f"## {dataset}{tag}", "", f"Test images: {len(test)} (majority rate {majority:.3f}); mean ± sample "
+                  "std over runs (replicates × seeds).", "",
+                  "| arm | runs | one forward | generative | unparseable | embed/head warm rows changed | "
+                  "rows added | AttTok modules | tower changed |", "|---|---|---|---|---|---|---|---|---|"]
+        for arm in dict.fromkeys(r["arm"] for r in sorted(runs, key=lambda r: list(COMPARISON_ORDER).index(r["arm"]))):
+            arm_runs = runs_of(results, dataset, arm)
+            lines.append(f"| {arm} | {len(arm_runs)} | {_ms([r['one_forward']['test']['accuracy'] for r in arm_runs])} "
+                         f"| {_ms([r['generative']['test']['accuracy'] for r in arm_runs])} | "
+                         f"{statistics.mean(r['generative']['test']['unparseable'] for r in arm_runs):.1f} | "
+                         f"{_changed(arm_runs[0])} |")
+        lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % bootstrap CI (images) | Δ per replicate | "
+                  "t-test over replicates | McNemar p < 0.05 (arm better / worse) | images only arm right / only "
+                  "baseline right |", "|---|---|---|---|---|---|---|---|---|"]
+        for arm, base in COMPARISONS:
+            for scorer, label in SCORERS:
+                result = compare(results, dataset, arm, base, scorer)
+                if result is None:
+                    continue
+                tests = result["mcnemar"]
+                better = sum(t["p"] < 0.05 and t["b"] > t["c"] for t in tests)
+                worse = sum(t["p"] < 0.05 and t["b"] < t["c"] for t in tests)
+                rt = result["replicate_test"]
+                lines.append(
+                    f"| {arm} − {base} | {label} | {result['pairs']} | {result['mean']:+.4f} | "
+                    f"[{result['low']:+.4f}, {result['high']:+.4f}] | "
+                    f"{', '.join(f'{d:+.4f}' for d in result['replicate_deltas'])} | "
+                    f"n={rt['n']}, p={_p(rt['p'])} | {better} / {worse} of {len(tests)} | "
+                    f"{sum(t['b'] for t in tests)} / {sum(t['c'] for t in tests)} |")
+                if status and status["included"] and (arm, base) in (("attok", "vanilla"), ("attok", "class_rows")):
+                    headline.append((dataset, arm, base, label, result))
+        lines.append("")
+    if headline:
+        lines += ["## Headline (datasets that pass the inclusion rule)", ""]
+        for dataset, arm, base, label, r in headline:
+            lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f} "
+                         f"[{r['low']:+.4f}, {r['high']:+.4f}], replicate t-test p = {_p(r['replicate_test']['p'])}")
+        lines.append("")
+    if results.get("repro"):
+        lines += ["## Reproducibility (the same run trained again from scratch)", "",
+                  "| dataset | arm | replicate | seed | identical per-image predictions | images that differ "
+                  "(one forward / generative) |", "|---|---|---|---|---|---|"]
+        for r in results["repro"]:
+            lines.append(f"| {r['dataset']} | {r['arm']} | {r['replicate']} | {r['seed']} | "
+                         f"{'yes' if r['identical'] else '**no**'} | {r['differing_images']['one_forward']} / "
+                         f"{r['differing_images']['generative']} |")
+        lines.append("")
+    for wall in results.get("wall_seconds", []):
+        lines.append(f"Wall time of a `run` with parts {', '.join(wall['parts'])}: {wall['seconds'] / 60:.1f} min "
+                     f"({wall['workers']} workers).")
+    return "\n".join(lines) + "\n"
+
+
+COMPARISON_ORDER = ("vanilla", "class_rows", "tokens", "+ACC", "+ACM", "attok")

@@ -1,11 +1,17 @@
-"""The bookkeeping of `make bench-science` (BENCHMARKS.md §4), without training: the parity count of what each arm
-trained, and the paired per-seed differences of the report."""
+"""The bookkeeping of `make bench-science` v2 (BENCHMARKS.md §4), without training: the parity count of what each
+arm trained, the tests against hand-computed values, the control rows, the import of a CSV-built dataset, the arms'
+recipes and the report."""
 
+import json
+
+import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.science import changed_elements
+from bench.science import ARMS, Dataset, control_rows, import_dataset, strip_attribute_token, warm_rows
+from bench.science_params import changed_elements
 from bench.science_report import report
+from bench.science_stats import bootstrap_interval, included, mcnemar, replicate_test
 
 
 def test_changed_elements_counts_per_group_and_new_rows(tmp_path):
@@ -31,42 +37,123 @@ def test_changed_elements_counts_per_group_and_new_rows(tmp_path):
                       "AttTok modules (ACC, θ, keyword embeddings)": [-1, 9]}  # EMA prototypes are not parameters
 
 
-def _entry(arm: str, seed: int, one: float, gen: float) -> dict:
-    return {"part": "main", "dataset": "breast", "arm": arm, "seed": seed,
-            "test": {"one_forward": {"accuracy": one, "macro_f1": one},
-                     "generative": {"accuracy": gen, "macro_f1": gen, "unparseable": 2, "total": 156}}}
+def test_mcnemar_replicate_test_and_bootstrap_against_hand_values():
+    # 3 images only the arm gets right, 1 only the baseline: two-sided binomial p = 2 * P(X >= 3 | n=4) = 0.625
+    arm, base = [1, 1, 1, 0, 1, 0], [0, 0, 0, 1, 1, 0]
+    assert mcnemar(arm, base) == {"b": 3, "c": 1, "delta": pytest.approx(2 / 6), "p": pytest.approx(0.625)}
+    assert mcnemar([1, 0], [1, 0])["p"] == 1.0  # no discordant image
+    # t = mean / (sd / sqrt(n)) = 0.02 / (0.01 / sqrt(3)) = 3.4641; two-sided p with 2 df = 0.0742
+    result = replicate_test([0.01, 0.02, 0.03])
+    assert result["t"] == pytest.approx(3.4641, abs=1e-4) and result["p"] == pytest.approx(0.0742, abs=1e-4)
+    assert replicate_test([0.0, 0.0, 0.0])["p"] == 1.0
+    mean, low, high = bootstrap_interval([arm, arm], [base, base])
+    assert mean == pytest.approx(2 / 6) and low <= mean <= high
+    assert bootstrap_interval([base], [base]) == (0.0, 0.0, 0.0)
 
 
-def test_report_pairs_seeds_and_keeps_unfavourable_signs():
-    results = [{"part": "warm", "dataset": "breast", "arm": "warm start", "seed": 0,
-                "majority": {"val": 0.731, "test": 0.731}, "val": {"one_forward": {"accuracy": 0.269}}},
-               _entry("vanilla", 1, 0.80, 0.70), _entry("attok", 1, 0.85, 0.60),
-               _entry("vanilla", 2, 0.90, 0.75), _entry("attok", 2, 0.85, 0.65)]
-    text = report(results)
-    assert "majority-class rate: val 0.731, test 0.731" in text
-    assert "| vanilla | 0.850 ± 0.071 |" in text and "| 2.0 / 156 | — | 2 |" in text  # no token: —
-    # one forward: +0.05 and -0.05 -> mean 0, std 0.071; generative: -0.10 both seeds
-    assert "| breast | 0.000 ± 0.071 | +0.050, -0.050 | -0.100 ± 0.000 | -0.100, -0.100 |" in text
+def test_inclusion_rule_reads_val_only():
+    labels = ["a"] * 7 + ["b"] * 3  # majority 0.7
+    assert included([0.74, 0.72], labels)["included"] is True  # +0.03
+    assert included([0.72, 0.72], labels)["included"] is False
 
 
-def test_arms_get_the_same_recipe_apart_from_attok(tmp_path, monkeypatch):
-    """Vanilla and AttTok configs of one seed differ only in the AttTok keys and the answers' dataset; every LLM
-    layer trains, embed / head / tower / merger stay frozen (freeze tuning)."""
-    import json
+def test_control_rows_are_k_distinct_deciding_tokens():
+    from llamafactory_attok.tiny.models import build_tiny_tokenizer
 
-    import bench.science as science
+    tokenizer = build_tiny_tokenizer(family="qwen2_vl")
+    for classes in (["normal", "pneumonia"], ["mild DR", "moderate DR", "no DR", "proliferative DR", "severe DR"]):
+        rows = control_rows(tokenizer, classes)
+        assert len(set(rows)) == len(classes)
+        for name, row in zip(classes, rows, strict=True):
+            assert row in tokenizer.encode(name, add_special_tokens=False)
+
+
+def test_csv_dataset_imports_with_vanilla_rows_and_warm_forms(tmp_path):
+    """`--data-dir` takes what `attok data classify --format csv` writes; the user's folder is only read."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import run_attok_in_process
+
+    images = tmp_path / "csv" / "images"
+    images.mkdir(parents=True)
+    lines = ["image,label"]
+    for i in range(30):
+        Image.fromarray(np.full((28, 28), 40 + 6 * i, dtype=np.uint8)).save(images / f"{i}.png")
+        lines.append(f"images/{i}.png,{'cyst' if i % 2 else 'mass'}")
+    (tmp_path / "csv" / "scans.csv").write_text("\n".join(lines) + "\n")
+    built = tmp_path / "built"
+    done = run_attok_in_process(["data", "classify", str(tmp_path / "csv" / "scans.csv"), "--format", "csv",
+                                 "--modality", "us", "--out", str(built), "--name", "scans", "--no-augment"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    before = {p: p.stat().st_mtime_ns for p in built.rglob("*")}
+    ds = import_dataset(built, "scans", tmp_path / "exp" / "data")
+    assert {p: p.stat().st_mtime_ns for p in built.rglob("*")} == before
+    assert ds.classes == ["cyst", "mass"] and set(ds.keyword_class.values()) == {0, 1}
+    for split in ("train", "val", "test"):
+        attok_rows = json.loads((ds.data / f"scans_attok_{split}.json").read_text())
+        vanilla = json.loads((ds.data / f"scans_vanilla_{split}.json").read_text())
+        assert [r["messages"][1]["content"] for r in vanilla] == [r["label"] for r in attok_rows]
+        assert all(r["images"][0].startswith("/") for r in vanilla)
+    info = json.loads((ds.data / "dataset_info.json").read_text())
+    assert {"scans_attok_train", "scans_vanilla_test"} <= info.keys()
+    forms = {r["messages"][1]["content"] for r in warm_rows(ds, 1)}
+    assert forms == {"cyst", "mass", " cyst", " mass"}  # both answer forms, no label read
+    with pytest.raises(FileNotFoundError, match="scans2_open_train.json"):
+        import_dataset(built, "scans2", tmp_path / "exp2")
+    with pytest.raises(ValueError, match="does not start with its attribute token"):
+        strip_attribute_token("mass", "<|us_mass|>", "x.json: sample 3")
+
+
+def test_arms_get_the_same_recipe_apart_from_what_they_add(tmp_path, monkeypatch):
+    """The jobs of one (replicate, seed) differ only in the AttTok keys, the control rows and the answers' dataset;
+    every LLM layer trains, embed / head / tower / merger stay frozen (freeze tuning)."""
+    import bench.science_run as science_run
 
     seen = {}
-    monkeypatch.setattr(science, "_run_lf", lambda args, out: seen.__setitem__(out.name, args))
+    monkeypatch.setattr("llamafactory.train.tuner.run_exp", lambda args, callbacks=None: seen.__setitem__(
+        args["output_dir"], (args, callbacks)))
     model = tmp_path / "warm"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 3}}))
-    for arm in ("vanilla", "attok"):
-        science.train(model, tmp_path / "data", tmp_path / arm, "pneumonia", arm, 2, 5e-4, epochs=3)
-    vanilla, attok = seen["vanilla"], seen["attok"]
+    ds = Dataset(name="p", data=tmp_path, vocab=tmp_path / "v.yaml", classes=["a", "b"], keyword_class={})
+    for arm in ("vanilla", "class_rows", "attok"):
+        job = {"model": str(model), "data_dir": str(tmp_path), "datasets": ds.datasets(arm), "attok": ARMS[arm],
+               "vocab": "v.yaml", "control_rows": [5, 6] if arm == "class_rows" else None, "seed": 2, "batch": 32,
+               "lr": 5e-4, "epochs": 3}
+        science_run.train(job, tmp_path / arm)
+    (vanilla, _), (rows, callbacks), (attok, _) = (seen[str(tmp_path / a)] for a in ("vanilla", "class_rows", "attok"))
+    assert {k for k in vanilla.keys() | rows.keys() if vanilla.get(k) != rows.get(k)} == {"output_dir"}
+    assert callbacks[0].token_ids == [5, 6]
     differ = {k for k in vanilla.keys() | attok.keys() if vanilla.get(k) != attok.get(k)} - {"output_dir"}
     assert differ == {"dataset", "attok", "attok_vocab", "attok_acc", "attok_acm"}
-    assert (vanilla["dataset"], attok["dataset"]) == ("pneumonia_vanilla_open_train", "pneumonia_open_train")
+    assert (vanilla["dataset"], attok["dataset"]) == ("p_vanilla_train", "p_attok_train")
     assert vanilla["finetuning_type"] == "freeze" and vanilla["freeze_trainable_layers"] == 3
     assert vanilla["freeze_vision_tower"] and vanilla["freeze_multi_modal_projector"]
     assert vanilla["seed"] == vanilla["data_seed"] == 2
+
+
+def _run(arm: str, replicate: int, seed: int, one: list[int], gen: list[int], val: float | None = None) -> dict:
+    run = {"dataset": "d", "arm": arm, "replicate": replicate, "seed": seed, "changed": {},
+           "one_forward": {"test": {"accuracy": sum(one) / len(one), "predicted": one}},
+           "generative": {"test": {"accuracy": sum(gen) / len(gen), "predicted": gen, "unparseable": 0}}}
+    if val is not None:
+        run["one_forward"]["val"] = {"accuracy": val}
+    return run
+
+
+def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
+    truth = [1, 1, 1, 1, 0, 0]
+    results = {"datasets": {"d": {"classes": ["a", "b"], "truth": {"test": truth}, "val_labels": ["a"] * 6 + ["b"] * 4}},
+               "towers": [], "warm": [], "repro": [], "runs": []}
+    for replicate in (1, 2):
+        results["runs"] += [_run("vanilla", replicate, 1, [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0], val=0.7),
+                            _run("attok", replicate, 1, [1, 1, 1, 1, 0, 0], [1, 1, 0, 1, 0, 0])]
+    text = report(results)
+    assert "| d | 0.700 | 0.600 | +0.100 | yes |" in text
+    # one forward: +1 image of 6 in both replicates; generative: -1 image of 6
+    assert "| attok − vanilla | one forward | 2 | +0.1667 |" in text
+    assert "| attok − vanilla | generative | 2 | -0.1667 |" in text
+    assert "- d, generative: attok − vanilla = -0.1667" in text
+    results["runs"][0]["one_forward"]["val"]["accuracy"] = results["runs"][2]["one_forward"]["val"]["accuracy"] = 0.62
+    assert "not in the headline" in report(results) and "## Headline" not in report(results)

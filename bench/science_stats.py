@@ -1,0 +1,73 @@
+"""Statistics of the science experiment (§4, issue 24): tests over images and over independent replicates.
+
+Every function takes per-image correctness vectors (1 = right, 0 = wrong or unparseable) of the **same test images in
+the same order**, so every comparison is paired by image.
+
+- :func:`mcnemar` — exact McNemar test of one pair of runs (same replicate, same training seed): two-sided binomial
+  test on the discordant images (b = only the arm right, c = only the baseline right).
+- :func:`replicate_test` — paired t-test over replicates: one Δ per replicate (the mean over its training seeds),
+  H0: mean Δ = 0; with 3 replicates it has 2 degrees of freedom, so only a large, consistent Δ reaches p < 0.05.
+- :func:`bootstrap_interval` — 95 % percentile interval of the mean Δ (over every replicate and seed) when the
+  *images* are resampled with replacement (the same draw for every run: the pairing is kept).
+- :func:`included` — the inclusion rule, fixed before any test number was read and computed from val only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+INCLUSION_MARGIN = 0.03
+INCLUSION_RULE = ("a dataset enters the headline when the vanilla arm's mean one-forward **val** accuracy (over all "
+                  f"its runs) beats the val majority rate by at least {INCLUSION_MARGIN:.0%} points; decided from "
+                  "val only, before any test number is read")
+
+
+def mcnemar(arm: Sequence[int], base: Sequence[int]) -> dict:
+    """Exact two-sided McNemar test; ``b`` images only ``arm`` gets right, ``c`` only ``base``."""
+    from scipy.stats import binomtest
+
+    a, z = np.asarray(arm, dtype=bool), np.asarray(base, dtype=bool)
+    if a.shape != z.shape:
+        raise ValueError(f"paired vectors differ in length: {a.shape} vs {z.shape}")
+    b, c = int((a & ~z).sum()), int((~a & z).sum())
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"b": b, "c": c, "delta": (b - c) / len(a), "p": p}
+
+
+def replicate_test(deltas: Sequence[float]) -> dict:
+    """One-sample t-test of the replicate-level Δs against 0 (two-sided)."""
+    from scipy.stats import ttest_1samp
+
+    values = np.asarray(deltas, dtype=float)
+    if len(values) < 2:
+        return {"n": len(values), "mean": float(values.mean()) if len(values) else None, "t": None, "p": None}
+    if np.all(values == values[0]):  # no spread: t is undefined (0/0 or ±inf); say so instead of printing nan
+        return {"n": len(values), "mean": float(values[0]), "t": None, "p": 1.0 if values[0] == 0 else None}
+    result = ttest_1samp(values, 0.0)
+    return {"n": len(values), "mean": float(values.mean()), "sd": float(values.std(ddof=1)),
+            "t": float(result.statistic), "p": float(result.pvalue)}
+
+
+def bootstrap_interval(arms: Sequence[Sequence[int]], bases: Sequence[Sequence[int]], *, draws: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """Mean Δ accuracy over the run pairs and its 95 % bootstrap interval over images (pairing kept)."""
+    a = np.asarray(arms, dtype=float)
+    z = np.asarray(bases, dtype=float)
+    if a.shape != z.shape or a.ndim != 2:
+        raise ValueError(f"need (runs, images) arrays of one shape, got {a.shape} and {z.shape}")
+    per_image = (a - z).mean(0)  # mean Δ over runs, per image
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, per_image.size, size=(draws, per_image.size))
+    means = per_image[samples].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(per_image.mean()), float(low), float(high)
+
+
+def included(vanilla_val_accuracies: Sequence[float], val_labels: Sequence[str]) -> dict:
+    """The inclusion rule (:data:`INCLUSION_RULE`), from val numbers only."""
+    majority = max(list(val_labels).count(c) for c in set(val_labels)) / len(val_labels)
+    mean = float(np.mean(vanilla_val_accuracies))
+    return {"rule": INCLUSION_RULE, "vanilla_val_accuracy": mean, "val_majority": majority,
+            "margin": mean - majority, "included": mean - majority >= INCLUSION_MARGIN}
