@@ -19,21 +19,22 @@ ran a random frozen tower. v2, the same for every arm of a dataset:
   K attribute rows (`bench/science_run.py`); ``tokens`` (attribute tokens alone); ``+ACC``; ``+ACM``; ``attok``
   (tokens + ACC + ACM). ``changed`` counts, per group, the elements that moved against the warm model.
 - **Recipe**: AdamW, wd 1e-4, cosine, 10 % warm-up, batch 32, images 112²; learning rate and epochs per dataset from
-  ``RECIPES`` (chosen in v1 on val with the vanilla arm; not re-chosen for v2), ``--lr`` / ``--epochs`` for ``--data-dir``.
+  ``RECIPES`` (chosen in v1 on val with the vanilla arm; not re-chosen for v2), ``--lr`` / ``--epochs`` with
+  ``--data-dir``.
 - **Scoring** of every test image, stored per image: one forward (AttTok arms: attribute-token probabilities;
   vanilla arms: class-name likelihood) and generative (LF ``do_predict``, greedy, the training positions for every arm,
   parsed by `attok eval classify`'s rules; unparseable = wrong). The vanilla arm also scores val (the inclusion rule).
 - **Inclusion rule** (`bench/science_stats.py`, fixed before any test number was read): a dataset is in the headline
   when vanilla's mean val accuracy beats the val majority rate by ≥ 3 points.
-- **Statistics** (`bench/science_stats.py`): per (replicate, seed) McNemar; over replicates a paired t-test; over images
-  a bootstrap 95 % interval.
-- **Reproducibility** (``repro`` part): replicate 1, seed 1 of every main arm on the focus dataset is trained again from
-  scratch; its per-image predictions must equal the first run's (each run is one process, one thread,
+- **Statistics** (`bench/science_stats.py`): per (replicate, seed) McNemar; over replicates a paired t-test; over
+  images a bootstrap 95 % interval.
+- **Reproducibility** (``repro`` part): replicate 1, seed 1 of every main arm on the focus dataset is trained again
+  from scratch; its per-image predictions must equal the first run's (each run is one process, one thread,
   ``PYTHONHASHSEED=0``).
 
 Parts: ``main`` (vanilla, class_rows, attok on every dataset), ``ablation`` (tokens, +ACC, +ACM on ``--focus``,
-``--ablation-seeds``, default: the same as ``--seeds``), ``repro``. Runs go ``--workers`` at a time, one torch thread each; a rerun skips what is in
-results.json.
+``--ablation-seeds``, default: the same as ``--seeds``), ``repro``. Runs go ``--workers`` at a time, one torch
+thread each; a rerun skips what is in results.json.
 
     python -m bench.science run [--parts main ablation repro] [--datasets pneumonia breast retina] [--out DIR]
     python -m bench.science run --data-dir DIR --name NAME [--lr 5e-4 --epochs 3] --out OUT   # `attok data classify`
@@ -69,7 +70,8 @@ PARTS = ("main", "ablation", "repro")
 SPLITS = ("train", "val", "test")
 FOCUS = "pneumonia"
 COST = {"pneumonia": 3, "retina": 2.5, "breast": 0.5}  # rough run time, biggest first
-THREADS = {"per_process": None}
+THREADS = {"per_process": 1}  # always one thread per run: the reduction order, hence the result, never depends on
+# --workers (v1 ran one thread with --workers 2 but two threads with --workers 1: a rerun alone could not match)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -226,6 +228,36 @@ def control_rows(tokenizer, classes: list[str]) -> list[int]:
 
 # ---- the experiment -----------------------------------------------------------------------------------------------
 
+def check_out(out: Path, overwrite: bool, data_dir: Path | None) -> None:
+    """``--out`` is a new or empty folder, or an earlier output of this command (resumed); never the dataset's folder
+    nor a folder around it; anything else needs ``--overwrite`` (which removes it first)."""
+    from llamafactory_attok.safe_paths import within
+
+    if data_dir is not None and (within(out, data_dir) or within(data_dir, out)):
+        raise SystemExit(f"--out {out}: lies inside --data-dir {data_dir} or holds it; the dataset's folder is only "
+                         "read — choose another --out")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    results = out / "results.json"
+    ours = out.is_dir() and results.is_file() and json.loads(results.read_text()).get("version") == 2
+    if overwrite:
+        if not ours:
+            raise SystemExit(f"--out {out}: --overwrite removes only an earlier output of this command "
+                             "(a folder with a version-2 results.json); choose a new --out")
+        shutil.rmtree(out)
+    elif not ours:
+        raise SystemExit(f"--out {out}: exists and is not an output of `bench.science run` (no version-2 "
+                         "results.json); choose a new or empty folder")
+
+
+def _fingerprint(source: Path, name: str) -> str:
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        digest.update((source / f"{name}_open_{split}.json").read_bytes())
+    digest.update((source / f"{name}_vocab.yaml").read_bytes())
+    return digest.hexdigest()
+
+
 class Experiment:
     """``out/results.json`` (rewritten atomically after every run; a rerun skips what is there)."""
 
@@ -234,7 +266,7 @@ class Experiment:
         self.data = self.out / "data"
         self.path = self.out / "results.json"
         empty = {"version": 2, "datasets": {}, "towers": [], "warm": [], "runs": [], "repro": []}
-        self.results: dict = json.loads(self.path.read_text()) if self.path.is_file() else empty
+        self.results: dict = {**empty, **(json.loads(self.path.read_text()) if self.path.is_file() else {})}
         self.lock = threading.Lock()
         self.datasets: dict[str, Dataset] = {}
 
@@ -246,18 +278,37 @@ class Experiment:
         with self.lock:
             self.results[kind].append(entry)
         self.save()
-        shown = {k: v for k, v in entry.items() if k not in ("changed", "one_forward", "generative", "pretraining_loss")}
+        hidden = ("changed", "one_forward", "generative", "pretraining_loss")
+        shown = {k: v for k, v in entry.items() if k not in hidden}
         print(kind, json.dumps(shown, default=str)[:300], flush=True)
 
     def find(self, kind: str, **key) -> dict | None:
         with self.lock:
             return next((e for e in self.results[kind] if all(e.get(k) == v for k, v in key.items())), None)
 
-    def add_dataset(self, ds: Dataset) -> None:
+    def check_resume(self, name: str, fingerprint: str, recipe: dict) -> None:
+        saved = self.results["datasets"].get(name)
+        if saved is None:
+            return
+        changed = [what for what, same in (("data", saved.get("sha256", fingerprint) == fingerprint),
+                                           ("--lr / --epochs", saved.get("recipe") == recipe)) if not same]
+        if changed:
+            raise SystemExit(f"{self.path}: dataset {name!r} was run with other {' and '.join(changed)} (saved "
+                             f"recipe {saved.get('recipe')}); resume with the same, or use a new --out")
+
+    def add_dataset(self, ds: Dataset, fingerprint: str) -> None:
+        """Record ``ds``; resuming refuses a dataset whose files or recipe changed (saved predictions would no longer
+        line up with its images, or runs of two recipes would be pooled)."""
+        saved = self.results["datasets"].get(ds.name)
+        entry = {"classes": ds.classes, "truth": ds.truth, "recipe": ds.recipe, "val_labels": ds.val_labels,
+                 "sha256": fingerprint}
+        changed = [k for k in entry if saved is not None and k in saved and saved[k] != entry[k]]
+        if changed:
+            raise SystemExit(f"{self.path}: dataset {ds.name!r} was run with other {', '.join(changed)}; resume with "
+                             "the same data and --lr / --epochs, or use a new --out")
         self.datasets[ds.name] = ds
         with self.lock:
-            self.results["datasets"][ds.name] = {"classes": ds.classes, "truth": ds.truth, "recipe": ds.recipe,
-                                                 "val_labels": ds.val_labels}
+            self.results["datasets"][ds.name] = entry
         self.save()
 
     # -- preparation: base model, tower, warm start (per replicate) --
@@ -355,24 +406,28 @@ class Experiment:
 
 
 def run_experiment(ns: argparse.Namespace) -> None:
+    check_out(Path(ns.out), ns.overwrite, Path(ns.data_dir) if ns.data_dir else None)
     exp = Experiment(Path(ns.out))
     exp.out.mkdir(parents=True, exist_ok=True)
-    THREADS["per_process"] = 1 if ns.workers > 1 else None
     start = time.time()
     if ns.data_dir:
-        ds = import_dataset(Path(ns.data_dir).resolve(), ns.name, exp.data)
-        ds.recipe = {"lr": ns.lr or 5e-4, "epochs": ns.epochs or 3}
-        datasets, focus = [ds], ds.name
+        sources = {ns.name: Path(ns.data_dir).resolve()}
+        recipes = {ns.name: {"lr": ns.lr or 5e-4, "epochs": ns.epochs or 3}}
+        focus = ns.name
     else:
-        datasets = []
-        for name in dict.fromkeys([*ns.datasets, *([ns.focus] if "ablation" in ns.parts else [])]):
-            source = build_medmnist(name, exp.out / "sources" / name)
-            ds = import_dataset(source, name, exp.data)
-            ds.recipe = {"lr": ns.lr or RECIPES[name]["lr"], "epochs": ns.epochs or RECIPES[name]["epochs"]}
-            datasets.append(ds)
+        names = dict.fromkeys([*ns.datasets, *([ns.focus] if {"ablation", "repro"} & set(ns.parts) else [])])
+        sources = {name: build_medmnist(name, exp.out / "sources" / name) for name in names}
+        recipes = {name: {"lr": ns.lr or RECIPES[name]["lr"], "epochs": ns.epochs or RECIPES[name]["epochs"]}
+                   for name in names}
         focus = ns.focus
-    for ds in datasets:
-        exp.add_dataset(ds)
+    datasets = []
+    for name, source in sources.items():
+        fingerprint = _fingerprint(source, name)
+        exp.check_resume(name, fingerprint, recipes[name])  # before the import rewrites the experiment's copy
+        ds = import_dataset(source, name, exp.data)
+        ds.recipe = recipes[name]
+        exp.add_dataset(ds, fingerprint)
+        datasets.append(ds)
     main_names = [ds.name for ds in datasets if ns.data_dir or ds.name in ns.datasets]
     order = sorted(datasets, key=lambda d: -COST.get(d.name, 1))
     with ThreadPoolExecutor(max_workers=ns.workers) as pool:
@@ -424,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--ablation-seeds", type=int, nargs="+", help="seeds of the ablation (default: --seeds)")
     go.add_argument("--out", default="bench_results/science_v2")
     go.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
+    go.add_argument("--overwrite", action="store_true", help="remove an earlier output in --out first")
     ns = parser.parse_args(argv)
     ns.ablation_seeds = ns.ablation_seeds or ns.seeds
     for option in ("seeds", "datasets", "parts", "replicates", "ablation_seeds"):

@@ -90,7 +90,8 @@ def report(results: dict) -> str:
                 lines.append(
                     f"| {dataset} | {len(towers)} | {_ms([t['probe_val_random_tower'] for t in towers])} | "
                     f"{_ms([t['probe_val_pretrained_tower'] for t in towers])} | {towers[0]['val_majority']:.3f} | "
-                    f"{_ms([t['pretraining_loss'][0] for t in towers])} → {_ms([t['pretraining_loss'][-1] for t in towers])}"
+                    f"{_ms([t['pretraining_loss'][0] for t in towers])} → "
+                    f"{_ms([t['pretraining_loss'][-1] for t in towers])}"
                     f" | {_ms([t['seconds'] for t in towers])} |")
         lines.append("")
     if results.get("warm"):
@@ -102,8 +103,8 @@ def report(results: dict) -> str:
                 lines.append(f"| {dataset} | {len(warm)} | {warm[0]['rows']} | {_ms([w['loss_first'] for w in warm])}"
                              f" → {_ms([w['loss_last'] for w in warm])} | {_ms([w['seconds'] for w in warm])} |")
         lines.append("")
-    lines += ["## Inclusion (val only)", "", "| dataset | vanilla val accuracy | val majority | margin | in the headline |",
-              "|---|---|---|---|---|"]
+    lines += ["## Inclusion (val only)", "",
+              "| dataset | vanilla val accuracy | val majority | margin | in the headline |", "|---|---|---|---|---|"]
     decisions = {}
     for dataset in datasets:
         decision = inclusion(results, dataset)
@@ -125,10 +126,11 @@ def report(results: dict) -> str:
                   "std over runs (replicates × seeds).", "",
                   "| arm | runs | one forward | generative | unparseable | embed/head warm rows changed | "
                   "rows added | AttTok modules | tower changed |", "|---|---|---|---|---|---|---|---|---|"]
-        for arm in dict.fromkeys(r["arm"] for r in sorted(runs, key=lambda r: list(COMPARISON_ORDER).index(r["arm"]))):
+        for arm in [a for a in COMPARISON_ORDER if any(r["arm"] == a for r in runs)]:
             arm_runs = runs_of(results, dataset, arm)
-            lines.append(f"| {arm} | {len(arm_runs)} | {_ms([r['one_forward']['test']['accuracy'] for r in arm_runs])} "
-                         f"| {_ms([r['generative']['test']['accuracy'] for r in arm_runs])} | "
+            lines.append(f"| {arm} | {len(arm_runs)} | "
+                         f"{_ms([r['one_forward']['test']['accuracy'] for r in arm_runs])} | "
+                         f"{_ms([r['generative']['test']['accuracy'] for r in arm_runs])} | "
                          f"{statistics.mean(r['generative']['test']['unparseable'] for r in arm_runs):.1f} | "
                          f"{_changed(arm_runs[0])} |")
         lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % bootstrap CI (images) | Δ per replicate | "

@@ -29,7 +29,8 @@ from transformers import TrainerCallback
 
 
 class ClassRowsCallback(TrainerCallback):
-    """Trainable embedding / head rows ``token_ids`` on an otherwise frozen embedding and head (PEFT TrainableTokens)."""
+    """Trainable embedding / head rows ``token_ids`` on an otherwise frozen embedding and head (PEFT
+    TrainableTokens)."""
 
     def __init__(self, token_ids: list[int]) -> None:
         self.token_ids = list(token_ids)

@@ -1,4 +1,4 @@
-"""A vision tower that sees something: label-free pretraining of the tiny tower, and a linear probe of it (§4, issue 24).
+"""A vision tower that sees something: label-free pretraining of the tiny tower and a linear probe of it (§4, #24).
 
 The tiny Qwen2-VL's tower starts random; frozen, its features are fixed random projections and ACC / ACM have nothing
 learned to work with. Here the tower *and its merger* (the part that writes the LLM-width visual tokens ACC attends
@@ -146,8 +146,8 @@ def build_tower_model(model_dir: Path, train_json: Path, val_json: Path, out: Pa
     train = (load_images(train_paths), train_labels)
     val = (load_images(val_paths), val_labels)
     tower = Tower(model_dir)
-    report = {"objective": objective, "images": len(train_paths), "steps": steps, "batch": BATCH, "lr": LR, "seed": seed,
-              "val_majority": max(val_labels.count(c) for c in set(val_labels)) / len(val_labels),
+    report = {"objective": objective, "images": len(train_paths), "steps": steps, "batch": BATCH, "lr": LR,
+              "seed": seed, "val_majority": max(val_labels.count(c) for c in set(val_labels)) / len(val_labels),
               "probe_val_random_tower": probe(tower, train, val)}
     report["pretraining_loss"] = pretrain(tower, train[0], steps, seed, objective)
     report["probe_val_pretrained_tower"] = probe(tower, train, val)

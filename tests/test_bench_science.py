@@ -71,9 +71,8 @@ def test_control_rows_are_k_distinct_deciding_tokens():
 def test_csv_dataset_imports_with_vanilla_rows_and_warm_forms(tmp_path):
     """`--data-dir` takes what `attok data classify --format csv` writes; the user's folder is only read."""
     import numpy as np
-    from PIL import Image
-
     from conftest import run_attok_in_process
+    from PIL import Image
 
     images = tmp_path / "csv" / "images"
     images.mkdir(parents=True)
@@ -144,7 +143,8 @@ def _run(arm: str, replicate: int, seed: int, one: list[int], gen: list[int], va
 
 def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
     truth = [1, 1, 1, 1, 0, 0]
-    results = {"datasets": {"d": {"classes": ["a", "b"], "truth": {"test": truth}, "val_labels": ["a"] * 6 + ["b"] * 4}},
+    val_labels = ["a"] * 6 + ["b"] * 4
+    results = {"datasets": {"d": {"classes": ["a", "b"], "truth": {"test": truth}, "val_labels": val_labels}},
                "towers": [], "warm": [], "repro": [], "runs": []}
     for replicate in (1, 2):
         results["runs"] += [_run("vanilla", replicate, 1, [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0], val=0.7),
@@ -157,3 +157,35 @@ def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
     assert "- d, generative: attok − vanilla = -0.1667" in text
     results["runs"][0]["one_forward"]["val"]["accuracy"] = results["runs"][2]["one_forward"]["val"]["accuracy"] = 0.62
     assert "not in the headline" in report(results) and "## Headline" not in report(results)
+
+
+def test_out_folder_rules(tmp_path):
+    """--out: new, empty or an earlier output (resumed); a foreign folder, the dataset's folder or one around it is
+    refused; --overwrite removes only an earlier output."""
+    from bench.science import Experiment, check_out
+
+    check_out(tmp_path / "new", False, None)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(SystemExit, match="not an output|removes only"):
+            check_out(foreign, overwrite, None)
+    assert (foreign / "notes.txt").read_text() == "keep"
+    with pytest.raises(SystemExit, match="inside --data-dir"):
+        check_out(foreign / "out", False, foreign)
+    with pytest.raises(SystemExit, match="inside --data-dir"):
+        check_out(tmp_path, False, foreign)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "results.json").write_text(json.dumps({"version": 2}))
+    check_out(earlier, False, None)
+    exp = Experiment(earlier)
+    exp.results["datasets"]["d"] = {"sha256": "abc", "recipe": {"lr": 5e-4, "epochs": 3}}
+    exp.check_resume("d", "abc", {"lr": 5e-4, "epochs": 3})
+    with pytest.raises(SystemExit, match="other data"):
+        exp.check_resume("d", "xyz", {"lr": 5e-4, "epochs": 3})
+    with pytest.raises(SystemExit, match="--lr / --epochs"):
+        exp.check_resume("d", "abc", {"lr": 1e-3, "epochs": 3})
+    check_out(earlier, True, None)
+    assert not earlier.exists()
