@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.medmnist import CLASS_MAPS, COMPONENTS
+from bench.science_stats import INCLUSION_MARGIN, INCLUSION_RULE
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -144,60 +145,119 @@ def strip_attribute_token(answer: str, token: str, where: str) -> str:
     return answer[len(token):].strip()
 
 
-def import_dataset(source: Path, name: str, data: Path) -> Dataset:
-    """Take a dataset built by `attok data classify` (``{name}_open_{train,val,test}.json`` and
-    ``{name}_vocab.yaml`` in ``source``; the user's folder is only read) into the experiment's ``data`` folder: the
-    AttTok rows as they are (image paths made absolute) and the vanilla rows (the answer without its attribute token).
-    """
+@dataclass
+class Imported:
+    """A dataset read and checked, nothing written yet (:func:`read_dataset`)."""
+
+    source: Path
+    name: str
+    classes: list[str]
+    keyword_class: dict[str, int]
+    rows: dict[str, dict[str, list[dict]]]  # form -> split -> rows
+    resize: list[tuple[Path, Path]]  # (image, its 112² copy under the experiment's data folder)
+
+
+def read_dataset(source: Path, name: str) -> Imported:
+    """Read and check a dataset built by `attok data classify` (``{name}_open_{train,val,test}.json`` and
+    ``{name}_vocab.yaml`` in ``source``; the user's folder is only read); every error names the file and sample.
+    The vanilla rows are the AttTok rows with the answer's leading attribute token removed. Images that are not
+    112² (the experiment's size: 16 visual tokens) get a resized copy in the experiment's own folder."""
+    from PIL import Image
+
     from llamafactory_attok.vocab import load_vocab
 
     needed = [source / f"{name}_open_{split}.json" for split in SPLITS] + [source / f"{name}_vocab.yaml"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"--data-dir {source} --name {name}: missing {', '.join(missing)} (build the dataset "
-                                f"with `attok data classify … --out {source} --name {name}`; it writes a val split)")
+        raise SystemExit(f"--data-dir {source} --name {name}: missing {', '.join(missing)} (build the dataset with "
+                         f"`attok data classify … --out {source} --name {name}`; it writes train, val and test)")
     vocab = load_vocab(source / f"{name}_vocab.yaml")
     keyword_of = vocab.as_dict()
-    data.mkdir(parents=True, exist_ok=True)
-    info_path = data / "dataset_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    rows_by_split = {}
+    rows: dict[str, dict[str, list[dict]]] = {"attok": {}, "vanilla": {}}
+    resize: list[tuple[Path, Path]] = []
     for split in SPLITS:
         path = source / f"{name}_open_{split}.json"
-        rows = json.loads(path.read_text())
-        for i, row in enumerate(rows):
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{path}: not a JSON list of samples ({error})") from error
+        if not isinstance(loaded, list) or not loaded:
+            raise SystemExit(f"{path}: needs a non-empty JSON list of samples")
+        rows["attok"][split], rows["vanilla"][split] = [], []
+        for i, row in enumerate(loaded):
             where = f"{path}: sample {i}"
-            if not isinstance(row.get("label"), str) or len(row.get("images") or []) != 1:
-                raise ValueError(f"{where}: needs a string `label` and one image (written by `attok data classify`)")
-            row["images"] = [str((source / row["images"][0]).resolve())]
-        rows_by_split[split] = rows
-    classes = sorted({row["label"] for row in rows_by_split["train"]})
-    keyword_class: dict[str, int] = {}
-    for split, rows in rows_by_split.items():
-        vanilla = []
-        for i, row in enumerate(rows):
-            where = f"{source / f'{name}_open_{split}.json'}: sample {i}"
-            answer = row["messages"][1]["content"]
+            try:
+                answer = row["messages"][1]["content"]
+                image = Path(row["images"][0])
+                if not isinstance(row["label"], str) or len(row["images"]) != 1 or not isinstance(answer, str):
+                    raise TypeError
+            except (KeyError, IndexError, TypeError) as error:
+                raise SystemExit(f"{where}: needs a user and an assistant message, one image and a string `label` "
+                                 "(as `attok data classify` writes)") from error
+            image = image if image.is_absolute() else (source / image).resolve()
+            if not image.is_file():
+                raise SystemExit(f"{where}: image {image} not found")
+            with Image.open(image) as opened:
+                if opened.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    resize.append((image, Path("images") / split / f"{i:06d}.png"))
+                    image = resize[-1][1]
             token = next((t for t in vocab.tokens if answer.startswith(t)), None)
-            if token is None or row["label"] not in classes:
-                raise ValueError(f"{where}: its answer starts with no vocabulary token, or its label "
-                                 f"{row['label']!r} is not a training class")
-            keyword_class.setdefault(keyword_of[token], classes.index(row["label"]))
-            vanilla.append({**row, "messages": [row["messages"][0], {
-                "role": "assistant", "content": strip_attribute_token(answer, token, where)}]})
-        for form, form_rows in (("attok", rows), ("vanilla", vanilla)):
+            if token is None:
+                raise SystemExit(f"{where}: the answer {answer!r} starts with no token of {name}_vocab.yaml")
+            text = strip_attribute_token(answer, token, where)
+            attok_row = {**row, "images": [str(image)]}
+            rows["attok"][split].append(attok_row)
+            rows["vanilla"][split].append({**attok_row, "messages": [row["messages"][0], {
+                "role": "assistant", "content": text}]})
+    classes = sorted({row["label"] for row in rows["attok"]["train"]})
+    keyword_class: dict[str, int] = {}
+    for split in SPLITS:
+        labels = {row["label"] for row in rows["attok"][split]}
+        if labels != set(classes):  # the vanilla likelihood scorer ranks the classes seen in the split it scores
+            raise SystemExit(f"{source / f'{name}_open_{split}.json'}: classes {sorted(labels)} differ from the "
+                             f"training split's {classes}; every split needs every class")
+        for row in rows["attok"][split]:
+            token = next(t for t in vocab.tokens if row["messages"][1]["content"].startswith(t))
+            if keyword_class.setdefault(keyword_of[token], classes.index(row["label"])) != classes.index(row["label"]):
+                raise SystemExit(f"{source / f'{name}_open_{split}.json'}: token {token} is used for two labels")
+    return Imported(source, name, classes, keyword_class, rows, resize)
+
+
+def write_dataset(imported: Imported, data: Path) -> Dataset:
+    """Write a checked dataset into the experiment's ``data`` folder (both answer forms, resized copies)."""
+    from PIL import Image
+
+    name = imported.name
+    data.mkdir(parents=True, exist_ok=True)
+    for image, copy in imported.resize:
+        target = data / f"{name}_{copy}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(image) as opened:
+            opened.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC).save(target)
+    info_path = data / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    for form, splits in imported.rows.items():
+        for split, rows in splits.items():
+            fixed = [{**r, "images": [r["images"][0] if Path(r["images"][0]).is_absolute()
+                                      else str(data / f"{name}_{r['images'][0]}")]} for r in rows]
             dataset = f"{name}_{form}_{split}"
-            _write_json(data / f"{dataset}.json", form_rows)
+            _write_json(data / f"{dataset}.json", fixed)
             info[dataset] = {"file_name": f"{dataset}.json", "formatting": "sharegpt",
                              "columns": {"messages": "messages", "images": "images"},
                              "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                                       "assistant_tag": "assistant"}}
     _write_json(info_path, info)
-    shutil.copyfile(source / f"{name}_vocab.yaml", data / f"{name}_vocab.yaml")
+    shutil.copyfile(imported.source / f"{name}_vocab.yaml", data / f"{name}_vocab.yaml")
+    classes, rows = imported.classes, imported.rows["attok"]
     return Dataset(name=name, data=data, vocab=data / f"{name}_vocab.yaml", classes=classes,
-                   keyword_class=keyword_class,
-                   truth={s: [classes.index(r["label"]) for r in rows_by_split[s]] for s in ("val", "test")},
-                   val_labels=[r["label"] for r in rows_by_split["val"]])
+                   keyword_class=imported.keyword_class,
+                   truth={s: [classes.index(r["label"]) for r in rows[s]] for s in ("val", "test")},
+                   val_labels=[r["label"] for r in rows["val"]])
+
+
+def import_dataset(source: Path, name: str, data: Path) -> Dataset:
+    """:func:`read_dataset` then :func:`write_dataset`."""
+    return write_dataset(read_dataset(source, name), data)
 
 
 def warm_rows(ds: Dataset, seed: int) -> list[dict]:
@@ -286,6 +346,17 @@ class Experiment:
         with self.lock:
             return next((e for e in self.results[kind] if all(e.get(k) == v for k, v in key.items())), None)
 
+    def fix_inclusion(self, names: list[str]) -> None:
+        """Store each dataset's inclusion decision (val only) once all its vanilla runs exist; never changed after."""
+        from bench.science_report import inclusion
+
+        with self.lock:
+            stored = self.results.setdefault("inclusion", {})
+            for name in names:
+                if name not in stored and (decision := inclusion(self.results, name)) is not None:
+                    stored[name] = decision
+        self.save()
+
     def check_resume(self, name: str, fingerprint: str, recipe: dict) -> None:
         saved = self.results["datasets"].get(name)
         if saved is None:
@@ -322,49 +393,79 @@ class Experiment:
                 build_tiny_model(path, "qwen2_vl", seed=replicate)
         return path
 
-    def prepare(self, ds: Dataset, replicate: int) -> Path:
-        """Tower pretraining then warm start of replicate ``replicate`` on ``ds``; returns the warm model."""
-        root = self.out / "replicates" / f"r{replicate}" / ds.name
-        warm = root / "warm"
-        if self.find("warm", dataset=ds.name, replicate=replicate) and (warm / "model.safetensors").is_file():
-            return warm
-        root.mkdir(parents=True, exist_ok=True)
+    def _tower(self, ds: Dataset, replicate: int, root: Path) -> dict:
         tower = root / "tower"
         _process([sys.executable, "-m", "bench.science_tower", str(self.base(replicate)),
                   str(ds.data / f"{ds.name}_attok_train.json"), str(ds.data / f"{ds.name}_attok_val.json"),
                   str(tower), "--seed", str(replicate)], root / "tower.log")
-        report = json.loads((tower / "tower_pretraining.json").read_text())
-        self.add("towers", {"dataset": ds.name, "replicate": replicate, **report})
+        return json.loads((tower / "tower_pretraining.json").read_text())
+
+    def _warm(self, ds: Dataset, replicate: int, root: Path) -> dict:
+        """Label-free warm start (text only, full fine-tuning, tower frozen) of ``root/tower`` into ``root/warm``."""
         name = f"{ds.name}_warm_r{replicate}"
-        _write_json(ds.data / f"{name}.json", warm_rows(ds, replicate))
+        rows = warm_rows(ds, replicate)
         with self.lock:
+            _write_json(ds.data / f"{name}.json", rows)
             info = json.loads((ds.data / "dataset_info.json").read_text())
             info[name] = {"file_name": f"{name}.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
                           "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                                    "assistant_tag": "assistant"}}
             _write_json(ds.data / "dataset_info.json", info)
-        args = {"model_name_or_path": str(tower), "stage": "sft", "dataset_dir": str(ds.data), "template": "qwen2_vl",
-                "cutoff_len": 256, "overwrite_cache": True, "preprocessing_num_workers": 1,
+        warm = root / "warm"
+        args = {"model_name_or_path": str(root / "tower"), "stage": "sft", "dataset_dir": str(ds.data),
+                "template": "qwen2_vl", "cutoff_len": 256, "overwrite_cache": True, "preprocessing_num_workers": 1,
                 "dataloader_num_workers": 0, "output_dir": str(warm), "overwrite_output_dir": True,
                 "seed": replicate, "data_seed": replicate, "report_to": "none", "plot_loss": False, "bf16": False,
                 "do_train": True, "finetuning_type": "full", "freeze_vision_tower": True,
                 "freeze_multi_modal_projector": True, "dataset": name, "per_device_train_batch_size": 8,
                 "learning_rate": 2e-3, "num_train_epochs": 1, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
-                "logging_steps": 20, "save_strategy": "no", "disable_tqdm": True}
-        config = root / "warm.yaml"
+                "logging_steps": 5, "save_strategy": "no", "disable_tqdm": True}
         import yaml
 
-        config.write_text(yaml.safe_dump(args, sort_keys=False))
+        (root / "warm.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
         start = time.time()
-        _process([str(BIN / "llamafactory-cli"), "train", str(config)], root / "warm.log",
+        _process([str(BIN / "llamafactory-cli"), "train", str(root / "warm.yaml")], root / "warm.log",
                  HF_DATASETS_CACHE=str(root / ".datasets_cache"))
         shutil.rmtree(root / ".datasets_cache", ignore_errors=True)
         log = [json.loads(line) for line in (warm / "trainer_log.jsonl").read_text().splitlines()]
-        losses = [entry["loss"] for entry in log if "loss" in entry]
-        self.add("warm", {"dataset": ds.name, "replicate": replicate, "seconds": round(time.time() - start, 1),
-                          "rows": len(warm_rows(ds, replicate)),
-                          "loss_first": losses[0], "loss_last": losses[-1]})
+        losses = [entry["loss"] for entry in log if "loss" in entry] or [None]
+        return {"seconds": round(time.time() - start, 1), "rows": len(rows), "loss_first": losses[0],
+                "loss_last": losses[-1]}
+
+    def prepare(self, ds: Dataset, replicate: int) -> Path:
+        """Tower pretraining then warm start of replicate ``replicate`` on ``ds``; returns the warm model. A rerun
+        reuses a finished tower and a finished warm start."""
+        root = self.out / "replicates" / f"r{replicate}" / ds.name
+        warm = root / "warm"
+        if self.find("warm", dataset=ds.name, replicate=replicate) and (warm / "model.safetensors").is_file():
+            return warm
+        root.mkdir(parents=True, exist_ok=True)
+        if not (self.find("towers", dataset=ds.name, replicate=replicate)
+                and (root / "tower" / "model.safetensors").is_file()):
+            self.add("towers", {"dataset": ds.name, "replicate": replicate, **self._tower(ds, replicate, root)})
+        self.add("warm", {"dataset": ds.name, "replicate": replicate, **self._warm(ds, replicate, root)})
         return warm
+
+    def repeat_preparation(self, ds: Dataset, replicate: int) -> None:
+        """Tower and warm start of (``ds``, ``replicate``) built again from scratch; their weights must be equal."""
+        key = {"dataset": ds.name, "arm": "tower + warm start", "replicate": replicate, "seed": replicate}
+        if self.find("repro", **key):
+            return
+        first = self.out / "replicates" / f"r{replicate}" / ds.name
+        again = self.out / "replicates" / f"r{replicate}" / f"{ds.name}_repro"
+        shutil.rmtree(again, ignore_errors=True)
+        again.mkdir(parents=True)
+        self._tower(ds, replicate, again)
+        self._warm(ds, replicate, again)
+
+        def digest(path: Path) -> str:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+
+        same = {part: digest(first / part / "model.safetensors") == digest(again / part / "model.safetensors")
+                for part in ("tower", "warm")}
+        self.add("repro", {**key, "identical": all(same.values()),
+                           "differing_images": {"tower weights": "same" if same["tower"] else "differ",
+                                                "warm-start weights": "same" if same["warm"] else "differ"}})
 
     # -- one arm run --
 
@@ -373,6 +474,9 @@ class Experiment:
         key = {"dataset": ds.name, "arm": arm, "replicate": replicate, "seed": seed, **ds.recipe}
         if self.find("repro" if repro else "runs", **key):
             return
+        first = self.find("runs", **key) if repro else None
+        if repro and first is None:
+            raise RuntimeError(f"repro: no first run of {key} to compare with (run the main part first)")
         model = warm.result() if isinstance(warm, Future) else warm
         run = self.out / "runs" / ds.name / f"{arm.strip('+')}_r{replicate}_s{seed}{'_repro' if repro else ''}"
         shutil.rmtree(run, ignore_errors=True)  # the leftover of an interrupted run
@@ -395,7 +499,6 @@ class Experiment:
         if not repro:
             self.add("runs", entry)
             return
-        first = self.find("runs", **key)
         same = {scorer: first[scorer]["test"]["predicted"] == entry[scorer]["test"]["predicted"]
                 for scorer in ("one_forward", "generative")}
         differing = {scorer: sum(a != b for a, b in zip(first[scorer]["test"]["predicted"],
@@ -406,25 +509,27 @@ class Experiment:
 
 
 def run_experiment(ns: argparse.Namespace) -> None:
+    imported = {ns.name: read_dataset(Path(ns.data_dir).resolve(), ns.name)} if ns.data_dir else {}  # before --out
     check_out(Path(ns.out), ns.overwrite, Path(ns.data_dir) if ns.data_dir else None)
     exp = Experiment(Path(ns.out))
     exp.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if ns.data_dir:
-        sources = {ns.name: Path(ns.data_dir).resolve()}
         recipes = {ns.name: {"lr": ns.lr or 5e-4, "epochs": ns.epochs or 3}}
         focus = ns.name
     else:
         names = dict.fromkeys([*ns.datasets, *([ns.focus] if {"ablation", "repro"} & set(ns.parts) else [])])
-        sources = {name: build_medmnist(name, exp.out / "sources" / name) for name in names}
+        imported = {name: read_dataset(build_medmnist(name, exp.out / "sources" / name), name) for name in names}
         recipes = {name: {"lr": ns.lr or RECIPES[name]["lr"], "epochs": ns.epochs or RECIPES[name]["epochs"]}
                    for name in names}
         focus = ns.focus
+    with exp.lock:
+        exp.results.setdefault("protocol", {"inclusion_rule": INCLUSION_RULE, "inclusion_margin": INCLUSION_MARGIN})
     datasets = []
-    for name, source in sources.items():
-        fingerprint = _fingerprint(source, name)
+    for name, read in imported.items():
+        fingerprint = _fingerprint(read.source, name)
         exp.check_resume(name, fingerprint, recipes[name])  # before the import rewrites the experiment's copy
-        ds = import_dataset(source, name, exp.data)
+        ds = write_dataset(read, exp.data)
         ds.recipe = recipes[name]
         exp.add_dataset(ds, fingerprint)
         datasets.append(ds)
@@ -443,10 +548,12 @@ def run_experiment(ns: argparse.Namespace) -> None:
             futures += [pool.submit(exp.run, ds, arm, r, s, warm[(ds.name, r)], part, repro)
                         for arm, r, s, part, repro in tasks]
         failures = [f"{f.exception()}" for f in [*warm.values(), *futures] if f.exception() is not None]
+        exp.fix_inclusion(main_names)  # from val only, stored before the report reads any test number
         if "repro" in ns.parts and not failures:  # after the runs it repeats
-            ds = exp.datasets[focus]
-            repro = [pool.submit(exp.run, ds, arm, ns.replicates[0], ns.seeds[0], warm[(focus, ns.replicates[0])],
-                                 "main", True) for arm in MAIN_ARMS if focus in main_names]
+            ds, first = exp.datasets[focus], ns.replicates[0]
+            repro = [pool.submit(exp.run, ds, arm, first, ns.seeds[0], warm[(focus, first)], "main", True)
+                     for arm in MAIN_ARMS if focus in main_names]
+            repro.append(pool.submit(exp.repeat_preparation, ds, first))
             failures += [f"{f.exception()}" for f in repro if f.exception() is not None]
     wall = round(time.time() - start)
     with exp.lock:
@@ -477,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--replicates", type=int, nargs="+", default=[1, 2, 3])
     go.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     go.add_argument("--ablation-seeds", type=int, nargs="+", help="seeds of the ablation (default: --seeds)")
-    go.add_argument("--out", default="bench_results/science_v2")
+    go.add_argument("--out", help="results folder (default: bench_results/science_v2; required with --data-dir)")
     go.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
     go.add_argument("--overwrite", action="store_true", help="remove an earlier output in --out first")
     ns = parser.parse_args(argv)
@@ -488,12 +595,18 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{option.replace('_', '-')}: a value given twice ({values})")
     if bool(ns.data_dir) != bool(ns.name):
         parser.error("--data-dir and --name go together")
+    if ns.data_dir and ns.out is None:
+        parser.error("--data-dir needs its own --out (the default one holds the MedMNIST experiment)")
+    ns.out = ns.out or "bench_results/science_v2"
     if ns.data_dir:
         ns.focus = ns.name
     elif ns.focus not in CLASS_MAPS:
         parser.error(f"--focus: one of {list(CLASS_MAPS)}")
-    if ns.workers < 1 or (ns.epochs is not None and ns.epochs < 1) or (ns.lr is not None and ns.lr <= 0):
-        parser.error("--workers and --epochs must be ≥ 1, --lr > 0")
+    for option, bad, rule in (("--workers", ns.workers < 1, "≥ 1"),
+                              ("--epochs", ns.epochs is not None and ns.epochs < 1, "≥ 1"),
+                              ("--lr", ns.lr is not None and ns.lr <= 0, "> 0")):
+        if bad:
+            parser.error(f"{option} must be {rule}")
     run_experiment(ns)
 
 

@@ -73,12 +73,14 @@ def _changed(run: dict) -> str:
     added = sum(v[1] for k, v in groups.items() if "attribute rows" in k)
     modules = sum(v[1] for k, v in groups.items() if k.startswith("AttTok modules"))
     tower = groups.get("vision tower + merger", [0, 0])[0]
-    return f"{rows} | {added} | {modules} | {tower}"
+    layers = groups.get("LLM layers", [0, 0])
+    return f"{layers[0]} / {layers[1]} | {rows} | {added} | {modules} | {tower}"
 
 
 def report(results: dict) -> str:
+    rule = results.get("protocol", {}).get("inclusion_rule", INCLUSION_RULE)
     lines = ["# Science v2 (`python -m bench.science run`)", "",
-             f"Inclusion rule, fixed before any test number was read: {INCLUSION_RULE}.", ""]
+             f"Inclusion rule, fixed before any test number was read: {rule}.", ""]
     datasets = list(results["datasets"])
     if results.get("towers"):
         lines += ["## The vision tower (label-free SimCLR pretraining of tower + merger, training images only)", "",
@@ -92,7 +94,7 @@ def report(results: dict) -> str:
                     f"{_ms([t['probe_val_pretrained_tower'] for t in towers])} | {towers[0]['val_majority']:.3f} | "
                     f"{_ms([t['pretraining_loss'][0] for t in towers])} → "
                     f"{_ms([t['pretraining_loss'][-1] for t in towers])}"
-                    f" | {_ms([t['seconds'] for t in towers])} |")
+                    f" | {statistics.mean(t['seconds'] for t in towers):.0f} |")
         lines.append("")
     if results.get("warm"):
         lines += ["## Warm start (label-free, text only, both answer forms)", "",
@@ -100,14 +102,16 @@ def report(results: dict) -> str:
         for dataset in datasets:
             warm = [w for w in results["warm"] if w["dataset"] == dataset]
             if warm:
+                seconds = statistics.mean(w["seconds"] for w in warm)
                 lines.append(f"| {dataset} | {len(warm)} | {warm[0]['rows']} | {_ms([w['loss_first'] for w in warm])}"
-                             f" → {_ms([w['loss_last'] for w in warm])} | {_ms([w['seconds'] for w in warm])} |")
+                             f" → {_ms([w['loss_last'] for w in warm])} | {seconds:.0f} |")
         lines.append("")
     lines += ["## Inclusion (val only)", "",
               "| dataset | vanilla val accuracy | val majority | margin | in the headline |", "|---|---|---|---|---|"]
     decisions = {}
     for dataset in datasets:
-        decision = inclusion(results, dataset)
+        stored = results.get("inclusion", {}).get(dataset)  # fixed by the run, from val only
+        decision = stored or inclusion(results, dataset)
         decisions[dataset] = decision
         if decision:
             lines.append(f"| {dataset} | {decision['vanilla_val_accuracy']:.3f} | {decision['val_majority']:.3f} | "
@@ -124,8 +128,9 @@ def report(results: dict) -> str:
         majority = max(test.count(c) for c in set(test)) / len(test)
         lines += [f"## {dataset}{tag}", "", f"Test images: {len(test)} (majority rate {majority:.3f}); mean ± sample "
                   "std over runs (replicates × seeds).", "",
-                  "| arm | runs | one forward | generative | unparseable | embed/head warm rows changed | "
-                  "rows added | AttTok modules | tower changed |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | runs | one forward | generative | unparseable | LLM-layer elements changed | embed/head "
+                  "warm-row elements changed | rows added | AttTok modules | tower changed |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for arm in [a for a in COMPARISON_ORDER if any(r["arm"] == a for r in runs)]:
             arm_runs = runs_of(results, dataset, arm)
             lines.append(f"| {arm} | {len(arm_runs)} | "
@@ -165,9 +170,9 @@ def report(results: dict) -> str:
                   "| dataset | arm | replicate | seed | identical per-image predictions | images that differ "
                   "(one forward / generative) |", "|---|---|---|---|---|---|"]
         for r in results["repro"]:
+            differ = " / ".join(f"{v}" for v in r["differing_images"].values())
             lines.append(f"| {r['dataset']} | {r['arm']} | {r['replicate']} | {r['seed']} | "
-                         f"{'yes' if r['identical'] else '**no**'} | {r['differing_images']['one_forward']} / "
-                         f"{r['differing_images']['generative']} |")
+                         f"{'yes' if r['identical'] else '**no**'} | {differ} |")
         lines.append("")
     for wall in results.get("wall_seconds", []):
         lines.append(f"Wall time of a `run` with parts {', '.join(wall['parts'])}: {wall['seconds'] / 60:.1f} min "

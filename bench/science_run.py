@@ -40,10 +40,19 @@ class ClassRowsCallback(TrainerCallback):
         from peft import TrainableTokensConfig, inject_adapter_in_model
 
         config = TrainableTokensConfig(target_modules=["embed_tokens", "lm_head"], token_indices=self.token_ids)
-        inject_adapter_in_model(config, model, adapter_name="default")
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}  # LF's freeze-tuning choice
+        inject_adapter_in_model(config, model, adapter_name="default")  # freezes every non-adapter parameter
+        for name, param in model.named_parameters():
+            if name in trainable:
+                param.requires_grad_(True)
         wrapped = [m for m in model.modules() if type(m).__name__ == "TrainableTokensLayer"]
         if len(wrapped) != 2:
             raise RuntimeError(f"class_rows: expected the embedding and the head wrapped, got {len(wrapped)} layers")
+        now = {name for name, p in model.named_parameters() if p.requires_grad}
+        deltas = {name for name in now if "trainable_tokens_delta" in name}
+        if now - deltas != trainable or len(deltas) != 2:
+            raise RuntimeError(f"class_rows: trainable parameters are not LF's plus the two row deltas: lost "
+                               f"{sorted(trainable - now)[:3]}, added {sorted(now - trainable - deltas)[:3]}")
         self.model = model
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -139,6 +148,8 @@ def main(job_path: str) -> None:
     if job["generate"]:
         result["generative"] = {"test": generative(job, run)}
     result["changed"] = changed_elements(Path(job["model"]), run / "model")
+    if not result["changed"]["LLM layers"][0]:  # every arm trains every LLM layer (freeze tuning, all layers)
+        raise RuntimeError(f"{run}: no LLM-layer element changed in training: {result['changed']}")
     tmp = run / "run.json.partial"
     with open(tmp, "w") as handle:
         handle.write(json.dumps(result))

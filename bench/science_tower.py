@@ -136,7 +136,7 @@ def pretrain(tower: Tower, images: torch.Tensor, steps: int, seed: int, objectiv
 
 def build_tower_model(model_dir: Path, train_json: Path, val_json: Path, out: Path, *, steps: int = STEPS,
                       seed: int = 1, objective: str = "simclr") -> dict:
-    """Write ``out`` = ``model_dir`` with a rotation-pretrained tower; return the probe and the loss trace.
+    """Write ``out`` = ``model_dir`` with a pretrained tower (``objective``); return the probe and the loss trace.
     ``out`` is written next to itself and renamed into place (a half-written model is never left)."""
     torch.manual_seed(seed)
     random.seed(seed)

@@ -45,7 +45,7 @@ def test_mcnemar_replicate_test_and_bootstrap_against_hand_values():
     # t = mean / (sd / sqrt(n)) = 0.02 / (0.01 / sqrt(3)) = 3.4641; two-sided p with 2 df = 0.0742
     result = replicate_test([0.01, 0.02, 0.03])
     assert result["t"] == pytest.approx(3.4641, abs=1e-4) and result["p"] == pytest.approx(0.0742, abs=1e-4)
-    assert replicate_test([0.0, 0.0, 0.0])["p"] == 1.0
+    assert replicate_test([0.0, 0.0, 0.0])["p"] == 1.0 and replicate_test([0.01] * 3)["p"] == 0.0
     mean, low, high = bootstrap_interval([arm, arm], [base, base])
     assert mean == pytest.approx(2 / 6) and low <= mean <= high
     assert bootstrap_interval([base], [base]) == (0.0, 0.0, 0.0)
@@ -55,6 +55,7 @@ def test_inclusion_rule_reads_val_only():
     labels = ["a"] * 7 + ["b"] * 3  # majority 0.7
     assert included([0.74, 0.72], labels)["included"] is True  # +0.03
     assert included([0.72, 0.72], labels)["included"] is False
+    assert included([0.57], ["a"] * 54 + ["b"] * 46)["included"] is True  # 0.57 − 0.54 is 0.0299999… in floats
 
 
 def test_control_rows_are_k_distinct_deciding_tokens():
@@ -98,7 +99,7 @@ def test_csv_dataset_imports_with_vanilla_rows_and_warm_forms(tmp_path):
     assert {"scans_attok_train", "scans_vanilla_test"} <= info.keys()
     forms = {r["messages"][1]["content"] for r in warm_rows(ds, 1)}
     assert forms == {"cyst", "mass", " cyst", " mass"}  # both answer forms, no label read
-    with pytest.raises(FileNotFoundError, match="scans2_open_train.json"):
+    with pytest.raises(SystemExit, match="scans2_open_train.json"):
         import_dataset(built, "scans2", tmp_path / "exp2")
     with pytest.raises(ValueError, match="does not start with its attribute token"):
         strip_attribute_token("mass", "<|us_mass|>", "x.json: sample 3")
@@ -189,3 +190,33 @@ def test_out_folder_rules(tmp_path):
         exp.check_resume("d", "abc", {"lr": 1e-3, "epochs": 3})
     check_out(earlier, True, None)
     assert not earlier.exists()
+
+
+def test_class_rows_control_keeps_lf_trainable_layers_and_trains_only_its_rows(tiny_models):
+    """The control arm's callback on a real tiny model: LF's trainable layers stay trainable, the two row deltas are
+    added, and after a step and the merge only the K rows of embed and head moved (plain modules, as LF saves)."""
+    from transformers import AutoModelForImageTextToText
+
+    from bench.science_run import ClassRowsCallback
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"])
+    for name, param in model.named_parameters():  # what LF's freeze tuning leaves trainable: the LLM layers
+        param.requires_grad_(".layers." in name and "visual" not in name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layers = {n for n, p in model.named_parameters() if p.requires_grad}
+    callback = ClassRowsCallback([5, 9])
+    callback.on_init_end(None, None, None, model=model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert layers < trainable and len(trainable - layers) == 2
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    ids = torch.tensor([[5, 9, 3, 5]])
+    model.model.language_model(input_ids=ids).last_hidden_state.sum().backward()
+    model.lm_head(model.model.language_model(input_ids=ids).last_hidden_state).sum().backward()
+    optimizer.step()
+    callback.on_train_end(None, None, None)
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)  # plain modules again
+    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        moved = (after[key] != before[key]).any(-1).nonzero().flatten().tolist()
+        assert moved == [5, 9], (key, moved)
+    assert any((after[n] != before[n]).any() for n in layers)
