@@ -43,7 +43,7 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run_all
 
-bench-science: setup  # BENCHMARKS.md §4: does AttTok help when the baseline learns? (not part of make test / CI)
+bench-science: setup  # BENCHMARKS.md §4 (science v2, ~45 min): AttTok vs vanilla vs a control, 3 replicates x 2 seeds (not in make test / CI)
 	$(PY) -m bench.science run --out bench_results/science_v2
 
 clean:
