@@ -198,6 +198,10 @@ def read_dataset(source: Path, name: str) -> Imported:
             if not image.is_file():
                 raise SystemExit(f"{where}: image {image} not found")
             with Image.open(image) as opened:
+                try:
+                    opened.load()  # decoded now, not half-way through writing the experiment's copy
+                except OSError as error:
+                    raise SystemExit(f"{where}: image {image} cannot be read ({error})") from error
                 if opened.size != (IMAGE_SIZE, IMAGE_SIZE):
                     resize.append((image, Path("images") / split / f"{i:06d}.png"))
                     image = resize[-1][1]
@@ -310,11 +314,19 @@ def check_out(out: Path, overwrite: bool, data_dir: Path | None) -> None:
                          "results.json); choose a new or empty folder")
 
 
-def _fingerprint(source: Path, name: str) -> str:
+def _fingerprint(imported: Imported) -> str:
+    """SHA-256 of what the runs see: per split and sample its messages, label and image bytes, and the vocabulary's
+    tokens and keywords (not where the files lie: a clone elsewhere resumes the same experiment)."""
+    from llamafactory_attok.vocab import load_vocab
+
     digest = hashlib.sha256()
+    vocab = load_vocab(imported.source / f"{imported.name}_vocab.yaml")
+    digest.update(json.dumps(vocab.as_dict(), sort_keys=True).encode())
+    resized = {str(copy): image for image, copy in imported.resize}
     for split in SPLITS:
-        digest.update((source / f"{name}_open_{split}.json").read_bytes())
-    digest.update((source / f"{name}_vocab.yaml").read_bytes())
+        for row in imported.rows["attok"][split]:
+            digest.update(json.dumps([split, row["messages"], row["label"]]).encode())
+            digest.update(Path(resized.get(row["images"][0], row["images"][0])).read_bytes())
     return digest.hexdigest()
 
 
@@ -335,7 +347,11 @@ class Experiment:
             _write_json(self.path, self.results)
 
     def add(self, kind: str, entry: dict) -> None:
+        """Record ``entry``; an earlier entry of the same dataset / replicate (/ arm, seed) is replaced, not kept."""
+        key = ("dataset", "replicate", "arm", "seed", "lr", "epochs")
         with self.lock:
+            self.results[kind] = [e for e in self.results[kind]
+                                  if any(e.get(k) != entry.get(k) for k in key)]
             self.results[kind].append(entry)
         self.save()
         hidden = ("changed", "one_forward", "generative", "pretraining_loss")
@@ -346,15 +362,22 @@ class Experiment:
         with self.lock:
             return next((e for e in self.results[kind] if all(e.get(k) == v for k, v in key.items())), None)
 
-    def fix_inclusion(self, names: list[str]) -> None:
-        """Store each dataset's inclusion decision (val only) once all its vanilla runs exist; never changed after."""
+    def fix_inclusion(self, names: list[str], replicates: list[int], seeds: list[int]) -> None:
+        """Store each dataset's inclusion decision (val only) once every vanilla run of the design (replicates ×
+        seeds) exists; never changed after. The runs it used are stored with it."""
         from bench.science_report import inclusion
 
+        wanted = {(r, s) for r in replicates for s in seeds}
         with self.lock:
             stored = self.results.setdefault("inclusion", {})
             for name in names:
-                if name not in stored and (decision := inclusion(self.results, name)) is not None:
-                    stored[name] = decision
+                have = {(r["replicate"], r["seed"]) for r in self.results["runs"]
+                        if r["dataset"] == name and r["arm"] == "vanilla" and "val" in r["one_forward"]}
+                if name in stored or not wanted <= have:
+                    continue
+                decision = inclusion(self.results, name)
+                if decision is not None:
+                    stored[name] = {**decision, "vanilla_runs": sorted(map(list, have))}
         self.save()
 
     def check_resume(self, name: str, fingerprint: str, recipe: dict) -> None:
@@ -512,7 +535,13 @@ def run_experiment(ns: argparse.Namespace) -> None:
     imported = {ns.name: read_dataset(Path(ns.data_dir).resolve(), ns.name)} if ns.data_dir else {}  # before --out
     check_out(Path(ns.out), ns.overwrite, Path(ns.data_dir) if ns.data_dir else None)
     exp = Experiment(Path(ns.out))
+    source = f"--data-dir {Path(ns.data_dir).resolve()} --name {ns.name}" if ns.data_dir else "MedMNIST"
+    if exp.results.get("source", source) != source:
+        raise SystemExit(f"--out {exp.out}: holds the experiment on {exp.results['source']}, not {source}; "
+                         "use another --out")
+    exp.results["source"] = source
     exp.out.mkdir(parents=True, exist_ok=True)
+    exp.save()  # from here on --out is recognisably this command's output (resumable, --overwrite-able)
     start = time.time()
     if ns.data_dir:
         recipes = {ns.name: {"lr": ns.lr or 5e-4, "epochs": ns.epochs or 3}}
@@ -527,7 +556,7 @@ def run_experiment(ns: argparse.Namespace) -> None:
         exp.results.setdefault("protocol", {"inclusion_rule": INCLUSION_RULE, "inclusion_margin": INCLUSION_MARGIN})
     datasets = []
     for name, read in imported.items():
-        fingerprint = _fingerprint(read.source, name)
+        fingerprint = _fingerprint(read)
         exp.check_resume(name, fingerprint, recipes[name])  # before the import rewrites the experiment's copy
         ds = write_dataset(read, exp.data)
         ds.recipe = recipes[name]
@@ -535,30 +564,52 @@ def run_experiment(ns: argparse.Namespace) -> None:
         datasets.append(ds)
     main_names = [ds.name for ds in datasets if ns.data_dir or ds.name in ns.datasets]
     order = sorted(datasets, key=lambda d: -COST.get(d.name, 1))
+    first = ns.replicates[0]
+    tasks = {ds.name: [] for ds in order}
+    for ds in order:
+        if "main" in ns.parts and ds.name in main_names:
+            tasks[ds.name] += [(arm, r, s, "main") for r in ns.replicates for s in ns.seeds for arm in MAIN_ARMS]
+        if "ablation" in ns.parts and ds.name == focus:
+            tasks[ds.name] += [(arm, r, s, "ablation") for r in ns.replicates for s in ns.ablation_seeds
+                               for arm in ABLATION_ARMS]
+    repro_arms = [arm for arm in MAIN_ARMS if "repro" in ns.parts and focus in main_names
+                  and not exp.find("repro", dataset=focus, arm=arm, replicate=first, seed=ns.seeds[0],
+                                   **recipes[focus])]
+    if repro_arms and "main" not in ns.parts:
+        missing = [arm for arm in repro_arms if not exp.find("runs", dataset=focus, arm=arm, replicate=first,
+                                                             seed=ns.seeds[0], **recipes[focus])]
+        if missing:
+            raise SystemExit(f"--parts repro: no first run of {missing} (replicate {first}, seed {ns.seeds[0]}) on "
+                             f"{focus} in {exp.path} to repeat; run the main part first")
+
+    def todo(ds: Dataset, replicate: int) -> bool:
+        """Does (ds, replicate) still need its warm model? (A resumed, finished experiment retrains nothing.)"""
+        runs = [t for t in tasks[ds.name] if t[1] == replicate and not exp.find(
+            "runs", dataset=ds.name, arm=t[0], replicate=replicate, seed=t[2], **ds.recipe)]
+        repeat = "repro" in ns.parts and ds.name == focus and replicate == first and focus in main_names and (
+            bool(repro_arms) or not exp.find("repro", dataset=focus, arm="tower + warm start", replicate=first))
+        return bool(runs) or repeat
+
     with ThreadPoolExecutor(max_workers=ns.workers) as pool:
-        warm = {(ds.name, r): pool.submit(exp.prepare, ds, r) for ds in order for r in ns.replicates}
-        futures = []
-        for ds in order:
-            tasks = []
-            if "main" in ns.parts and ds.name in main_names:
-                tasks += [(arm, r, s, "main", False) for r in ns.replicates for s in ns.seeds for arm in MAIN_ARMS]
-            if "ablation" in ns.parts and ds.name == focus:
-                tasks += [(arm, r, s, "ablation", False) for r in ns.replicates for s in ns.ablation_seeds
-                          for arm in ABLATION_ARMS]
-            futures += [pool.submit(exp.run, ds, arm, r, s, warm[(ds.name, r)], part, repro)
-                        for arm, r, s, part, repro in tasks]
+        warm = {(ds.name, r): pool.submit(exp.prepare, ds, r) for ds in order for r in ns.replicates if todo(ds, r)}
+        futures = [pool.submit(exp.run, ds, arm, r, s, warm[(ds.name, r)], part)
+                   for ds in order for arm, r, s, part in tasks[ds.name] if (ds.name, r) in warm]
         failures = [f"{f.exception()}" for f in [*warm.values(), *futures] if f.exception() is not None]
-        exp.fix_inclusion(main_names)  # from val only, stored before the report reads any test number
-        if "repro" in ns.parts and not failures:  # after the runs it repeats
-            ds, first = exp.datasets[focus], ns.replicates[0]
+        if not failures:  # from val only, stored before the report reads any test number
+            exp.fix_inclusion(main_names, ns.replicates, ns.seeds)
+        if "repro" in ns.parts and focus in main_names and not failures:  # after the runs it repeats
+            ds = exp.datasets[focus]
             repro = [pool.submit(exp.run, ds, arm, first, ns.seeds[0], warm[(focus, first)], "main", True)
-                     for arm in MAIN_ARMS if focus in main_names]
-            repro.append(pool.submit(exp.repeat_preparation, ds, first))
+                     for arm in repro_arms]
+            if not exp.find("repro", dataset=focus, arm="tower + warm start", replicate=first):
+                repro.append(pool.submit(exp.repeat_preparation, ds, first))
             failures += [f"{f.exception()}" for f in repro if f.exception() is not None]
+        failures = list(dict.fromkeys(failures))  # one failed warm start fails every run that needs it
     wall = round(time.time() - start)
-    with exp.lock:
-        exp.results.setdefault("wall_seconds", []).append({"parts": ns.parts, "seconds": wall,
-                                                           "workers": ns.workers})
+    if warm:  # something was trained (a resumed, finished experiment adds no wall-time line)
+        with exp.lock:
+            exp.results.setdefault("wall_seconds", []).append({"parts": ns.parts, "seconds": wall,
+                                                               "workers": ns.workers})
     exp.save()
     from bench.science_report import report
 
@@ -574,9 +625,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="the experiment")
     go.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    go.add_argument("--datasets", nargs="+", choices=list(CLASS_MAPS), default=list(CLASS_MAPS),
-                    help="MedMNIST datasets of the main part")
-    go.add_argument("--focus", default=FOCUS, help="dataset of the ablation and the reproducibility check")
+    go.add_argument("--datasets", nargs="+", choices=list(CLASS_MAPS),
+                    help=f"MedMNIST datasets of the main part (default: {' '.join(CLASS_MAPS)})")
+    go.add_argument("--focus", help=f"dataset of the ablation and the reproducibility check (default: {FOCUS})")
     go.add_argument("--data-dir", help="a dataset built by `attok data classify` (instead of the MedMNIST ones)")
     go.add_argument("--name", help="its --name (with --data-dir)")
     go.add_argument("--lr", type=float, help="learning rate (default: RECIPES, or 5e-4 with --data-dir)")
@@ -589,6 +640,14 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--overwrite", action="store_true", help="remove an earlier output in --out first")
     ns = parser.parse_args(argv)
     ns.ablation_seeds = ns.ablation_seeds or ns.seeds
+    if not set(ns.ablation_seeds) <= set(ns.seeds):
+        parser.error(f"--ablation-seeds {ns.ablation_seeds}: must be among --seeds {ns.seeds} (the ablation arms are "
+                     "compared with vanilla runs of the same seeds)")
+    if min(ns.replicates) < 1 or min(ns.seeds) < 0:
+        parser.error("--replicates must be ≥ 1 and --seeds ≥ 0")
+    if ns.data_dir and (ns.datasets is not None or ns.focus is not None):
+        parser.error("--datasets / --focus choose MedMNIST datasets; with --data-dir the dataset is --name")
+    ns.datasets = ns.datasets or list(CLASS_MAPS)
     for option in ("seeds", "datasets", "parts", "replicates", "ablation_seeds"):
         values = getattr(ns, option)
         if len(set(values)) != len(values):
@@ -600,7 +659,9 @@ def main(argv: list[str] | None = None) -> None:
     ns.out = ns.out or "bench_results/science_v2"
     if ns.data_dir:
         ns.focus = ns.name
-    elif ns.focus not in CLASS_MAPS:
+    else:
+        ns.focus = ns.focus or FOCUS
+    if ns.focus not in CLASS_MAPS and not ns.data_dir:
         parser.error(f"--focus: one of {list(CLASS_MAPS)}")
     for option, bad, rule in (("--workers", ns.workers < 1, "≥ 1"),
                               ("--epochs", ns.epochs is not None and ns.epochs < 1, "≥ 1"),

@@ -23,6 +23,14 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values) + 0.0:.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _replicates(test: dict) -> str:
+    if test.get("note"):
+        return f"{test['note']} (every Δ {test['mean']:+.4f})"
+    if test["p"] is None:
+        return "p=—"
+    return f"p={_p(test['p'])}, [{test['low']:+.4f}, {test['high']:+.4f}]"
+
+
 def _p(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
@@ -67,14 +75,24 @@ def inclusion(results: dict, dataset: str) -> dict | None:
     return included(vanilla, results["datasets"][dataset]["val_labels"])
 
 
-def _changed(run: dict) -> str:
-    groups = run.get("changed") or {}
-    rows = sum(v[0] for k, v in groups.items() if k.endswith("warm-model rows") and v[0] > 0)
-    added = sum(v[1] for k, v in groups.items() if "attribute rows" in k)
-    modules = sum(v[1] for k, v in groups.items() if k.startswith("AttTok modules"))
-    tower = groups.get("vision tower + merger", [0, 0])[0]
-    layers = groups.get("LLM layers", [0, 0])
-    return f"{layers[0]} / {layers[1]} | {rows} | {added} | {modules} | {tower}"
+def _span(values: list[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def _changed(runs: list[dict]) -> str:
+    """Per group, the elements changed against the warm model: min–max over the arm's runs."""
+    def per_run(run: dict) -> tuple[int, int, int, int, int, int]:
+        groups = run.get("changed") or {}
+        layers = groups.get("LLM layers", [0, 0])
+        return (layers[0], layers[1],
+                sum(v[0] for k, v in groups.items() if k.endswith("warm-model rows") and v[0] > 0),
+                sum(v[1] for k, v in groups.items() if "attribute rows" in k),
+                sum(v[1] for k, v in groups.items() if k.startswith("AttTok modules")),
+                groups.get("vision tower + merger", [0, 0])[0])
+
+    columns = list(zip(*(per_run(r) for r in runs), strict=True))
+    return (f"{_span(list(columns[0]))} / {columns[1][0]} | {_span(list(columns[2]))} | {_span(list(columns[3]))} | "
+            f"{_span(list(columns[4]))} | {_span(list(columns[5]))}")
 
 
 def report(results: dict) -> str:
@@ -137,10 +155,10 @@ def report(results: dict) -> str:
                          f"{_ms([r['one_forward']['test']['accuracy'] for r in arm_runs])} | "
                          f"{_ms([r['generative']['test']['accuracy'] for r in arm_runs])} | "
                          f"{statistics.mean(r['generative']['test']['unparseable'] for r in arm_runs):.1f} | "
-                         f"{_changed(arm_runs[0])} |")
-        lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % bootstrap CI (images) | Δ per replicate | "
-                  "t-test over replicates | McNemar p < 0.05 (arm better / worse) | images only arm right / only "
-                  "baseline right |", "|---|---|---|---|---|---|---|---|---|"]
+                         f"{_changed(arm_runs)} |")
+        lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % bootstrap CI (images; runs fixed) | Δ per "
+                  "replicate | t-test over replicates: p, 95 % CI (runs random) | McNemar p < 0.05 (arm better / "
+                  "worse) | images only arm right / only baseline right |", "|---|---|---|---|---|---|---|---|---|"]
         for arm, base in COMPARISONS:
             for scorer, label in SCORERS:
                 result = compare(results, dataset, arm, base, scorer)
@@ -154,7 +172,7 @@ def report(results: dict) -> str:
                     f"| {arm} − {base} | {label} | {result['pairs']} | {result['mean']:+.4f} | "
                     f"[{result['low']:+.4f}, {result['high']:+.4f}] | "
                     f"{', '.join(f'{d:+.4f}' for d in result['replicate_deltas'])} | "
-                    f"n={rt['n']}, p={_p(rt['p'])} | {better} / {worse} of {len(tests)} | "
+                    f"n={rt['n']}, {_replicates(rt)} | {better} / {worse} of {len(tests)} | "
                     f"{sum(t['b'] for t in tests)} / {sum(t['c'] for t in tests)} |")
                 if status and status["included"] and (arm, base) in (("attok", "vanilla"), ("attok", "class_rows")):
                     headline.append((dataset, arm, base, label, result))
@@ -162,13 +180,13 @@ def report(results: dict) -> str:
     if headline:
         lines += ["## Headline (datasets that pass the inclusion rule)", ""]
         for dataset, arm, base, label, r in headline:
-            lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f} "
-                         f"[{r['low']:+.4f}, {r['high']:+.4f}], replicate t-test p = {_p(r['replicate_test']['p'])}")
+            lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f}; over images (runs fixed) "
+                         f"[{r['low']:+.4f}, {r['high']:+.4f}]; over replicates {_replicates(r['replicate_test'])}")
         lines.append("")
     if results.get("repro"):
         lines += ["## Reproducibility (the same run trained again from scratch)", "",
-                  "| dataset | arm | replicate | seed | identical per-image predictions | images that differ "
-                  "(one forward / generative) |", "|---|---|---|---|---|---|"]
+                  "| dataset | what was repeated | replicate | seed | identical | differences (runs: images, one "
+                  "forward / generative; preparation: weights, tower / warm start) |", "|---|---|---|---|---|---|"]
         for r in results["repro"]:
             differ = " / ".join(f"{v}" for v in r["differing_images"].values())
             lines.append(f"| {r['dataset']} | {r['arm']} | {r['replicate']} | {r['seed']} | "

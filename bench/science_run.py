@@ -142,14 +142,15 @@ def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     run = Path(job["out"])
     seconds = train(job, run / "model")
-    result = {"train_seconds": round(seconds, 1), "one_forward": {}, "changed": None}
+    changed = changed_elements(Path(job["model"]), run / "model")
+    if not changed["LLM layers"][0]:  # every arm trains every LLM layer (freeze tuning, all layers); checked first
+        raise RuntimeError(f"{run}: no LLM-layer element changed in training (too few steps for the warm-up?): "
+                           f"{changed}")
+    result = {"train_seconds": round(seconds, 1), "one_forward": {}, "changed": changed}
     for split in job["splits"]:
         result["one_forward"][split] = one_forward(job, run, split)
     if job["generate"]:
         result["generative"] = {"test": generative(job, run)}
-    result["changed"] = changed_elements(Path(job["model"]), run / "model")
-    if not result["changed"]["LLM layers"][0]:  # every arm trains every LLM layer (freeze tuning, all layers)
-        raise RuntimeError(f"{run}: no LLM-layer element changed in training: {result['changed']}")
     tmp = run / "run.json.partial"
     with open(tmp, "w") as handle:
         handle.write(json.dumps(result))

@@ -37,17 +37,23 @@ def mcnemar(arm: Sequence[int], base: Sequence[int]) -> dict:
 
 
 def replicate_test(deltas: Sequence[float]) -> dict:
-    """One-sample t-test of the replicate-level Δs against 0 (two-sided)."""
+    """One-sample t-test of the replicate-level Δs against 0 (two-sided), with the 95 % t interval of their mean —
+    the interval that counts the training runs as random (the bootstrap over images holds them fixed)."""
+    from scipy.stats import t as student
     from scipy.stats import ttest_1samp
 
     values = np.asarray(deltas, dtype=float)
     if len(values) < 2:
-        return {"n": len(values), "mean": float(values.mean()) if len(values) else None, "t": None, "p": None}
-    if np.all(values == values[0]):  # no spread: t is 0/0 (p = 1) or ±inf (p = 0); scipy would print nan
-        return {"n": len(values), "mean": float(values[0]), "t": None, "p": 1.0 if values[0] == 0 else 0.0}
+        return {"n": len(values), "mean": float(values.mean()) if len(values) else None, "t": None, "p": None,
+                "low": None, "high": None}
+    mean = float(values.mean())
+    if np.all(values == values[0]):  # no spread: t is 0/0 or ±inf, and 3 equal values prove little; say so
+        return {"n": len(values), "mean": mean, "t": None, "p": None, "low": mean, "high": mean,
+                "note": "no spread"}
     result = ttest_1samp(values, 0.0)
-    return {"n": len(values), "mean": float(values.mean()), "sd": float(values.std(ddof=1)),
-            "t": float(result.statistic), "p": float(result.pvalue)}
+    half = float(student.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return {"n": len(values), "mean": mean, "sd": float(values.std(ddof=1)), "t": float(result.statistic),
+            "p": float(result.pvalue), "low": mean - half, "high": mean + half}
 
 
 def bootstrap_interval(arms: Sequence[Sequence[int]], bases: Sequence[Sequence[int]], *, draws: int = 2000,

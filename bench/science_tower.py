@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--objective", choices=("simclr", "rotation"), default="simclr")
     ns = parser.parse_args()
+    if ns.steps < 10:
+        parser.error("--steps must be ≥ 10 (the one-cycle schedule warms up over the first 10 %)")
     print(json.dumps(build_tower_model(ns.model, ns.train_json, ns.val_json, ns.out, steps=ns.steps, seed=ns.seed,
                                        objective=ns.objective)))
 

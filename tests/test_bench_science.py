@@ -45,7 +45,8 @@ def test_mcnemar_replicate_test_and_bootstrap_against_hand_values():
     # t = mean / (sd / sqrt(n)) = 0.02 / (0.01 / sqrt(3)) = 3.4641; two-sided p with 2 df = 0.0742
     result = replicate_test([0.01, 0.02, 0.03])
     assert result["t"] == pytest.approx(3.4641, abs=1e-4) and result["p"] == pytest.approx(0.0742, abs=1e-4)
-    assert replicate_test([0.0, 0.0, 0.0])["p"] == 1.0 and replicate_test([0.01] * 3)["p"] == 0.0
+    assert result["low"] == pytest.approx(0.02 - 4.3027 * 0.01 / 3 ** 0.5, abs=1e-4)  # t(0.975, 2) = 4.3027
+    assert replicate_test([0.01] * 3)["note"] == "no spread" and replicate_test([0.01] * 3)["p"] is None
     mean, low, high = bootstrap_interval([arm, arm], [base, base])
     assert mean == pytest.approx(2 / 6) and low <= mean <= high
     assert bootstrap_interval([base], [base]) == (0.0, 0.0, 0.0)
@@ -220,3 +221,34 @@ def test_class_rows_control_keeps_lf_trainable_layers_and_trains_only_its_rows(t
         moved = (after[key] != before[key]).any(-1).nonzero().flatten().tolist()
         assert moved == [5, 9], (key, moved)
     assert any((after[n] != before[n]).any() for n in layers)
+
+
+def test_inclusion_is_stored_only_when_every_vanilla_run_exists(tmp_path):
+    from bench.science import Experiment
+
+    exp = Experiment(tmp_path / "out")
+    exp.results["datasets"]["d"] = {"val_labels": ["a"] * 6 + ["b"] * 4, "truth": {"test": [0, 1]}}
+    exp.out.mkdir()
+    exp.add("runs", _run("vanilla", 1, 1, [1, 0], [1, 0], val=0.9))
+    exp.fix_inclusion(["d"], [1, 2], [1])
+    assert "d" not in exp.results["inclusion"]  # replicate 2 missing: nothing fixed yet
+    exp.add("runs", _run("vanilla", 2, 1, [1, 0], [1, 0], val=0.6))
+    exp.add("runs", _run("vanilla", 2, 1, [1, 0], [1, 0], val=0.62))  # a rerun replaces, never duplicates
+    assert len(exp.results["runs"]) == 2
+    exp.fix_inclusion(["d"], [1, 2], [1])
+    assert exp.results["inclusion"]["d"]["included"] is True and exp.results["inclusion"]["d"]["vanilla_runs"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data-dir", "x", "--name", "n", "--out", "o", "--datasets", "breast"], "--datasets / --focus"),
+    (["--data-dir", "x", "--name", "n"], "needs its own --out"),
+    (["--seeds", "1", "--ablation-seeds", "3"], "must be among --seeds"),
+    (["--replicates", "0"], "--replicates must be"),
+    (["--lr", "0"], "--lr must be > 0"),
+])
+def test_bad_arguments_are_refused_by_name(argv, message, capsys):
+    from bench.science import main
+
+    with pytest.raises(SystemExit):
+        main(["run", *argv])
+    assert message in capsys.readouterr().err
