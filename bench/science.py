@@ -71,15 +71,11 @@ PARTS = ("main", "ablation", "repro")
 SPLITS = ("train", "val", "test")
 FOCUS = "pneumonia"
 COST = {"pneumonia": 3, "retina": 2.5, "breast": 0.5}  # rough run time, biggest first
-THREADS = {"per_process": 1}  # always one thread per run: the reduction order, hence the result, never depends on
-# --workers (v1 ran one thread with --workers 2 but two threads with --workers 1: a rerun alone could not match)
-
-
 def _env(**extra: str) -> dict[str, str]:
+    # One thread per run, always: the reduction order, hence the result, never depends on --workers (v1 ran one
+    # thread with --workers 2 but two with --workers 1, so a run repeated alone could not match).
     env = dict(os.environ, HF_HUB_OFFLINE="1", DISABLE_VERSION_CHECK="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONHASHSEED="0", **extra)
-    if THREADS["per_process"]:
-        env["OMP_NUM_THREADS"] = str(THREADS["per_process"])
+               PYTHONHASHSEED="0", OMP_NUM_THREADS="1", **extra)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return env
@@ -89,6 +85,13 @@ def _write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(value, indent=1) + "\n")
     tmp.replace(path)
+
+
+def _info_entry(dataset: str, images: bool) -> dict:
+    """A sharegpt entry of ``dataset_info.json`` (``images``: the rows carry an image column)."""
+    return {"file_name": f"{dataset}.json", "formatting": "sharegpt",
+            "columns": {"messages": "messages", **({"images": "images"} if images else {})},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
 
 
 def _process(cmd: list[str], log: Path, **env: str) -> None:
@@ -155,6 +158,7 @@ class Imported:
     keyword_class: dict[str, int]
     rows: dict[str, dict[str, list[dict]]]  # form -> split -> rows
     resize: list[tuple[Path, Path]]  # (image, its 112² copy under the experiment's data folder)
+    vocab: dict[str, str]  # attribute token -> keyword
 
 
 def read_dataset(source: Path, name: str) -> Imported:
@@ -175,6 +179,7 @@ def read_dataset(source: Path, name: str) -> Imported:
     keyword_of = vocab.as_dict()
     rows: dict[str, dict[str, list[dict]]] = {"attok": {}, "vanilla": {}}
     resize: list[tuple[Path, Path]] = []
+    tokens: dict[str, list[str]] = {}  # split -> each row's attribute token
     for split in SPLITS:
         path = source / f"{name}_open_{split}.json"
         try:
@@ -183,7 +188,7 @@ def read_dataset(source: Path, name: str) -> Imported:
             raise SystemExit(f"{path}: not a JSON list of samples ({error})") from error
         if not isinstance(loaded, list) or not loaded:
             raise SystemExit(f"{path}: needs a non-empty JSON list of samples")
-        rows["attok"][split], rows["vanilla"][split] = [], []
+        rows["attok"][split], rows["vanilla"][split], tokens[split] = [], [], []
         for i, row in enumerate(loaded):
             where = f"{path}: sample {i}"
             try:
@@ -209,6 +214,7 @@ def read_dataset(source: Path, name: str) -> Imported:
             if token is None:
                 raise SystemExit(f"{where}: the answer {answer!r} starts with no token of {name}_vocab.yaml")
             text = strip_attribute_token(answer, token, where)
+            tokens[split].append(token)
             attok_row = {**row, "images": [str(image)]}
             rows["attok"][split].append(attok_row)
             rows["vanilla"][split].append({**attok_row, "messages": [row["messages"][0], {
@@ -220,11 +226,10 @@ def read_dataset(source: Path, name: str) -> Imported:
         if labels != set(classes):  # the vanilla likelihood scorer ranks the classes seen in the split it scores
             raise SystemExit(f"{source / f'{name}_open_{split}.json'}: classes {sorted(labels)} differ from the "
                              f"training split's {classes}; every split needs every class")
-        for row in rows["attok"][split]:
-            token = next(t for t in vocab.tokens if row["messages"][1]["content"].startswith(t))
+        for row, token in zip(rows["attok"][split], tokens[split], strict=True):
             if keyword_class.setdefault(keyword_of[token], classes.index(row["label"])) != classes.index(row["label"]):
                 raise SystemExit(f"{source / f'{name}_open_{split}.json'}: token {token} is used for two labels")
-    return Imported(source, name, classes, keyword_class, rows, resize)
+    return Imported(source, name, classes, keyword_class, rows, resize, keyword_of)
 
 
 def write_dataset(imported: Imported, data: Path) -> Dataset:
@@ -246,10 +251,7 @@ def write_dataset(imported: Imported, data: Path) -> Dataset:
                                       else str(data / f"{name}_{r['images'][0]}")]} for r in rows]
             dataset = f"{name}_{form}_{split}"
             _write_json(data / f"{dataset}.json", fixed)
-            info[dataset] = {"file_name": f"{dataset}.json", "formatting": "sharegpt",
-                             "columns": {"messages": "messages", "images": "images"},
-                             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                      "assistant_tag": "assistant"}}
+            info[dataset] = _info_entry(dataset, images=True)
     _write_json(info_path, info)
     shutil.copyfile(imported.source / f"{name}_vocab.yaml", data / f"{name}_vocab.yaml")
     classes, rows = imported.classes, imported.rows["attok"]
@@ -317,11 +319,8 @@ def check_out(out: Path, overwrite: bool, data_dir: Path | None) -> None:
 def _fingerprint(imported: Imported) -> str:
     """SHA-256 of what the runs see: per split and sample its messages, label and image bytes, and the vocabulary's
     tokens and keywords (not where the files lie: a clone elsewhere resumes the same experiment)."""
-    from llamafactory_attok.vocab import load_vocab
-
     digest = hashlib.sha256()
-    vocab = load_vocab(imported.source / f"{imported.name}_vocab.yaml")
-    digest.update(json.dumps(vocab.as_dict(), sort_keys=True).encode())
+    digest.update(json.dumps(imported.vocab, sort_keys=True).encode())
     resized = {str(copy): image for image, copy in imported.resize}
     for split in SPLITS:
         for row in imported.rows["attok"][split]:
@@ -381,6 +380,8 @@ class Experiment:
         self.save()
 
     def check_resume(self, name: str, fingerprint: str, recipe: dict) -> None:
+        """Resuming refuses a dataset whose data or recipe changed (saved predictions would no longer line up with
+        its images, or runs of two recipes would be pooled)."""
         saved = self.results["datasets"].get(name)
         if saved is None:
             return
@@ -391,18 +392,12 @@ class Experiment:
                              f"recipe {saved.get('recipe')}); resume with the same, or use a new --out")
 
     def add_dataset(self, ds: Dataset, fingerprint: str) -> None:
-        """Record ``ds``; resuming refuses a dataset whose files or recipe changed (saved predictions would no longer
-        line up with its images, or runs of two recipes would be pooled)."""
-        saved = self.results["datasets"].get(ds.name)
-        entry = {"classes": ds.classes, "truth": ds.truth, "recipe": ds.recipe, "val_labels": ds.val_labels,
-                 "sha256": fingerprint}
-        changed = [k for k in entry if saved is not None and k in saved and saved[k] != entry[k]]
-        if changed:
-            raise SystemExit(f"{self.path}: dataset {ds.name!r} was run with other {', '.join(changed)}; resume with "
-                             "the same data and --lr / --epochs, or use a new --out")
+        """Record ``ds`` (after :meth:`check_resume`: its classes, truth and val labels follow from the data that
+        the fingerprint covers)."""
         self.datasets[ds.name] = ds
         with self.lock:
-            self.results["datasets"][ds.name] = entry
+            self.results["datasets"][ds.name] = {"classes": ds.classes, "truth": ds.truth, "recipe": ds.recipe,
+                                                 "val_labels": ds.val_labels, "sha256": fingerprint}
         self.save()
 
     # -- preparation: base model, tower, warm start (per replicate) --
@@ -430,19 +425,15 @@ class Experiment:
         with self.lock:
             _write_json(ds.data / f"{name}.json", rows)
             info = json.loads((ds.data / "dataset_info.json").read_text())
-            info[name] = {"file_name": f"{name}.json", "formatting": "sharegpt", "columns": {"messages": "messages"},
-                          "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                                   "assistant_tag": "assistant"}}
+            info[name] = _info_entry(name, images=False)
             _write_json(ds.data / "dataset_info.json", info)
+        from bench.science_run import lf_common
+
         warm = root / "warm"
-        args = {"model_name_or_path": str(root / "tower"), "stage": "sft", "dataset_dir": str(ds.data),
-                "template": "qwen2_vl", "cutoff_len": 256, "overwrite_cache": True, "preprocessing_num_workers": 1,
-                "dataloader_num_workers": 0, "output_dir": str(warm), "overwrite_output_dir": True,
-                "seed": replicate, "data_seed": replicate, "report_to": "none", "plot_loss": False, "bf16": False,
-                "do_train": True, "finetuning_type": "full", "freeze_vision_tower": True,
-                "freeze_multi_modal_projector": True, "dataset": name, "per_device_train_batch_size": 8,
-                "learning_rate": 2e-3, "num_train_epochs": 1, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
-                "logging_steps": 5, "save_strategy": "no", "disable_tqdm": True}
+        args = {**lf_common(str(ds.data), str(root / "tower"), warm, replicate), "do_train": True,
+                "finetuning_type": "full", "freeze_vision_tower": True, "freeze_multi_modal_projector": True,
+                "dataset": name, "per_device_train_batch_size": 8, "learning_rate": 2e-3, "num_train_epochs": 1,
+                "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "logging_steps": 5, "save_strategy": "no"}
         import yaml
 
         (root / "warm.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
@@ -522,12 +513,10 @@ class Experiment:
         if not repro:
             self.add("runs", entry)
             return
-        same = {scorer: first[scorer]["test"]["predicted"] == entry[scorer]["test"]["predicted"]
-                for scorer in ("one_forward", "generative")}
         differing = {scorer: sum(a != b for a, b in zip(first[scorer]["test"]["predicted"],
                                                         entry[scorer]["test"]["predicted"], strict=True))
                      for scorer in ("one_forward", "generative")}
-        self.add("repro", {**key, "identical": all(same.values()), "differing_images": differing,
+        self.add("repro", {**key, "identical": not any(differing.values()), "differing_images": differing,
                            "train_seconds": entry["train_seconds"]})
 
 

@@ -12,6 +12,7 @@ from bench.science_stats import INCLUSION_RULE, bootstrap_interval, included, mc
 COMPARISONS = (("attok", "vanilla"), ("attok", "class_rows"), ("class_rows", "vanilla"), ("tokens", "vanilla"),
                ("+ACC", "vanilla"), ("+ACM", "vanilla"), ("attok", "tokens"))
 SCORERS = (("one_forward", "one forward"), ("generative", "generative"))
+COMPARISON_ORDER = ("vanilla", "class_rows", "tokens", "+ACC", "+ACM", "attok")  # arm rows of a dataset's table
 
 
 def _ms(values: list[float]) -> str:
@@ -196,6 +197,3 @@ def report(results: dict) -> str:
         lines.append(f"Wall time of a `run` with parts {', '.join(wall['parts'])}: {wall['seconds'] / 60:.1f} min "
                      f"({wall['workers']} workers).")
     return "\n".join(lines) + "\n"
-
-
-COMPARISON_ORDER = ("vanilla", "class_rows", "tokens", "+ACC", "+ACM", "attok")

@@ -65,12 +65,12 @@ class ClassRowsCallback(TrainerCallback):
             setattr(parent, name.rpartition(".")[2], module.get_base_layer())
 
 
-def _lf_common(job: dict, model: str, out: Path) -> dict:
-    return {"model_name_or_path": model, "stage": "sft", "dataset_dir": job["data_dir"], "template": "qwen2_vl",
+def lf_common(data_dir: str, model: str, out: Path, seed: int) -> dict:
+    """The LF arguments every LF call of the experiment shares (warm start, arm training, generation)."""
+    return {"model_name_or_path": model, "stage": "sft", "dataset_dir": data_dir, "template": "qwen2_vl",
             "cutoff_len": 256, "overwrite_cache": True, "preprocessing_num_workers": 1,
-            "dataloader_num_workers": 0, "output_dir": str(out), "overwrite_output_dir": True, "seed": job["seed"],
-            "data_seed": job["seed"], "report_to": "none", "plot_loss": False, "bf16": False,
-            "disable_tqdm": True}
+            "dataloader_num_workers": 0, "output_dir": str(out), "overwrite_output_dir": True, "seed": seed,
+            "data_seed": seed, "report_to": "none", "plot_loss": False, "bf16": False, "disable_tqdm": True}
 
 
 def train(job: dict, out: Path) -> float:
@@ -79,9 +79,9 @@ def train(job: dict, out: Path) -> float:
 
     attok = job["attok"]
     layers = json.loads((Path(job["model"]) / "config.json").read_text())["text_config"]["num_hidden_layers"]
-    args = {**_lf_common(job, job["model"], out), "do_train": True, "finetuning_type": "freeze",
-            "freeze_trainable_layers": layers, "freeze_trainable_modules": "all", "freeze_vision_tower": True,
-            "freeze_multi_modal_projector": True, "dataset": job["datasets"]["train"],
+    args = {**lf_common(job["data_dir"], job["model"], out, job["seed"]), "do_train": True,
+            "finetuning_type": "freeze", "freeze_trainable_layers": layers, "freeze_trainable_modules": "all",
+            "freeze_vision_tower": True, "freeze_multi_modal_projector": True, "dataset": job["datasets"]["train"],
             "per_device_train_batch_size": job["batch"], "learning_rate": job["lr"], "weight_decay": 1e-4,
             "num_train_epochs": job["epochs"], "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
             "logging_steps": 5, "save_strategy": "no"}
@@ -123,9 +123,9 @@ def generative(job: dict, run: Path) -> dict:
     from llamafactory_attok.eval.normalize import parse_class
 
     out = run / "generate"
-    args = {**_lf_common(job, str(run / "model"), out), "do_predict": True, "predict_with_generate": True,
-            "finetuning_type": "full", "eval_dataset": job["datasets"]["test"], "max_new_tokens": 16,
-            "do_sample": False, "per_device_eval_batch_size": 32, "skip_special_tokens": False,
+    args = {**lf_common(job["data_dir"], str(run / "model"), out, job["seed"]), "do_predict": True,
+            "predict_with_generate": True, "finetuning_type": "full", "eval_dataset": job["datasets"]["test"],
+            "max_new_tokens": 16, "do_sample": False, "per_device_eval_batch_size": 32, "skip_special_tokens": False,
             "attok_training_positions": True}  # both arms decode with the training positions (issue 21)
     run_exp(args)
     names = [[c] for c in job["classes"]]

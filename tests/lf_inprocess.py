@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -149,6 +150,8 @@ def disabled_adapter_loads(model: str, adapter: str) -> dict:
 # the lock (seen: 6.5 min). Every torchrun launch of the tests (and `make setup`'s prebuild) uses this folder of the
 # checkout's own: one build per checkout.
 TORCH_EXTENSIONS = Path(__file__).resolve().parent.parent / ".pytest_cache" / "torch_extensions"
+# what LF's torchrun relaunch runs; found without importing LF
+LF_LAUNCHER = Path(importlib.util.find_spec("llamafactory").origin).parent / "launcher.py"
 
 # Micro-batches of 2 on 2 ranks, in sampler order (LF's ``disable_shuffling: true``; accelerate hands batch i to rank
 # i % 2); each step's pair is (rank 0, rank 1). A: attribute tokens and an image; V: an image, no attribute token

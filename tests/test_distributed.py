@@ -37,13 +37,12 @@ def train_on_two_ranks(tmp, args, through_lf_cli: bool = True):
                          TORCH_EXTENSIONS_DIR=str(TORCH_EXTENSIONS))
     import subprocess
 
-    import llamafactory
     from conftest import VENV_BIN, cli_env, free_port, write_yaml
+    from lf_inprocess import LF_LAUNCHER
 
     config = write_yaml(tmp / f"{Path(args['output_dir']).name}.yaml", args)
-    launcher = Path(llamafactory.__file__).parent / "launcher.py"
     cmd = [str(VENV_BIN / "torchrun"), "--nnodes", "1", "--node_rank", "0", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(launcher), str(config)]
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(LF_LAUNCHER), str(config)]
     return subprocess.run(cmd, cwd=tmp, env=cli_env(TORCH_EXTENSIONS_DIR=str(TORCH_EXTENSIONS)),
                           capture_output=True, text=True, timeout=600)
 

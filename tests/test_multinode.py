@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, VENV_BIN, base_args, cli_env, free_port, trainer_log, write_yaml
-from lf_inprocess import TORCH_EXTENSIONS, add_mixed_batches_dataset, effective_rows, row_hashes
+from lf_inprocess import LF_LAUNCHER, TORCH_EXTENSIONS, add_mixed_batches_dataset, effective_rows, row_hashes
 from safetensors.torch import load_file
 
 from llamafactory_attok.attach import module_of
@@ -33,7 +33,6 @@ from llamafactory_attok.eval.attribute_classifier import load_model_for_inferenc
 pytestmark = pytest.mark.slow
 
 ATTOK_FILES = ("attok_state.safetensors", "attok_config.json", "attok_vocab.yaml")
-LF_LAUNCHER = Path(__import__("llamafactory").__file__).parent / "launcher.py"
 SITECUSTOMIZE = '''
 import os
 
