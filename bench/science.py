@@ -238,6 +238,9 @@ def write_dataset(imported: Imported, data: Path) -> Dataset:
 
     name = imported.name
     data.mkdir(parents=True, exist_ok=True)
+    if imported.resize:  # said, not done silently: the runs see these copies, not the user's images
+        print(f"{name}: {len(imported.resize)} images are not {IMAGE_SIZE}² and are resized (bicubic) into "
+              f"{data / f'{name}_images'}", flush=True)
     for image, copy in imported.resize:
         target = data / f"{name}_{copy}"
         target.parent.mkdir(parents=True, exist_ok=True)
