@@ -73,6 +73,10 @@ REFUSED: tuple[Rule, ...] = (
     Rule("data", "packing", _on, _PACKING),
     Rule("finetuning", "use_mca", _on,
          "MCore-Adapter replaces the transformers model and trainer that AttTok hooks into"),
+    Rule("finetuning", "use_megatron_bridge", _on,  # LF main (0.9.6.dev0): also refused at its own parser
+         "Megatron Bridge replaces the transformers model and trainer that AttTok hooks into"),
+    Rule("finetuning", "use_hyper_parallel", _on,
+         "HyperParallel trains with its own SFT loop (train/hyper_parallel), bypassing the trainer AttTok hooks into"),
     Rule("finetuning", "use_asft_loss", _on,
          "its compute_loss returns a bare loss from a reference-model objective; AttTok adds λ·ACM to the NTP loss "
          "and needs the model outputs"),

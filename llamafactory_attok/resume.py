@@ -74,12 +74,12 @@ def saved_conversions(model: nn.Module) -> list:
     """The weight transforms ``save_pretrained`` reverted when it wrote this model (same choice as
     ``core_model_loading.revert_weight_conversion``): those ``from_pretrained`` used, else the registered ones."""
     from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import PrefixChange
+
+    from .transformers_compat import without_prefix_changes
 
     conversions = getattr(model, "_weight_conversions", None)
     if conversions is None:
-        conversions = get_model_conversion_mapping(model, add_legacy=False)
-        conversions = [c for c in conversions if not isinstance(c, PrefixChange)]
+        conversions = without_prefix_changes(get_model_conversion_mapping(model, add_legacy=False))
     return copy.deepcopy(list(conversions))  # renaming marks transforms as used: keep the model's own untouched
 
 

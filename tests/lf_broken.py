@@ -5,7 +5,7 @@ Usage: python lf_broken.py MODE VANILLA.yaml ATTOK.yaml
   raise-loader    the loader patcher raises (a patcher bug)
   drop-symbol     LF's parser module loses `_parse_train_mca_args` before the plugin patches it (an LF release
                   that renamed it; LF's own train path does not use it, so vanilla LF still works)
-  fake-version    LF reports version 0.9.6: nothing private may be touched
+  fake-version    LF reports version 0.9.99 (untested): nothing private may be touched
 
 Between the two runs it writes MARKER to stdout and stderr, then one line on stdout: MARKER plus a JSON object that
 says what the plugin touched (``private``: LF's parser, loader and adapter as patched or not). The AttTok attempt's
@@ -18,6 +18,7 @@ import sys
 from llamafactory_attok import _boot, lf_patches
 
 MARKER = "==== lf_broken: AttTok attempt ===="
+FAKE_VERSION = "0.9.99"
 
 
 class _DropSymbol:
@@ -82,7 +83,7 @@ def main() -> None:
     elif mode == "fake-version":
         import llamafactory.extras.env as env
 
-        env.VERSION = "0.9.6"
+        env.VERSION = FAKE_VERSION
     else:
         raise SystemExit(f"unknown mode {mode}")
     _train(vanilla)

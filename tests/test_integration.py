@@ -15,7 +15,7 @@ from llamafactory_attok.errors import AttTokError
 from llamafactory_attok.lf_patches import parser as lf_parser
 from llamafactory_attok.lf_patches import workflow as lf_workflow
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 # An ATTOK_DISABLE=1 interpreter: says whether LF's parser is wrapped, then runs `llamafactory-cli train CONFIG`.
 _DISABLED_TRAIN = """
@@ -135,10 +135,14 @@ def test_attribute_token_missing_from_vocabulary_names_the_sample(tiny_models, s
                      r"but not in the attribute vocabulary", str(error.value))
 
 
-def test_unsupported_lf_version_refuses_attok_only():
+def test_unsupported_lf_version_refuses_attok_only(monkeypatch):
+    from llamafactory_attok.lf_patches import stack
+
+    monkeypatch.setattr(stack, "lf_version", lambda: "0.9.99")
     read_args = lf_parser.guarded_read_args(lambda args: args, lf_patches.unsupported_version_reason)
     assert read_args({"stage": "sft"}) == {"stage": "sft"}
-    with pytest.raises(AttTokError, match="AttTok keys attok, attok_tau cannot be honoured: .*built for LLaMA-Fac"):
+    with pytest.raises(AttTokError, match="AttTok keys attok, attok_tau cannot be honoured: .*tested on LLaMA-Factory "
+                                          ".*found LLaMA-Factory 0.9.99"):
         read_args({"stage": "sft", "attok": True, "attok_tau": 2})
 
 

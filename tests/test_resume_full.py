@@ -15,7 +15,7 @@ from conftest import base_args, log_history
 from lf_inprocess import run_sft
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 
 def _args(model, data, out, finetuning_type, **overrides):

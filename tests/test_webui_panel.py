@@ -124,21 +124,24 @@ def test_loss_plot_shows_the_attok_curves():
     assert [line.get_label() for line in vanilla.axes[0].lines] == ["original", "smoothed"]
 
 
-def test_chat_checkbox_becomes_attok_show_tokens(engine, monkeypatch):
-    from llamafactory.webui.chatter import WebChatModel
+def test_chat_checkbox_becomes_attok_show_tokens(engine):
+    """LF's load_model is a generator (status lines for Gradio to stream): the wrapper stays one and passes them on."""
+    import inspect
 
     seen = {}
-    original = WebChatModel.load_model.__wrapped__
-    monkeypatch.setattr(WebChatModel.load_model, "__wrapped__", original)
 
-    def fake(self, data):
+    def fake(self, data):  # a generator, as LF's WebChatModel.load_model
         seen["extra"] = data[engine.manager.get_elem_by_id("infer.extra_args")]
-        return iter(())
+        yield "Loading model..."
+        yield "Model loaded, now you can chat with your model!"
 
     from llamafactory_attok.lf_patches import webui
 
     wrapped = webui.wrap_chat_load(fake)
-    wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": True, "infer.extra_args": '{"a": 1}'}))
+    assert inspect.isgeneratorfunction(wrapped)
+    shown = list(wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": True,
+                                                          "infer.extra_args": '{"a": 1}'})))
+    assert shown == ["Loading model...", "Model loaded, now you can chat with your model!"]
     assert json.loads(seen["extra"]) == {"a": 1, "attok_show_tokens": True}
-    wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": False, "infer.extra_args": '{"a": 1}'}))
+    list(wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": False, "infer.extra_args": '{"a": 1}'})))
     assert json.loads(seen["extra"]) == {"a": 1}

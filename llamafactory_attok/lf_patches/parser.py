@@ -14,7 +14,18 @@ from ..errors import AttTokError
 from ..filenames import CONFIG_FILE_NAME
 from ..run_guards import refuse_output_over_inputs
 from ..state import find_saved, find_saved_quietly
-from . import ADAPTER, LOADER, WORKFLOW, cannot_run_message, unpatched, unsupported_version_reason, version_supported
+from . import (
+    ADAPTER,
+    ALLOW_UNTESTED_ENV,
+    LOADER,
+    WORKFLOW,
+    cannot_run_message,
+    missing_private_calls,
+    refusal_reason,
+    stack_allowed,
+    unpatched,
+    untested,
+)
 
 # attok_* keys that mean something without `attok: true`
 VANILLA_KEYS = ("attok", "attok_show_tokens", "attok_training_positions")
@@ -38,6 +49,17 @@ def _require_patched(training: bool) -> None:
     missing = unpatched([LOADER, ADAPTER, WORKFLOW] if training else [LOADER])
     if missing:
         raise AttTokError(cannot_run_message(missing))
+
+
+def _require_stack() -> None:
+    """A tested LF / transformers stack, or an untested one the user opted into whose private calls all resolve."""
+    if not stack_allowed():
+        raise AttTokError(refusal_reason())
+    if untested():
+        missing = missing_private_calls()
+        if missing:
+            raise AttTokError(f"{ALLOW_UNTESTED_ENV} is set, but AttTok cannot run on {', '.join(untested())}: "
+                              f"{len(missing)} private symbol(s) it calls are missing: {'; '.join(missing)}.")
 
 
 def _check_lf_args(by_name: dict[str, Any]) -> None:
@@ -176,8 +198,7 @@ def build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
         _refuse_orphan_settings(ours, training_args)
         _refuse_adapter_without_attok_files(model_args)
         return None
-    if not version_supported():
-        raise AttTokError(unsupported_version_reason())
+    _require_stack()
     _require_patched(training and attok.attok)
     if attok.attok:
         if not attok.attok_training_positions:
@@ -273,19 +294,27 @@ def guard_read_args(module, why_later) -> None:
     module.read_args = guarded_read_args(read_args, why_later)
 
 
-def _refuse_mca(original, read_args):
-    """``USE_MCA=1`` parses through MCore-Adapter's argument classes: AttTok cannot run there."""
+MCA_REASON = "USE_MCA / use_mca replaces the model and trainer AttTok hooks into"
+MBRIDGE_REASON = ("USE_MEGATRON_BRIDGE / use_megatron_bridge trains through Megatron Bridge, bypassing the model and "
+                  "trainer AttTok hooks into")
+
+
+def _refuse_path(original, read_args, reason: str):
+    """A training path that parses through its own argument classes and never reaches the patched trainer
+    (``USE_MCA=1``; LF main's ``USE_MEGATRON_BRIDGE=1``): AttTok keys and folders are refused there."""
 
     @functools.wraps(original)
     def parse(args=None):
-        refuse_attok(read_args(args), "USE_MCA / use_mca replaces the model and trainer AttTok hooks into")
+        refuse_attok(read_args(args), reason)
         return original(args)
 
     return parse
 
 
-def patch(module, read_args, parse_train, parse_infer, parse_eval, parse_train_mca) -> None:
+def patch(module, read_args, parse_train, parse_infer, parse_eval, parse_train_mca, parse_train_mbridge) -> None:
     module._parse_train_args = _wrap_parse(parse_train, read_args)
     module._parse_infer_args = _wrap_parse(parse_infer, read_args)
     module._parse_eval_args = _wrap_parse(parse_eval, read_args)
-    module._parse_train_mca_args = _refuse_mca(parse_train_mca, read_args)
+    module._parse_train_mca_args = _refuse_path(parse_train_mca, read_args, MCA_REASON)
+    if parse_train_mbridge is not None:  # LF main (0.9.6.dev0) only
+        module._parse_train_mbridge_args = _refuse_path(parse_train_mbridge, read_args, MBRIDGE_REASON)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import sys
 from typing import Any
 
@@ -207,24 +208,41 @@ def patch_control(module, gen_loss_plot) -> None:
     module.gen_loss_plot = _wrap_loss_plot(gen_loss_plot)
 
 
+def _with_show_tokens(chat, data: dict) -> dict:
+    """The event data with ``attok_show_tokens: true`` merged into the Extra-arguments JSON when the box is ticked."""
+    import json
+
+    if not _panel_values(chat, data, "infer", ("attok_show_tokens",)).get("attok_show_tokens"):
+        return data
+    extra_elem = chat.manager.get_elem_by_id("infer.extra_args")
+    try:
+        extra = json.loads(data[extra_elem] or "{}")
+    except json.JSONDecodeError:
+        return data  # LF reports its own invalid-JSON error
+    if not isinstance(extra, dict):
+        return data
+    return {**data, extra_elem: json.dumps({**extra, "attok_show_tokens": True})}
+
+
 def wrap_chat_load(original):
-    """The Chat tab's "show attribute tokens" box becomes ``attok_show_tokens`` in the model's extra arguments."""
+    """The Chat tab's "show attribute tokens" box becomes ``attok_show_tokens`` in the model's extra arguments.
+
+    LF's ``WebChatModel.load_model`` is a generator (it yields status messages); Gradio streams an event only when
+    ``inspect.isgeneratorfunction(fn)``, so the wrapper is a generator wherever the original is one.
+    """
+    if inspect.isgeneratorfunction(original):
+
+        @functools.wraps(original)
+        def load_model(self, data):
+            yield from original(self, _with_show_tokens(self, data))
+
+        return load_model
 
     @functools.wraps(original)
-    def load_model(self, data):
-        import json
+    def load_model_plain(self, data):
+        return original(self, _with_show_tokens(self, data))
 
-        if _panel_values(self, data, "infer", ("attok_show_tokens",)).get("attok_show_tokens"):
-            extra_elem = self.manager.get_elem_by_id("infer.extra_args")
-            try:
-                extra = json.loads(data[extra_elem] or "{}")
-            except json.JSONDecodeError:
-                extra = None  # LF reports its own invalid-JSON error
-            if isinstance(extra, dict):
-                data = {**data, extra_elem: json.dumps({**extra, "attok_show_tokens": True})}
-        return original(self, data)
-
-    return load_model
+    return load_model_plain
 
 
 def patch_chatter(module, load_model) -> None:
