@@ -99,12 +99,12 @@ def _add_data_commands(sub) -> None:
 
 
 def _predict(ns: argparse.Namespace) -> None:
-    from .eval.predict import run_predict
+    from .eval.predict import run_predict, summary_lines
 
     metrics = run_predict(ns.model, ns.dataset, ns.out, adapter=ns.adapter, vocab_path=ns.vocab,
                           val_dataset=ns.val_dataset, mode=ns.mode, top_k=ns.top_k, device=ns.device,
                           batch_size=ns.batch_size, template=ns.template, overwrite=ns.overwrite)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2) if ns.json else "\n".join(summary_lines(metrics, ns.out)))
 
 
 def _eval_classify(ns: argparse.Namespace) -> None:
@@ -204,6 +204,8 @@ def _add_eval_commands(sub) -> None:
     _add_model_and_data_args(pred)
     pred.add_argument("--out", required=True, help="JSONL; metrics go to <out>.metrics.json")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    pred.add_argument("--json", action="store_true",
+                      help="print the metrics as JSON (as in <out>.metrics.json) instead of the summary")
     pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
     pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute",
                       help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla)")

@@ -332,3 +332,21 @@ def test_eval_outputs_honour_the_umask(tmp_path):
     for path in (out, out.with_suffix(".confusion.png")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     assert out.with_suffix(".confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_prints_a_short_summary_not_json(tmp_path):
+    """`attok predict` prints accuracy, macro-F1, balanced accuracy, the majority baseline, per-class support /
+    precision / recall / F1 and the files it wrote; the JSON stays in the metrics file (or behind --json)."""
+    from llamafactory_attok.eval.predict import per_class_metrics, summary_lines
+
+    truth, predicted = [0, 0, 0, 1], [0, 0, 1, 1]
+    metrics = {"mode": "attribute", "template": "qwen2_vl", "samples": 4, "skipped": 0, "temperature": 1.0,
+               "accuracy": 0.75, "macro_f1": 0.733, "balanced_accuracy": 0.833, "retrieval_accuracy": 0.5,
+               "per_class": per_class_metrics(truth, predicted, ["no DR", "mild DR"])}
+    text = "\n".join(summary_lines(metrics, tmp_path / "runs" / "x.jsonl"))
+    assert "accuracy 0.7500   macro-F1 0.7330   balanced accuracy 0.8330" in text
+    assert "always answering 'no DR': accuracy 0.7500, balanced 0.5000" in text
+    assert "retrieval accuracy 0.5000 (the attribute token whose output-head row is nearest" in text
+    assert "no DR          3      1.000   0.667  0.800" in text
+    assert f"wrote {tmp_path / 'runs' / 'x.jsonl'} (one row per image), {tmp_path / 'runs' / 'x.metrics.json'}" in text
+    assert "{" not in text and len(text.splitlines()) <= 10

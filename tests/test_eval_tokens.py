@@ -6,7 +6,12 @@ import json
 import pytest
 
 from llamafactory_attok.errors import AttTokError
-from llamafactory_attok.eval.classification import TOKEN_UNAVAILABLE, score_generated, token_map
+from llamafactory_attok.eval.classification import (
+    NO_SPECIAL_AT_ALL,
+    TOKEN_UNAVAILABLE,
+    score_generated,
+    token_map,
+)
 from llamafactory_attok.eval.normalize import class_tokens, parse_token
 from llamafactory_attok.vocab import AttributeVocab
 
@@ -99,10 +104,11 @@ def test_predictions_without_any_attribute_token_say_so(tmp_path, capsys):
     dataset, rows = _dataset(tmp_path, ["no DR", "mild DR"])
     predictions = _predictions(tmp_path, rows, ["no DR", "junk"])
     scores = score_generated(predictions, dataset)
-    assert scores.token_scoring == TOKEN_UNAVAILABLE and "skip_special_tokens" in TOKEN_UNAVAILABLE
+    assert scores.token_scoring == f"{TOKEN_UNAVAILABLE}: {NO_SPECIAL_AT_ALL}"
     assert scores.by_token is None and scores.agreement is None and scores.accuracy == 0.5
-    assert "token scoring unavailable: predictions carry no attribute tokens — was skip_special_tokens true?" \
-        in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert ("token scoring unavailable: predictions carry no attribute tokens: no <|…|> token appears in any "
+            "prediction: either do_predict removed special tokens (skip_special_tokens: true") in err
     out = tmp_path / "scores.json"
     assert main(["eval", "classify", "--predictions", str(predictions), "--dataset", str(dataset), "--out",
                  str(out)]) == 0
@@ -173,3 +179,14 @@ def test_prediction_line_that_is_not_an_object(tmp_path):
     predictions.write_text('["no DR"]\n')
     with pytest.raises(AttTokError, match=r"line 1: .*; got a JSON list, not an object"):
         score_generated(predictions, dataset)
+
+
+def test_a_model_that_wrote_no_attribute_token_is_not_blamed_on_skip_special_tokens(tmp_path):
+    """Predictions that keep <|im_end|> were made with skip_special_tokens: false: the hint says the model wrote no
+    attribute token (what was seen), not "was skip_special_tokens true?"."""
+    dataset, rows = _dataset(tmp_path, ["no DR", "mild DR"])
+    predictions = _predictions(tmp_path, rows, ["no DR<|im_end|>", "junk<|im_end|>"])
+    scores = score_generated(predictions, dataset)
+    assert scores.token_scoring == (f"{TOKEN_UNAVAILABLE}: they keep other special tokens (<|im_end|>), so special "
+                                    "tokens were not skipped: the model wrote no attribute token")
+    assert "skip_special_tokens: true" not in scores.token_scoring

@@ -56,3 +56,14 @@ def test_gpu_smoke_skips_cleanly_without_a_local_model(tmp_path):
     result = subprocess.run(["bash", str(REPO / "bench" / "gpu_smoke.sh")], env=env, capture_output=True, text=True)
     assert_ok(result)
     assert result.stdout.startswith("SKIP: no local 7B-class model")
+
+
+def test_one_gpu_recipe_is_the_paper_recipe_without_deepspeed():
+    two = yaml.safe_load((REPO / "examples" / "attok_lora.yaml").read_text())
+    one = yaml.safe_load((REPO / "examples" / "attok_lora_1gpu.yaml").read_text())
+    assert "deepspeed" in two and "deepspeed" not in one
+    differing = {k for k in set(two) | set(one) if two.get(k) != one.get(k)}
+    assert differing == {"deepspeed", "gradient_accumulation_steps", "output_dir"}
+    # the same effective batch (32) on 1 GPU as on 2
+    assert one["per_device_train_batch_size"] * one["gradient_accumulation_steps"] == 32
+    assert 2 * two["per_device_train_batch_size"] * two["gradient_accumulation_steps"] == 32

@@ -29,13 +29,13 @@ def test_readme_own_data_commands_run_verbatim(tiny_models, tmp_path):
         rows.append(f"imgs/{i:04d}.png,{label}")
     (tmp_path / "my_labels.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "examples").symlink_to(REPO / "examples")
-    overrides = ("deepspeed=null bf16=false max_steps=3 cutoff_len=256 preprocessing_num_workers=1 "
+    overrides = ("bf16=false max_samples=200 max_steps=3 cutoff_len=256 preprocessing_num_workers=1 "
                  "dataloader_num_workers=0 per_device_train_batch_size=4 gradient_accumulation_steps=1 lora_rank=8 "
                  "logging_steps=1 save_steps=1000")
     env = cli_env(MODEL=str(tiny_models["qwen2_vl"]), TRAIN_OVERRIDES=overrides)
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", _readme_block()], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-6000:]
-    assert (tmp_path / "data" / "mycxr_classes.yaml").is_file()
+    assert (tmp_path / "mydata" / "mycxr_classes.yaml").is_file()
     report = (tmp_path / "runs" / "report.md").read_text()
     assert "Per-class F1" in report and "| normal | pneumonia |" in report

@@ -41,6 +41,9 @@ def webui(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("webui")
     port = _free_port()
     env = cli_env(GRADIO_ANALYTICS_ENABLED="False", GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    # started as a user who never activated the venv: `.venv/bin/llamafactory-cli webui` with the venv off PATH
+    # (LF spawns `llamafactory-cli train` by name; the plugin then points it at this environment's)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and Path(p).resolve() != VENV_BIN)
     server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "webui"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -213,3 +216,54 @@ def test_attok_panel_trains_saves_and_loads_without_json(webui, tiny_models, sam
     assert saved["attok_vocab"] == str(sample_data / "retina_vocab.yaml")
     written = (out / "training_args.yaml").read_text()
     assert "attok_acc_gamma: 0.2" in written and "attok: true" in written
+
+
+def _ask_in_the_chat_tab(browser, webui, model: Path, adapter: Path, image: Path, show_tokens: bool) -> str:
+    """Load ``model`` + ``adapter`` in LlamaBoard's Chat tab, ask one question about ``image``, return the answer."""
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    page.goto(webui, timeout=60_000)
+    page.wait_for_selector("text=Model path", timeout=60_000)
+    _choose(page, "Model name", "Qwen2-VL-2B-Instruct")  # a vision model name: the Chat tab shows its image box
+    page.get_by_role("textbox", name="Model path").fill(str(model))
+    _choose(page, "Chat template", "qwen2_vl")
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_role("textbox", name="Extra arguments").filter(visible=True).first.fill(
+        json.dumps({"adapter_name_or_path": str(adapter)}))
+    if show_tokens:
+        page.get_by_label("Show attribute tokens").filter(visible=True).first.check()
+    page.get_by_role("button", name="Load model").click()
+    page.get_by_text("Model loaded, now you can chat with your model!").first.wait_for(timeout=120_000)
+    page.get_by_label("Temperature").filter(visible=True).first.fill("0.01")
+    page.get_by_label("Maximum new tokens").filter(visible=True).first.fill("8")
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    page.wait_for_timeout(1500)
+    page.get_by_placeholder("Input...").fill("Which imaging modality is this?")
+    page.get_by_role("button", name="Submit").click()
+    answer = page.locator("[data-testid='bot']").last
+    answer.wait_for(timeout=120_000)
+    page.wait_for_timeout(3000)  # the answer streams in
+    text = answer.inner_text()
+    page.screenshot(path=str(ARTIFACTS / f"webui_chat{'_tokens' if show_tokens else ''}.png"))
+    page.get_by_role("button", name="Unload model").click()  # one chat model per LlamaBoard server
+    page.get_by_text("Model unloaded.").first.wait_for(timeout=60_000)
+    page.close()
+    return text
+
+
+def test_chat_tab_loads_an_attok_model_and_answers_about_an_image(webui, tiny_models, modality_adapter, sample_data):
+    """The Chat tab (whose load_model is a generator LF streams) loads an AttTok adapter and answers a question
+    about an image; with *Show attribute tokens* the answer keeps its <|…|> attribute token, without it LF's
+    skip_special_tokens drops it."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    image = sorted((sample_data / "modality_images").glob("*.png"))[0]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        plain = _ask_in_the_chat_tab(browser, webui, tiny_models["qwen2_vl"], modality_adapter, image, False)
+        shown = _ask_in_the_chat_tab(browser, webui, tiny_models["qwen2_vl"], modality_adapter, image, True)
+        browser.close()
+    assert "<generator object" not in plain + shown
+    assert shown.strip() and "<|" in shown, shown
+    assert "<|" not in plain, plain

@@ -145,3 +145,25 @@ def test_chat_checkbox_becomes_attok_show_tokens(engine):
     assert json.loads(seen["extra"]) == {"a": 1, "attok_show_tokens": True}
     list(wrapped(engine.chatter, _data(engine, **{"infer.attok_show_tokens": False, "infer.extra_args": '{"a": 1}'})))
     assert json.loads(seen["extra"]) == {"a": 1}
+
+
+def test_llamaboard_finds_this_environments_launcher_when_the_venv_is_not_activated(tmp_path):
+    """`.venv/bin/llamafactory-cli webui` without the venv on PATH: training starts with this environment's
+    llamafactory-cli (LF spawns it by name); an existing one on PATH is left alone (vanilla LF unchanged)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from llamafactory_attok.lf_patches.webui import launcher_on_path
+
+    bindir = str(Path(sys.executable).parent)
+    environ = {"PATH": str(tmp_path)}  # a PATH without any llamafactory-cli
+    assert launcher_on_path(environ) == bindir
+    assert environ["PATH"] == f"{bindir}:{tmp_path}"
+    assert shutil.which("llamafactory-cli", path=environ["PATH"]) == str(Path(bindir) / "llamafactory-cli")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "llamafactory-cli").write_text("#!/bin/sh\n")
+    (other / "llamafactory-cli").chmod(0o755)
+    environ = {"PATH": str(other)}
+    assert launcher_on_path(environ) is None and environ["PATH"] == str(other)

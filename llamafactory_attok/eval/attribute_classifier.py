@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from ..data.images import IMAGE_ERRORS
 from ..data.lf_format import read_json
 from ..errors import AttTokError
 from ..lf_data import EncodedPrompt, PromptEncoder, attr_for_file, load_aligned
+from ..progress import progress
 from ..vocab import TOKEN_IN_TEXT
 
 
@@ -151,7 +151,8 @@ def encode_sample(encoder: PromptEncoder, sample: Sample, stop_ids: set[int] | N
 @torch.no_grad()
 def first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
                          device: str = "cpu", template: str | None = None,
-                         default_system: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         default_system: str | None = None,
+                         show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position.
 
     Each input is the sample's training prompt (LF's template and mm plugin) cut right before its attribute token.
@@ -166,7 +167,8 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
     stop = set(token_ids)
     logits, hidden = [], []
     try:
-        for start in tqdm(range(0, len(samples), batch_size), desc="one-forward", leave=False):
+        starts = range(0, len(samples), batch_size)
+        for start in progress(starts, desc="one-forward", unit="batch") if show_progress else starts:
             batch = samples[start:start + batch_size]
             encoded = [encode_sample(encoder, s, stop if s.label_token else None) for s in batch]
             out = model(**encoder.batch(encoded, device, model))
@@ -216,7 +218,7 @@ def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch
 @torch.no_grad()
 def likelihood_scores(model, processor, samples: list[Sample], class_names: list[str],
                       device: str = "cpu", template: str | None = None,
-                      default_system: str | None = None) -> torch.Tensor:
+                      default_system: str | None = None, show_progress: bool = True) -> torch.Tensor:
     """(N, C) summed log-probability of each class name's full token sequence after the prompt.
 
     The prompt is the sample's training prompt cut where its answer begins (LF's template); one forward per
@@ -227,7 +229,7 @@ def likelihood_scores(model, processor, samples: list[Sample], class_names: list
     model.to(device).eval()
     encoder = prompt_encoder(processor, template, default_system)
     rows = []
-    for sample in tqdm(samples, desc="likelihood", leave=False):
+    for sample in progress(samples, desc="likelihood") if show_progress else samples:
         prompts = []
         for name in class_names:
             example = {**sample.example, "_response": [{**sample.example["_response"][0], "content": name}]}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from ..data.lf_format import read_json, read_jsonl
 from ..errors import AttTokError
@@ -26,8 +26,14 @@ from .normalize import class_tokens, normalize, parse_class
 
 PREDICTION_KEYS = ("predict", "label")
 LISTED_IDS = 50  # disagree_ids / multi_token_ids list at most this many sample ids (the counts are complete)
-TOKEN_UNAVAILABLE = ("unavailable: predictions carry no attribute tokens — was skip_special_tokens true? "
-                     "(set skip_special_tokens: false for do_predict to score by token)")
+TOKEN_UNAVAILABLE = "unavailable: predictions carry no attribute tokens"
+# why, from what the predictions show: other special tokens kept (so none were skipped), or no <|…|> text at all
+NO_TOKEN_WRITTEN = ("they keep other special tokens ({seen}), so special tokens were not skipped: the model wrote "
+                    "no attribute token")
+NO_SPECIAL_AT_ALL = ("no <|…|> token appears in any prediction: either do_predict removed special tokens "
+                     "(skip_special_tokens: true, LF's default; set it false to score by token) or the model wrote "
+                     "none")
+SPECIAL_TEXT = re.compile(r"<\|[^<>|\s]+\|>")
 TOKEN_NOT_APPLICABLE = ("not applicable: no attribute token identifies a class of this dataset (its answers carry "
                         "none and no vocabulary was given)")
 
@@ -37,7 +43,9 @@ class ClassScores:
     classes: list[str]
     accuracy: float
     macro_f1: float
+    balanced_accuracy: float
     per_class_f1: dict[str, float]
+    per_class: dict[str, dict[str, float]]
     confusion: list[list[int]]
     unparseable: int
     total: int
@@ -146,13 +154,18 @@ def check_alignment(predictions: list[dict], dataset_rows: list[dict], where: st
 
 
 def _scores(truth: list[int], predicted: list[int], classes: list[str]) -> dict:
-    """Accuracy, macro-F1 and per-class F1 over ``classes``; -1 (no answer) is a class of its own, always wrong.
-    ``confusion``: rows = truth, columns = ``classes`` then the no-answer column."""
+    """Accuracy, macro-F1, balanced accuracy (mean per-class recall) and per-class precision / recall / F1 /
+    support over ``classes``; -1 (no answer) is a class of its own, always wrong. ``confusion``: rows = truth,
+    columns = ``classes`` then the no-answer column."""
     labels = list(range(len(classes)))
-    per_class = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels,
+                                                                     zero_division=0)
     return {"accuracy": float(accuracy_score(truth, predicted)),
             "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
-            "per_class_f1": {c: float(f) for c, f in zip(classes, per_class, strict=True)},
+            "balanced_accuracy": float(np.mean(recall)),
+            "per_class_f1": {c: float(v) for c, v in zip(classes, f1, strict=True)},
+            "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                              "support": int(support[i])} for i, c in enumerate(classes)},
             "confusion": confusion_matrix(truth, predicted, labels=[*labels, -1]).tolist()[: len(classes)]}
 
 
@@ -190,8 +203,8 @@ def score_generated(predictions_path: str | Path, dataset_json: str | Path,
     if not tokens.classes:
         return scores
     if not any(set(tokens_in_text(p["predict"])) & tokens.known for p in predictions):
-        scores.token_scoring = TOKEN_UNAVAILABLE
-        print(f"attok: note: {predictions_path}: token scoring {TOKEN_UNAVAILABLE}", file=sys.stderr)
+        scores.token_scoring = f"{TOKEN_UNAVAILABLE}: {_why_no_token(predictions)}"
+        print(f"attok: note: {predictions_path}: token scoring {scores.token_scoring}", file=sys.stderr)
         return scores
     found = [class_tokens(p["predict"], tokens.classes) for p in predictions]
     first = [f[0] if f else None for f in found]
@@ -202,6 +215,12 @@ def score_generated(predictions_path: str | Path, dataset_json: str | Path,
                        "multi_token_ids": multi[:LISTED_IDS]}
     scores.agreement = agreement(first, parsed)
     return scores
+
+
+def _why_no_token(predictions: list[dict]) -> str:
+    """The hint that follows from the predictions themselves (never a guess about a setting they disprove)."""
+    seen = sorted({m for p in predictions for m in SPECIAL_TEXT.findall(p["predict"])})
+    return NO_TOKEN_WRITTEN.format(seen=", ".join(seen[:3])) if seen else NO_SPECIAL_AT_ALL
 
 
 def arm_of(run: str) -> str:

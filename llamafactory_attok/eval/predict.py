@@ -11,10 +11,17 @@ import sys
 from pathlib import Path
 
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from ..data.lf_format import write_atomic
 from ..errors import AttTokError
+from ..progress import progress
 from ..safe_paths import output_file, refuse_same_as_input
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
@@ -72,8 +79,10 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
+    """Accuracy, macro-F1 and balanced accuracy (the mean per-class recall: a constant answer scores 1/K on it)."""
     return {"accuracy": float(accuracy_score(truth, predicted)),
-            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+            "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+            "balanced_accuracy": float(balanced_accuracy_score(truth, predicted))}
 
 
 def per_class_metrics(truth: list[int], predicted: list[int], names: list[str]) -> dict[str, dict[str, float]]:
@@ -186,15 +195,18 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     writer = _RowWriter(out)
     predicted: list[int] = []
     retrieved: list[int] | None = [] if mode == "attribute" else None
-    for start in range(0, len(samples), batch_size):
+    starts = range(0, len(samples), batch_size)
+    for start in progress(starts, desc=f"predict ({len(samples)} images)", unit="batch"):
         chunk, chunk_truth = samples[start:start + batch_size], truth[start:start + batch_size]
         if mode == "attribute":
-            logits, hidden = first_answer_outputs(model, processor, chunk, token_ids, batch_size, **kwargs)
+            logits, hidden = first_answer_outputs(model, processor, chunk, token_ids, batch_size,
+                                                  show_progress=False, **kwargs)
             probs = torch.softmax(logits / temperature, dim=-1)
             retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
             retrieved += retrieval
         else:
-            probs = torch.softmax(likelihood_scores(model, processor, chunk, names, **kwargs), dim=-1)
+            probs = torch.softmax(likelihood_scores(model, processor, chunk, names, show_progress=False, **kwargs),
+                                  dim=-1)
             retrieval = None
         predicted += probs.argmax(-1).tolist()
         writer.write(_rows(chunk, probs, chunk_truth, names, top_k, retrieval))
@@ -209,3 +221,31 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     metrics["confusion"] = confusion
     write_atomic(output_paths(out)["metrics"], json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def summary_lines(metrics: dict, out: str | Path) -> list[str]:
+    """What `attok predict` prints: a short human summary and the files it wrote (the numbers are in the files)."""
+    per_class = metrics["per_class"]
+    n = sum(entry["support"] for entry in per_class.values()) or 1
+    majority_name, majority = max(per_class.items(), key=lambda kv: kv[1]["support"])
+    lines = [
+        f"scored {metrics['samples']} image(s) ({metrics['skipped']} skipped), mode {metrics['mode']}, template "
+        f"{metrics['template']}",
+        f"  accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f}   (always answering {majority_name!r}: accuracy "
+        f"{majority['support'] / n:.4f}, balanced {1 / len(per_class):.4f})",
+    ]
+    if "retrieval_accuracy" in metrics:
+        lines.append(f"  retrieval accuracy {metrics['retrieval_accuracy']:.4f} (the attribute token whose "
+                     "output-head row is nearest, by cosine, to the hidden state before the answer: paper Table 6)")
+    if metrics.get("temperature", 1.0) != 1.0:
+        lines.append(f"  temperature {metrics['temperature']:.3f} (fitted on --val-dataset)")
+    width = max(len(name) for name in per_class)
+    lines.append(f"  {'class':<{width}}  support  precision  recall     F1")
+    for name, entry in per_class.items():
+        lines.append(f"  {name:<{width}}  {entry['support']:>7}  {entry['precision']:>9.3f}  {entry['recall']:>6.3f}"
+                     f"  {entry['f1']:.3f}")
+    paths = output_paths(out)
+    lines.append(f"wrote {paths['rows']} (one row per image), {paths['metrics']} (metrics, per class, confusion "
+                 f"matrix), {paths['confusion']}")
+    return lines

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import shutil
 import sys
 from typing import Any
 
@@ -186,7 +188,26 @@ def _wrap_parse_webui_train_args(original):
     return _parse_train_args
 
 
+def launcher_on_path(environ=os.environ) -> str | None:
+    """LF's Runner starts training as ``llamafactory-cli train …`` found on PATH. A LlamaBoard started as
+    ``.venv/bin/llamafactory-cli webui`` without activating the venv has no such command on PATH, and *Start* fails
+    with FileNotFoundError. Only in that case (where LF would fail anyway), put this interpreter's ``bin`` folder,
+    which holds the ``llamafactory-cli`` of this environment, first on PATH. Returns the folder added, or None."""
+    bindir = os.path.dirname(sys.executable)
+    path = environ.get("PATH", "")
+    if shutil.which("llamafactory-cli", path=path) is not None:
+        return None
+    if shutil.which("llamafactory-cli", path=bindir) is None:
+        return None
+    environ["PATH"] = f"{bindir}{os.pathsep}{path}" if path else bindir
+    return bindir
+
+
 def patch_runner(module, initialize, parse) -> None:
+    added = launcher_on_path()
+    if added is not None:
+        sys.stderr.write(f"llamafactory-attok: `llamafactory-cli` was not on PATH; LlamaBoard will start training "
+                         f"with {added}/llamafactory-cli (this environment's).\n")
     runner = module.Runner
     runner._initialize = _wrap_initialize(initialize)
     runner._parse_train_args = _wrap_parse_webui_train_args(parse)
