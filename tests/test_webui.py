@@ -44,8 +44,10 @@ def webui(tmp_path_factory):
     # started as a user who never activated the venv: `.venv/bin/llamafactory-cli webui` with the venv off PATH
     # (LF spawns `llamafactory-cli train` by name; the plugin then points it at this environment's)
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p and Path(p).resolve() != VENV_BIN)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "webui_server.log", "w")  # noqa: SIM115 - open for the server's lifetime
     server = subprocess.Popen([str(VENV_BIN / "llamafactory-cli"), "webui"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -58,6 +60,7 @@ def webui(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
 def _choose(page, label: str, value: str, attempts: int = 8) -> None:
@@ -218,6 +221,13 @@ def test_attok_panel_trains_saves_and_loads_without_json(webui, tiny_models, sam
     assert "attok_acc_gamma: 0.2" in written and "attok: true" in written
 
 
+def _wait_for_box_text(page, text: str, timeout_ms: int) -> None:
+    """LlamaBoard writes its status into a read-only textbox: wait until one holds ``text``."""
+    page.wait_for_function(
+        "text => [...document.querySelectorAll('textarea, input')].some(e => (e.value || '').includes(text))",
+        arg=text, timeout=timeout_ms)
+
+
 def _ask_in_the_chat_tab(browser, webui, model: Path, adapter: Path, image: Path, show_tokens: bool) -> str:
     """Load ``model`` + ``adapter`` in LlamaBoard's Chat tab, ask one question about ``image``, return the answer."""
     page = browser.new_page(viewport={"width": 1400, "height": 2600})
@@ -231,29 +241,34 @@ def _ask_in_the_chat_tab(browser, webui, model: Path, adapter: Path, image: Path
         json.dumps({"adapter_name_or_path": str(adapter)}))
     if show_tokens:
         page.get_by_label("Show attribute tokens").filter(visible=True).first.check()
-    page.get_by_role("button", name="Load model").click()
-    page.get_by_text("Model loaded, now you can chat with your model!").first.wait_for(timeout=120_000)
+    page.get_by_role("button", name="Load model", exact=True).click()
+    try:
+        _wait_for_box_text(page, "Model loaded, now you can chat with your model!", 120_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "webui_chat_load_failed.png"))
+        raise
     page.get_by_label("Temperature").filter(visible=True).first.fill("0.01")
     page.get_by_label("Maximum new tokens").filter(visible=True).first.fill("8")
     page.locator("input[type=file]").first.set_input_files(str(image))
     page.wait_for_timeout(1500)
     page.get_by_placeholder("Input...").fill("Which imaging modality is this?")
-    page.get_by_role("button", name="Submit").click()
+    page.get_by_role("button", name="Submit", exact=True).click()
     answer = page.locator("[data-testid='bot']").last
-    answer.wait_for(timeout=120_000)
-    page.wait_for_timeout(3000)  # the answer streams in
-    text = answer.inner_text()
+    answer.wait_for(state="attached", timeout=120_000)
+    page.wait_for_timeout(4000)  # the answer streams in
+    text = answer.text_content() or ""
     page.screenshot(path=str(ARTIFACTS / f"webui_chat{'_tokens' if show_tokens else ''}.png"))
-    page.get_by_role("button", name="Unload model").click()  # one chat model per LlamaBoard server
-    page.get_by_text("Model unloaded.").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Unload model", exact=True).click()  # one chat model per LlamaBoard server
+    _wait_for_box_text(page, "Model unloaded.", 60_000)
     page.close()
     return text
 
 
 def test_chat_tab_loads_an_attok_model_and_answers_about_an_image(webui, tiny_models, modality_adapter, sample_data):
     """The Chat tab (whose load_model is a generator LF streams) loads an AttTok adapter and answers a question
-    about an image; with *Show attribute tokens* the answer keeps its <|…|> attribute token, without it LF's
-    skip_special_tokens drops it."""
+    about an image; with *Show attribute tokens* the answer keeps its <|…|> attribute tokens, without it LF's
+    skip_special_tokens drops them (the tiny model's 8 answer tokens are all attribute tokens, so the answer
+    shown is then empty: the bot's message is there, without a token). Screenshots in .artifacts/webui_chat*.png."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
