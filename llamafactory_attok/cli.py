@@ -11,6 +11,10 @@ from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command, non_negative_i
 from .errors import AttTokError
 from .safe_paths import new_output_path, output_file, refuse_same_as_input
 
+DESCRIPTION = ("attok: helpers around LLaMA-Factory for AttTok — build datasets with attribute tokens, tiny offline "
+               "models, one-forward prediction, evaluation and reports. Training itself is `llamafactory-cli train` "
+               "with attok_* keys in the YAML.")
+
 
 def _tiny_model(ns: argparse.Namespace) -> None:
     from .tiny import TEMPLATES, build_tiny_model
@@ -74,7 +78,8 @@ def _add_data_commands(sub) -> None:
                      help="YAML: modality + classes {label: {name, keyword, concept}}; without it the labels are "
                           "the answers and the derived map is written as <name>_classes.yaml to edit and reuse")
     cls.add_argument("--modality", default=None,
-                     help="the imaging modality (token prefix, e.g. xray) when there is no --class-map")
+                     help="the imaging modality (token prefix, e.g. xray); needed without --class-map, unused "
+                          "with one")
     cls.add_argument("--out", required=True, help="dataset folder (dataset_info.json is merged there)")
     cls.add_argument("--name", required=True, help="dataset name prefix")
     cls.add_argument("--image-col", default="image", help="CSV column with image paths (relative to the CSV)")
@@ -88,9 +93,10 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--test-ratio", type=_ratio, default=0.2,
                      help="test share per class when the source has no split (val + test below 1)")
     cls.add_argument("--no-augment", action="store_true", help="no offline class balancing of the training split")
-    cls.add_argument("--augment-target", type=positive_int, default=None, help="images per class after augmentation")
+    cls.add_argument("--augment-target", type=positive_int, default=None,
+                     help="images per class after augmentation (not given: the largest class's count)")
     cls.add_argument("--max-per-class", type=positive_int, default=None,
-                     help="keep at most this many per class and split")
+                     help="keep at most this many per class and split (not given: all)")
     cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
     cls.add_argument("--overwrite", action="store_true",
                      help="replace an earlier build of the same name (every file it wrote)")
@@ -194,7 +200,8 @@ def _eval_figures(ns: argparse.Namespace) -> None:
 def _add_model_and_data_args(parser: argparse.ArgumentParser) -> None:
     """--model / --adapter / --dataset / --vocab of the commands that read a trained model on a dataset."""
     parser.add_argument("--model", required=True, help="base model, or a full / merged AttTok folder")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder of an AttTok run")
+    parser.add_argument("--adapter", default=None,
+                        help="LoRA adapter folder of an AttTok run (not given: --model is a full or merged model)")
     parser.add_argument("--dataset", required=True, help="sharegpt JSON with one image per sample")
     parser.add_argument("--vocab", default=None, help="vocabulary YAML (default: the one saved with the model)")
 
@@ -206,7 +213,8 @@ def _add_eval_commands(sub) -> None:
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pred.add_argument("--json", action="store_true",
                       help="print the metrics as JSON (as in <out>.metrics.json) instead of the summary")
-    pred.add_argument("--val-dataset", default=None, help="calibrate a temperature on this split")
+    pred.add_argument("--val-dataset", default=None,
+                      help="calibrate a temperature on this split (not given: temperature 1)")
     pred.add_argument("--mode", choices=["attribute", "likelihood"], default="attribute",
                       help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla)")
     pred.add_argument("--top-k", type=positive_int, default=3, help="classes listed per sample")
@@ -221,7 +229,8 @@ def _add_eval_commands(sub) -> None:
     cls = ev.add_parser("classify", help="accuracy / F1 / confusion from LF generated_predictions.jsonl")
     cls.add_argument("--predictions", required=True, help="LF's generated_predictions.jsonl")
     cls.add_argument("--dataset", required=True, help="the dataset JSON the predictions were made from")
-    cls.add_argument("--vocab", default=None, help="adds vocabulary keywords as class synonyms")
+    cls.add_argument("--vocab", default=None,
+                     help="adds vocabulary keywords as class synonyms (not given: class names only)")
     cls.add_argument("--out", required=True, help="scores JSON (+ .confusion.png)")
     cls.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     cls.set_defaults(func=_eval_classify)
@@ -246,7 +255,7 @@ def _add_eval_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attok", description=__doc__)
+    parser = argparse.ArgumentParser(prog="attok", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny-model", help="build a tiny offline model of a supported family (random weights)")
     tiny.add_argument("out", help="folder for the model, tokenizer and processor")
@@ -281,8 +290,10 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default; required options (no default to speak of) excepted."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.required:
-            return action.help or ""
+        text = action.help or ""
+        # required: no default to speak of; None: the help says what absence means; and never "(default: …)" twice
+        if action.required or action.default is None or "default" in text:
+            return text
         return super()._get_help_string(action)
 
 

@@ -157,9 +157,10 @@ def add_vqa_data_commands(data) -> None:
     vqa.add_argument("--name", required=True, help="name of the dataset with attribute tokens")
     vqa.add_argument("--from-fields", default=None, metavar="FIELDS",
                      help="no LLM: tokens from sample fields, modality field first (modality,location for SLAKE; "
-                          "modality,organ for VQA-RAD)")
-    vqa.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint; key from OPENAI_API_KEY")
-    vqa.add_argument("--model", default=None, help="model name at the endpoint (LLM workflow)")
+                          "modality,organ for VQA-RAD); not given: the LLM workflow (--base-url, --model)")
+    vqa.add_argument("--base-url", default=None,
+                     help="OpenAI-compatible endpoint; key from OPENAI_API_KEY (only with the LLM workflow)")
+    vqa.add_argument("--model", default=None, help="model name at the endpoint (only with the LLM workflow)")
     vqa.add_argument("--min-count", type=positive_int, default=2, help="drop keywords seen fewer times")
     vqa.add_argument("--concurrency", type=positive_int, default=4, help="parallel LLM requests")
     vqa.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per LLM request")
@@ -234,9 +235,11 @@ def add_vqa_eval_command(ev) -> None:
                      help="paper: rules first, judge when they fail; medevalkit: every open question judged")
     vqa.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint; none: rules only")
     vqa.add_argument("--judge-model", default="judge", help="model name at the judge endpoint")
-    vqa.add_argument("--judge-prompt", default=None, help="paper protocol prompt, {question} {answer} {prediction}")
+    vqa.add_argument("--judge-prompt", default=None,
+                     help="paper protocol prompt, {question} {answer} {prediction} (not given: the built-in one)")
     vqa.add_argument("--medevalkit-judge-prompt", default=None,
-                     help="medevalkit protocol prompt (reply <judge>0</judge> = correct, or {\"correct\": ...})")
+                     help="medevalkit protocol prompt (reply <judge>0</judge> = correct, or {\"correct\": ...}); not "
+                          "given: the built-in one")
     vqa.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per judge request")
     vqa.add_argument("--max-retries", type=non_negative_int, default=3,
                      help="client retries on HTTP 429/5xx and timeouts")

@@ -124,9 +124,15 @@ class AttTokContext:
         resized = resize_if_needed(model, tokenizer)
         new = set(self.new_token_ids)
         rows = [(tid, kw) for tid, kw in zip(self.token_ids, self.keyword_ids, strict=True) if tid in new]
-        if rows and self.saved is None:
+        embedding = "resized" if resized else "kept (spare rows)"
+        if self.saved is not None:  # a trained folder: its rows come from the saved weights, nothing is initialised
+            logger.info("AttTok: embedding %s for %d attribute tokens; their trained rows come from %s", embedding,
+                        len(self.token_ids), self.saved.folder)
+            return
+        if rows:
             init_attribute_rows(model, [r[0] for r in rows], [r[1] for r in rows])
-        logger.info("AttTok: embedding %s; initialised %d attribute rows", "resized" if resized else "kept", len(rows))
+        logger.info("AttTok: embedding %s; %d new attribute row(s) initialised from their keyword embeddings",
+                    embedding, len(rows))
 
     def description(self) -> dict:
         return {

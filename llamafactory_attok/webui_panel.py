@@ -21,9 +21,9 @@ _TEXTS: dict[str, tuple[str, str, str, str]] = {
     "attok_tab": ("AttTok configurations", "", "AttTok 参数设置", ""),
     "attok_enable": ("Enable AttTok", "Attribute tokens with ACC and ACM (finetuning type lora, full or freeze).",
                      "启用 AttTok", "属性词元，配合 ACC 与 ACM（微调方法为 lora、full 或 freeze）。"),
-    "attok_vocab": ("Attribute vocabulary", "A *vocab*.yaml in the data dir, or any path; empty: derived from the "
-                    "<|…|> tokens in the answers.", "属性词表",
-                    "数据目录中的 *vocab*.yaml 或任意路径；留空则从答案中的 <|…|> 词元推导。"),
+    "attok_vocab": ("Attribute vocabulary", "A YAML file of the data dir whose name contains \"vocab\", or any "
+                    "path; empty: derived from the <|…|> tokens in the answers.", "属性词表",
+                    "数据目录中文件名含 “vocab” 的 YAML 文件或任意路径；留空则从答案中的 <|…|> 词元推导。"),
     "attok_acc_gamma": ("ACC γ", "Residual scale of the ACC adapter (Eq. 7), ≥ 0. Paper: 0.1.",
                         "ACC γ", "ACC 适配器的残差系数（式 7），≥ 0。论文取 0.1。"),
     "attok_ema": ("Prototype EMA μ", "Momentum of the visual prototypes (Eq. 5), in [0, 1). Paper: 0.99.",

@@ -91,15 +91,14 @@ def similarity_figure(features: dict, labels: list[int], class_names: list[str],
     k = features["books"].shape[0]
     class_means = torch.stack([means[torch.tensor(labels) == c].mean(0) for c in range(k)])
     visual = torch.nn.functional.normalize(class_means, dim=-1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")  # colour bars never cover a title
     for axis, index, title in zip(axes, (1, 0), ("textual (keyword) features", "attribute tokens"), strict=True):
         other = torch.nn.functional.normalize(features["books"][:, index], dim=-1)
         image = axis.imshow((visual @ other.T).numpy(), cmap="viridis")
         axis.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=7)
         axis.set_yticks(range(k), class_names, fontsize=7)
-        axis.set_title(f"class-mean visual vs {title}")
-        fig.colorbar(image, ax=axis)
-    fig.tight_layout()
+        axis.set_title(f"class-mean visual vs\n{title}", fontsize=9)
+        fig.colorbar(image, ax=axis, shrink=0.85, label="cosine similarity")
     return save_figure(fig, out)
 
 
