@@ -18,7 +18,9 @@ DESCRIPTION = ("attok: helpers around LLaMA-Factory for AttTok — build dataset
 
 def _tiny_model(ns: argparse.Namespace) -> None:
     from .tiny import TEMPLATES, build_tiny_model
+    from .tiny.models import check_replaceable
 
+    check_replaceable(Path(ns.out))  # a folder no tiny-model build wrote is never replaced: said before --overwrite
     new_output_path(ns.out, ns.overwrite, "OUT")  # before the build, which takes seconds
     path = build_tiny_model(ns.out, ns.family, tied=ns.tied, seed=ns.seed, spare_rows=ns.spare_rows,
                             overwrite=ns.overwrite)
@@ -35,9 +37,18 @@ def _sample_data(ns: argparse.Namespace) -> None:
 
 def _data_classify(ns: argparse.Namespace) -> None:
     from .data import sources
-    from .data.classify import build_classification
+    from .data.classify import build_classification, relabel_classification
+    from .data.summary import classification_table
 
     src = Path(ns.source)
+    if ns.relabel:
+        if not ns.class_map:
+            raise AttTokError("--relabel rewrites an earlier build's text for a new --class-map; give --class-map")
+        written = relabel_classification(ns.class_map, ns.out, ns.name, seed=ns.seed, vanilla=ns.vanilla)
+        print(f"relabelled {', '.join(written)} in {ns.out} with {ns.class_map} (images reused, none re-encoded)")
+        prefix = f"{ns.name}_vanilla" if ns.vanilla else ns.name
+        print(f"images per class and split:\n{classification_table(ns.out, prefix)}")
+        return
     if ns.format == "npz":
         items = list(sources.from_npz(src))
     elif ns.format == "folder":
@@ -58,6 +69,9 @@ def _data_classify(ns: argparse.Namespace) -> None:
         test_ratio=ns.test_ratio, augment=not ns.no_augment, augment_target=ns.augment_target, vanilla=ns.vanilla,
         overwrite=ns.overwrite, modality=ns.modality, inputs={"source": src})
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
+    prefix = f"{ns.name}_vanilla" if ns.vanilla else ns.name
+    print(f"images per class and split (open-ended datasets; the close-ended ones hold the same images):\n"
+          f"{classification_table(ns.out, prefix)}")
 
 
 def _ratio(text: str) -> float:
@@ -99,7 +113,11 @@ def _add_data_commands(sub) -> None:
                      help="keep at most this many per class and split (not given: all)")
     cls.add_argument("--vanilla", action="store_true", help="same samples without attribute tokens")
     cls.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier build of the same name (every file it wrote)")
+                     help="replace an earlier build of the same name (only the files its manifest "
+                          "<name>_build.json lists; never files it did not write)")
+    cls.add_argument("--relabel", action="store_true",
+                     help="with --class-map: rewrite the datasets and vocabulary of an earlier build of --name for "
+                          "new class names / keywords, reusing its images (the source is not read again)")
     cls.set_defaults(func=_data_classify)
     add_vqa_data_commands(data)
 

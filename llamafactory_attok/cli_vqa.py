@@ -51,7 +51,16 @@ def _report_build(build, out: str) -> int:
             more = f"; ... and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
             print(f"skipped {len(skipped)} question(s) {why} (all listed in {build.name}_build_report.json): "
                   f"{shown}{more}", file=sys.stderr)
+    _print_answer_types(out, summary["datasets"])
     return 1 if any(s.kind == "image" for s in build.skipped) else 0
+
+
+def _print_answer_types(out: str, datasets: dict[str, str]) -> None:
+    """Questions per answer type (closed / open) and dataset, read back from the files written."""
+    from .data.summary import count_table, read_rows
+
+    table = count_table(read_rows(out, datasets), lambda row: str(row.get("answer_type")), "answer type")
+    print(f"questions per answer type and dataset:\n{table}")
 
 
 def _data_vqa_rad(ns: argparse.Namespace) -> None:
@@ -59,6 +68,7 @@ def _data_vqa_rad(ns: argparse.Namespace) -> None:
 
     written = build_vqa_rad(ns.source, ns.out, ns.name, overwrite=ns.overwrite)
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
+    _print_answer_types(ns.out, written)
 
 
 def _data_slake(ns: argparse.Namespace) -> int:
@@ -120,7 +130,21 @@ def _data_vqa_attributes(ns: argparse.Namespace) -> int:
     failures = result.report["failures"]
     print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
           f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {name}_report.json)")
+    _print_attribute_counts(result.rows)
     return 1 if failures else 0
+
+
+def _print_attribute_counts(rows: list[dict]) -> None:
+    """Samples per attribute token (a sample counts once per token it carries), and untagged samples."""
+    from .data.summary import count_table
+    from .vocab import tokens_in_text
+
+    expanded = []
+    for row in rows:
+        answer = next((m.get("content", "") for m in row.get("messages", []) if m.get("role") == "assistant"), "")
+        tokens = list(dict.fromkeys(tokens_in_text(answer))) or ["(no attribute token)"]
+        expanded += [{"token": token} for token in tokens]
+    print(f"samples per attribute token:\n{count_table({'samples': expanded}, lambda row: row['token'], 'token')}")
 
 
 def _add_builders(data) -> None:

@@ -19,14 +19,17 @@ from .books import PrototypeBank, all_reduce_sums
 from .context import AttTokContext
 from .errors import AttTokError
 from .filenames import STATE_FILE_NAME
+from .log import get_logger
 from .plan import BatchPlan, build_plan
 from .rows import embedding_parameter_names
 from .run_guards import refuse_changed_resume, run_lock
 from .schedule import acm_weight
 from .state import save_description
+from .training_notes import acm_chance_note
 
 ROW_MASKED_TUNING = ("full", "freeze")
 LOG_KEYS = ("loss_ntp", "loss_acm", "acm_weight")
+logger = get_logger(__name__)
 
 
 def _zero_participation(params) -> torch.Tensor:
@@ -163,7 +166,11 @@ class AttTokTrainerMixin:
             refuse_changed_resume(checkpoint, self.attok.vocab, self.attok.token_ids, self.attok.args.to_dict())
         lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()
         with lock:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
+        note = acm_chance_note(self.state.log_history, len(self.attok.token_ids))
+        if note is not None and self.args.should_log:
+            logger.info(note)
+        return result
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

@@ -82,17 +82,36 @@ def test_02_tiny_model_refuses_an_existing_folder_without_overwrite(tmp_path, ca
     (model / "config.json").write_text('{"mine": true}')
     (model / "model.safetensors").write_bytes(b"my weights")
     before = _snapshot(model)
-    assert main(["tiny-model", str(model)]) == 2
-    assert "OUT" in (err := _err(capsys)) and "already exists with 2 entries" in err and "--overwrite" in err
-    assert _snapshot(model) == before
+    for extra in ([], ["--overwrite"]):  # not a tiny model folder: never replaced, --overwrite not suggested
+        assert main(["tiny-model", str(model), *extra]) == 2
+        err = _err(capsys)
+        assert "model is not a tiny model folder (no attok_tiny_model.json): config.json, model.safetensors" in err
+        assert "pass --overwrite" not in err and _snapshot(model) == before
     (tmp_path / "file").write_text("x")
     assert main(["tiny-model", str(tmp_path / "file"), "--overwrite"]) == 2
     assert "is a file, not a folder" in _err(capsys) and (tmp_path / "file").read_text() == "x"
     with pytest.raises(AttTokError, match=r"model: already exists .*pass --overwrite"):  # the library's own refusal
         build_tiny_model(model, overwrite=False)  # (the rename itself refuses: no check-then-write race)
     assert _snapshot(model) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert main(["tiny-model", str(model), "--overwrite"]) == 0
-    assert json.loads((model / "config.json").read_text())["model_type"] == "qwen2_vl"
+    tiny = tmp_path / "tiny"
+    assert main(["tiny-model", str(tiny)]) == 0
+    assert main(["tiny-model", str(tiny)]) == 2 and "pass --overwrite" in _err(capsys)  # ours: replaceable
+    assert main(["tiny-model", str(tiny), "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((tiny / "config.json").read_text())["model_type"] == "qwen2_vl"
+
+
+def test_tiny_model_overwrite_never_wipes_a_folder_with_the_users_files(tmp_path, capsys):
+    """A tiny model folder to which the user added thesis.txt and data/: --overwrite refuses, naming them."""
+    tiny = tmp_path / "proj"
+    assert main(["tiny-model", str(tiny)]) == 0
+    (tiny / "thesis.txt").write_text("years of work")
+    (tiny / "data").mkdir()
+    (tiny / "data" / "x.csv").write_text("a,b\n")
+    before = _snapshot(tiny)
+    assert main(["tiny-model", str(tiny), "--family", "qwen2_vl", "--overwrite"]) == 2
+    err = _err(capsys)
+    assert "proj holds files a tiny-model build did not write: data, thesis.txt" in err
+    assert _snapshot(tiny) == before
 
 
 def test_03_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp_path, capsys):

@@ -124,7 +124,8 @@ def test_name_collision_needs_overwrite_and_writes_nothing(tmp_path):
     items = list(sources.from_image_folder(_folder(tmp_path)))
     build_classification(items, _class_map(tmp_path), out, "cx", augment=False)
     before = (out / "cx_open_train.json").read_text()
-    with pytest.raises(AttTokError, match="cx_close_test.*already exist; pass --overwrite"):
+    with pytest.raises(AttTokError, match="cx_images, .* already exist from an earlier build of 'cx'; "
+                                          "pass --overwrite"):
         build_classification(items, _class_map(tmp_path), out, "cx", augment=False, seed=99)
     assert (out / "cx_open_train.json").read_text() == before
     build_classification(items, _class_map(tmp_path), out, "cx", augment=False, seed=99, overwrite=True)
@@ -178,8 +179,8 @@ def test_collision_check_covers_every_path_not_only_dataset_names(tmp_path):
     build_classification(items, _class_map(tmp_path), out, "cx", augment=False)
     (out / "dataset_info.json").unlink()  # the names are free again, the files are not
     before = _snapshot(out)
-    with pytest.raises(AttTokError, match=r"out: files cx_close_test.json, .*cx_images, .*cx_vocab.yaml already "
-                                          r"exist; pass --overwrite to replace them"):
+    with pytest.raises(AttTokError, match=r"out: cx_images, cx_open_train.json, .* and \d+ more already exist from an "
+                                          r"earlier build of 'cx'; pass --overwrite to replace that build"):
         build_classification(items[::-1], _class_map(tmp_path), out, "cx", augment=False)
     assert _snapshot(out) == before
 
@@ -288,3 +289,120 @@ def test_without_a_class_map_labels_become_answers_and_the_map_is_written(tmp_pa
     assert _rows(again, "cx_open_train") == _rows(out, "cx_open_train")
     with pytest.raises(AttTokError, match="without --class-map, --modality must name the imaging modality"):
         build_classification(items, None, tmp_path / "x", "cx")
+
+
+def _labels_csv(tmp_path: Path, header=("path", "diagnosis", "split"), splits=("train", "test")) -> Path:
+    folder = _folder(tmp_path, counts=(6, 4))
+    table = tmp_path / "labels.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i, image in enumerate(sorted(folder.rglob("*.png"))):
+            writer.writerow([str(image.relative_to(tmp_path)), image.parent.name, splits[i % len(splits)]])
+    return table
+
+
+def test_a_split_column_left_unused_is_named(tmp_path, capsys):
+    table = _labels_csv(tmp_path)
+    list(sources.from_csv(table, "path", "diagnosis", None))
+    assert ("column 'split' is not used (no --split-col): the images get a seeded stratified train/val/test split "
+            "instead; pass --split-col split") in capsys.readouterr().err
+    list(sources.from_csv(table, "path", "diagnosis", "split"))
+    assert "not used" not in capsys.readouterr().err
+
+
+def test_classify_logs_progress_when_not_a_terminal_and_ends_with_a_table(tmp_path, capsys):
+    """Output to a file (no terminal): progress as log lines on stderr, then images per class and split."""
+    from llamafactory_attok.cli import main
+
+    table = _labels_csv(tmp_path, splits=("train", "train", "test"))
+    assert main(["data", "classify", str(table), "--format", "csv", "--image-col", "path", "--label-col",
+                 "diagnosis", "--split-col", "split", "--modality", "xray", "--out", str(tmp_path / "out"),
+                 "--name", "cx", "--no-augment"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"attok: images: 10/10 \(100 %\), [\d.]+ img/s in [\d.]+ s", captured.err)
+    assert "images per class and split" in captured.out
+    lines = captured.out.split("images per class and split")[1].splitlines()
+    assert lines[1].split() == ["class", "train", "train", "+augmented", "val", "test"]
+    assert lines[2].split() == ["normal", "4", "0", "0", "2"] and lines[3].split() == ["pneumonia", "3", "0", "0", "1"]
+    assert lines[4].split() == ["total", "7", "0", "0", "3"]
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_build_never_replaces_the_users_own_images_folder(tmp_path, capsys, overwrite):
+    """The README flow with the images in data/mycxr_images/ and --out data --name mycxr: the clash is with the
+    user's source folder, which no build wrote; refused with and without --overwrite, and --overwrite is not
+    suggested; nothing is deleted."""
+    from llamafactory_attok.cli import main
+
+    data = tmp_path / "data"
+    images = data / "mycxr_images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = ["path,diagnosis"]
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        rows.append(f"mycxr_images/{i}.png,{('normal', 'pneumonia')[i % 2]}")
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    before = _hashes(data)
+    argv = ["data", "classify", str(data / "labels.csv"), "--format", "csv", "--image-col", "path", "--label-col",
+            "diagnosis", "--modality", "xray", "--out", str(data), "--name", "mycxr", *(["--overwrite"] * overwrite)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mycxr_images already exist and no earlier `attok data classify` build of 'mycxr' wrote them" in err
+    assert "never replaced or deleted" in err and "pass --overwrite" not in err
+    assert _hashes(data) == before
+
+
+def test_overwrite_replaces_only_what_the_manifest_lists(tmp_path):
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    build_classification(items, _class_map(tmp_path), out, "cx", augment=False)
+    manifest = json.loads((out / "cx_build.json").read_text())
+    assert "cx_images" in manifest["files"] and len(manifest["images"]) == 8
+    assert {e["label"] for e in manifest["images"]} == {"normal", "pneumonia"}
+    (out / "notes.txt").write_text("mine")
+    build_classification(items, _class_map(tmp_path), out, "cx", augment=False, seed=5, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "cx_build.json").unlink()  # a build without its manifest: nothing of it is ours any more
+    with pytest.raises(AttTokError, match="no earlier `attok data classify` build of 'cx' wrote them"):
+        build_classification(items, _class_map(tmp_path), out, "cx", augment=False, overwrite=True)
+
+
+def test_code_labels_are_named_and_a_relabel_reuses_the_images(tmp_path, capsys):
+    """Labels like AKIEC / NV become meaningless keywords: the build says so and how to give names; --relabel then
+    rewrites datasets and vocabulary from the edited class map without touching an image."""
+    from llamafactory_attok.cli import main
+
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(1)
+    for label in ("AKIEC", "NV"):
+        (root / label).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    out = tmp_path / "out"
+    argv = ["data", "classify", str(root), "--format", "folder", "--modality", "derm", "--out", str(out), "--name",
+            "skin", "--no-augment"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "labels AKIEC, NV look like codes" in err and f"--class-map {out / 'skin_classes.yaml'} --relabel" in err
+    images = _hashes(out / "skin_images")
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "skin_images").rglob("*.png")}
+    class_map = out / "skin_classes.yaml"
+    class_map.write_text("modality: derm\nclasses:\n  AKIEC: {name: actinic keratosis, keyword: actinic keratosis}\n"
+                         "  NV: {name: melanocytic nevus, keyword: benign mole}\n")
+    assert main([*argv, "--class-map", str(class_map), "--relabel"]) == 0
+    assert "images reused, none re-encoded" in capsys.readouterr().out
+    assert _hashes(out / "skin_images") == images
+    assert {p: p.stat().st_mtime_ns for p in (out / "skin_images").rglob("*.png")} == mtimes
+    answers = {row["messages"][1]["content"] for row in _rows(out, "skin_open_train")}
+    assert answers == {"<|derm_actinic_keratosis|> actinic keratosis", "<|derm_melanocytic_nevus|> melanocytic nevus"}
+    assert load_vocab(out / "skin_vocab.yaml").as_dict() == {"<|derm_actinic_keratosis|>": "actinic keratosis",
+                                                             "<|derm_melanocytic_nevus|>": "benign mole"}
+    assert main([*argv, "--relabel"]) == 2  # --relabel needs the new class map
+    assert "give --class-map" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Evaluation: normalisation rules, scores from generated text, one-forward prediction, calibration, report."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -350,3 +351,44 @@ def test_predict_prints_a_short_summary_not_json(tmp_path):
     assert "no DR          3      1.000   0.667  0.800" in text
     assert f"wrote {tmp_path / 'runs' / 'x.jsonl'} (one row per image), {tmp_path / 'runs' / 'x.metrics.json'}" in text
     assert "{" not in text and len(text.splitlines()) <= 10
+
+
+def _metrics_file(path, accuracy, per_class=None, **extra):
+    path.write_text(json.dumps({"accuracy": accuracy, "macro_f1": accuracy / 2, **extra,
+                                **({"per_class": per_class} if per_class else {})}))
+    return path
+
+
+PER_CLASS = {"no DR": {"precision": 0.8, "recall": 1.0, "f1": 0.889, "support": 6},
+             "mild DR": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 4}}
+
+
+def test_report_with_one_run_shows_n_and_no_spread_and_every_per_class_column(tmp_path):
+    metrics = _metrics_file(tmp_path / "x.metrics.json", 0.8, PER_CLASS, balanced_accuracy=0.75,
+                            retrieval_accuracy=0.7)
+    (tmp_path / "x.confusion.png").write_bytes(b"png")
+    text = build_report({"attok@1": metrics}, tmp_path / "out" / "report.md")
+    assert "| arm | n | accuracy | macro_f1 | balanced_accuracy | retrieval_accuracy |" in text
+    table = text.split("| arm | n |")[1].split("Per class")[0]
+    assert "| attok | 1 | 0.800 | 0.400 | 0.750 | 0.700 |" in table and "±" not in table
+    # the majority baseline: always "no DR" = 6 of 10; macro-F1 (2·0.6/1.6)/2; balanced 1/2
+    assert "| *majority class ('no DR', baseline)* | — | 0.600 | 0.375 | 0.500 | — |" in text
+    assert "- `retrieval_accuracy`: the attribute token whose output-head row is nearest" in text
+    assert "| arm | n | class | support | precision | recall | f1 |" in text
+    assert "| attok | 1 | mild DR | 4 | 1.000 | 0.500 | 0.667 |" in text
+    assert "- attok@1: [x.confusion.png](../x.confusion.png)" in text
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({"accuracy": 1.5}, "accuracy 1.5 is outside [0, 1]"),
+    ({"accuracy": "0.8"}, "accuracy is '0.8', not a number"),
+    ({"accuracy": 0.8, "unparseable": -1}, "unparseable -1 is not a count"),
+    ({"accuracy": True}, "accuracy is True, not a number"),
+    ({"accuracy": 0.8, "per_class": {"a": {"f1": "high"}}}, "per_class['a'] must map precision"),
+])
+def test_report_refuses_metric_files_with_wrong_types_or_ranges(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(AttTokError, match=re.escape(f"bad.json: {message}")):
+        build_report({"attok@1": path}, tmp_path / "report.md")
+    assert not (tmp_path / "report.md").exists()

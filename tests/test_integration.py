@@ -59,6 +59,7 @@ def test_attok_cli_run_logs_losses_and_saves_its_state(tiny_models, sample_data,
     entries = [e for e in trainer_log(tmp_path / "out") if "loss_acm" in e]
     assert len(entries) == 2 and entries[0]["acm_weight"] == 1.0 and entries[-1]["acm_weight"] == 0.0
     assert "'loss_acm'" in result.stdout + result.stderr  # console
+    assert "AttTok: loss_acm ended at " in result.stdout + result.stderr  # the note: ACM against chance, ln K
     for folder in (tmp_path / "out", tmp_path / "out" / "checkpoint-1"):
         names = {p.name for p in folder.iterdir()}
         assert {"attok_vocab.yaml", "attok_config.json", "attok_state.safetensors"} <= names

@@ -38,4 +38,6 @@ def test_readme_own_data_commands_run_verbatim(tiny_models, tmp_path):
     assert result.returncode == 0, result.stderr[-6000:]
     assert (tmp_path / "mydata" / "mycxr_classes.yaml").is_file()
     report = (tmp_path / "runs" / "report.md").read_text()
-    assert "Per-class F1" in report and "| normal | pneumonia |" in report
+    assert "Per class (support" in report
+    assert "| attok | 1 | normal |" in report and "| attok | 1 | pneumonia |" in report
+    assert "majority class" in report and "±" not in report.split("| arm | n |")[1].split("Per class")[0]

@@ -31,18 +31,19 @@ from pathlib import Path
 
 import yaml
 from PIL import Image
-from tqdm import tqdm
 
 from ..errors import AttTokError
+from ..progress import progress
 from ..safe_paths import build_lock, dataset_name, refuse_same_as_input
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
 from .augment import balance, missing_count
+from .build_manifest import check_owned, manifest_name, read_manifest, write_manifest
 from .images import as_rgb, open_rgb
 from .lf_format import (
     attribute_token,
-    check_free_names,
     dataset_entry,
+    dataset_info_names,
     merge_dataset_info,
     sharegpt_row,
     write_json,
@@ -105,6 +106,13 @@ def derive_class_map(labels: list[str], modality: str) -> tuple[dict, str]:
     header = ("# class map derived by `attok data classify` from the labels; edit the names, keywords and concepts\n"
               "# and pass it back with --class-map\n")
     return mapping, header + yaml.safe_dump(mapping, allow_unicode=True, sort_keys=False)
+
+
+def looks_like_code(label: str) -> bool:
+    """A label that is a code rather than words: digits ("0"–"4"), or short upper-case letters/digits ("AKIEC",
+    "NV", "B2"), or any label of one or two characters."""
+    text = label.strip()
+    return text.isdigit() or len(text) <= 2 or (len(text) <= 6 and text.isupper() and " " not in text)
 
 
 def check_split_options(image_size: int, val_ratio: float, test_ratio: float) -> None:
@@ -179,7 +187,7 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     """Write the PNGs under ``root/images_dir``; return split -> (label, path relative to the output, extra)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
     train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
-    for index, item in enumerate(tqdm(items, desc="images", unit="img", disable=None)):
+    for index, item in enumerate(progress(items, desc="images")):
         rel = f"{images_dir}/{item.split}/{index:06d}.png"
         write_png(root / rel, _load_image(item, image_size))
         per_split[item.split].append((item.label, rel, {"source": item.source}))
@@ -187,8 +195,7 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
             train_files[item.label].append(root / rel)
     if augment and train_files:
         made = balance(train_files, augment_target, seed, image_size)
-        for label, j, image in tqdm(made, total=missing_count(train_files, augment_target), desc="augment",
-                                    unit="img", disable=None):
+        for label, j, image in progress(made, total=missing_count(train_files, augment_target), desc="augment"):
             rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}.png"
             write_png(root / rel, image)
             per_split["train"].append((label, rel, {"source": "augmented"}))
@@ -218,7 +225,7 @@ class _Outputs:
 
     def paths(self) -> list[str]:
         extra = [f for f in (self.vocab_file, self.derived_file) if f]
-        return [self.images_dir, *(f"{d}.json" for d in self.datasets), *extra]
+        return [self.images_dir, *(f"{d}.json" for d in self.datasets), *extra, manifest_name(self.prefix)]
 
 
 def build_classification(items: list[Item], class_map: str | Path | None, out_dir: str | Path, name: str, *,
@@ -245,6 +252,13 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
             raise AttTokError("the source has no samples; nothing to build")
         plan = _Outputs(name, prefix, vanilla, f"{prefix}_classes.yaml")
         mapping, derived_text = derive_class_map([item.label for item in items], modality or "")
+        codes = [label for label in mapping["classes"] if looks_like_code(label)]
+        if codes:
+            warn(f"labels {', '.join(codes[:8])}{' …' if len(codes) > 8 else ''} look like codes: they become the "
+                 "answers and the keyword texts whose embeddings start the keyword entries of the books (Eq. 5), and "
+                 f"a code means little to the model. Give names (and keywords) in {out / plan.derived_file}, then "
+                 "rebuild the text only, reusing the images: the same command plus --class-map "
+                 f"{out / plan.derived_file} --relabel")
         modality, specs = load_class_map(out / plan.derived_file, raw=mapping)
         class_map = out / plan.derived_file
     else:
@@ -256,16 +270,71 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     if any(item.split is None for item in items):
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)
     with build_lock(out):
-        check_free_names(out, plan.datasets, overwrite, paths=plan.paths())
+        check_owned(out, prefix, BUILDER, plan.paths(), plan.datasets, set(dataset_info_names(out)), overwrite)
         staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
         try:
             per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,
                                       seed)
             rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
+            write_manifest(out, prefix, _manifest(plan, per_split, seed))  # before any other file: it owns them
             _write_outputs(out, staging, plan, rows_of, overwrite, derived_text,
                            {s.token: s.keyword for s in specs.values()}, f"{name} ({modality})")
         finally:
             shutil.rmtree(staging)
+    return {d: f"{d}.json" for d in rows_of}
+
+
+BUILDER = "attok data classify"
+
+
+def _manifest(plan: _Outputs, per_split: dict[str, list[tuple[str, str, dict]]], seed: int) -> dict:
+    """Every file and dataset entry this build writes, and every image with its raw label and split (what
+    :func:`relabel_classification` rebuilds the text from)."""
+    images = [{"path": rel, "label": label, "split": split, "source": extra["source"]}
+              for split, entries in per_split.items() for label, rel, extra in entries]
+    return {"builder": BUILDER, "name": plan.name, "prefix": plan.prefix, "vanilla": plan.vanilla, "seed": seed,
+            "files": plan.paths(), "datasets": plan.datasets, "images": images}
+
+
+def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str, *, seed: int = 42,
+                           vanilla: bool = False) -> dict[str, str]:
+    """Rewrite the datasets, vocabulary and ``dataset_info.json`` entries of an earlier build of ``name`` for a new
+    class map (names, keywords, concepts), reusing its images as they are: nothing is decoded or encoded again.
+
+    The images, their raw labels and splits come from the build's manifest; every label must be in the class map
+    and every class of the map must have images.
+    """
+    out = Path(out_dir)
+    dataset_name(name)
+    prefix = f"{name}_vanilla" if vanilla else name
+    manifest = read_manifest(out, prefix, BUILDER)
+    if manifest is None:
+        raise AttTokError(f"{out}: no earlier `{BUILDER}` build of {prefix!r} with a manifest "
+                          f"({manifest_name(prefix)}); build it once without --relabel")
+    modality, specs = load_class_map(class_map)
+    per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
+    for entry in manifest["images"]:
+        if not (out / entry["path"]).is_file():
+            raise AttTokError(f"{out / entry['path']}: an image of the earlier build is missing; rebuild without "
+                              "--relabel")
+        per_split[entry["split"]].append((entry["label"], entry["path"], {"source": entry["source"]}))
+    items = [Item(e["split"], e["label"], e["path"], e["source"]) for e in manifest["images"]]
+    _check_items(items, specs, class_map)
+    plan = _Outputs(name, prefix, vanilla, None)
+    with build_lock(out):
+        rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
+        stale = [d for d in manifest["datasets"] if d not in rows_of]
+        kept_files = [f for f in manifest["files"] if f not in {f"{d}.json" for d in stale}]
+        write_manifest(out, prefix, {**manifest, "seed": seed, "files": sorted({*kept_files, *plan.paths()}),
+                                     "datasets": plan.datasets})
+        for dataset, rows in rows_of.items():
+            write_json(out / f"{dataset}.json", rows)
+        for dataset in stale:
+            (out / f"{dataset}.json").unlink(missing_ok=True)
+        if plan.vocab_file:
+            write_vocab(out / plan.vocab_file, {s.token: s.keyword for s in specs.values()},
+                        f"attribute vocabulary of {name} ({modality}), relabelled by `{BUILDER} --relabel`")
+        merge_dataset_info(out, {d: dataset_entry(f"{d}.json") for d in rows_of}, overwrite=True, remove=stale)
     return {d: f"{d}.json" for d in rows_of}
 
 

@@ -101,6 +101,11 @@ def check_free_names(out_dir: str | os.PathLike, names: Iterable[str], overwrite
                           "to replace them.")
 
 
+def dataset_info_names(out_dir: str | os.PathLike) -> list[str]:
+    """The dataset names of ``out_dir/dataset_info.json`` (none when it does not exist)."""
+    return list(_dataset_info(out_dir)[1])
+
+
 def merge_dataset_info(out_dir: str | os.PathLike, entries: dict[str, dict], overwrite: bool = False,
                        remove: Iterable[str] = ()) -> Path:
     """Add ``entries`` to ``out_dir/dataset_info.json`` (dropping ``remove``), keeping others; a clash is an error."""

@@ -120,6 +120,9 @@ def from_image_folder(root: Path) -> Iterator[Item]:
                           "root/<split>/<class>/")
 
 
+SPLIT_COLUMN_NAMES = ("split", "subset", "fold", "partition")
+
+
 def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) -> Iterator[Item]:
     """Rows of a UTF-8 CSV with a header; errors name the CSV file and line."""
     if not path.is_file():
@@ -132,6 +135,10 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
         missing = [c for c in wanted if c not in fieldnames]
         if missing:
             raise AttTokError(f"{path}: column(s) {', '.join(missing)} not found; columns are {reader.fieldnames}")
+        unused = [c for c in fieldnames if c and c.strip().lower() in SPLIT_COLUMN_NAMES and c not in wanted]
+        if split_col is None and unused:
+            warn(f"{path}: column {unused[0]!r} is not used (no --split-col): the images get a seeded stratified "
+                 f"train/val/test split instead; pass --split-col {unused[0]} to keep the file's own split")
         rows = 0
         for row in reader:
             line = reader.line_num  # the line the row ends on (quoted fields may span lines)

@@ -13,6 +13,7 @@ in :mod:`llamafactory_attok.tiny.specs`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -153,11 +154,37 @@ def build_tiny_model(
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        written = sorted(p.name for p in tmp.iterdir())
+        (tmp / TINY_MARKER).write_text(json.dumps({"family": family, "seed": seed, "files": written}, indent=1))
         _honour_umask(tmp)  # mkdtemp and safetensors create 0700 / 0600; a model folder is shared like LF's
+        if overwrite:
+            check_replaceable(out)
         _move_into_place(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+TINY_MARKER = "attok_tiny_model.json"  # written into every tiny model folder: what the build wrote
+
+
+def check_replaceable(out: Path) -> None:
+    """``--overwrite`` replaces only a folder a tiny-model build wrote: one whose entries are all listed by its
+    marker. Anything else in it (a thesis, a data folder) is refused by name, and nothing is deleted."""
+    if not out.is_dir() or out.is_symlink() or not any(out.iterdir()):
+        return
+    marker = out / TINY_MARKER
+    try:
+        listed = set(json.loads(marker.read_text())["files"]) | {TINY_MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    foreign = sorted(p.name for p in out.iterdir() if listed is None or p.name not in listed)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
+        why = (f"is not a tiny model folder (no {TINY_MARKER})" if listed is None
+               else "holds files a tiny-model build did not write")
+        raise AttTokError(f"{out} {why}: {shown}; --overwrite replaces only a folder `attok tiny-model` wrote, so "
+                          "nothing was changed: choose a new folder")
 
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:

@@ -1,0 +1,65 @@
+"""What one dataset build wrote, so that a later ``--overwrite`` replaces exactly that and never a user's file.
+
+Each build of a name writes ``<prefix>_build.json`` into the output folder *before* any of its other files: the
+files and ``dataset_info.json`` entries it is about to write, and (classification) every image with its raw label,
+split and source. A later build of the same name may replace only what that manifest lists (with ``--overwrite``);
+a clash with anything else — a user's own ``mycxr_images/`` source folder, a dataset entry of their own, a build
+made before manifests existed — is refused, with or without ``--overwrite``, and without suggesting it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import AttTokError
+from ..state import atomic_write_bytes
+from .lf_format import read_json
+
+MANIFEST_VERSION = 1
+
+
+def manifest_name(prefix: str) -> str:
+    return f"{prefix}_build.json"
+
+
+def read_manifest(out: Path, prefix: str, builder: str) -> dict | None:
+    """The manifest of the earlier build of ``prefix`` in ``out`` (None: there is none)."""
+    path = out / manifest_name(prefix)
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    if not (isinstance(manifest, dict) and manifest.get("builder") == builder
+            and isinstance(manifest.get("files"), list) and isinstance(manifest.get("datasets"), list)):
+        raise AttTokError(f"{path}: not a build manifest of `{builder}`; it is not this tool's file: move it away "
+                          "or choose another --name")
+    return manifest
+
+
+def write_manifest(out: Path, prefix: str, manifest: dict) -> None:
+    body = {"version": MANIFEST_VERSION, **manifest}
+    atomic_write_bytes(out / manifest_name(prefix), (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def check_owned(out: Path, prefix: str, builder: str, files: list[str], datasets: list[str],
+                existing_datasets: set[str], overwrite: bool) -> None:
+    """Refuse before writing: files or dataset entries of this build that already exist must all have been
+    written by an earlier build of the same name (its manifest lists them), and then only with ``overwrite``."""
+    manifest = read_manifest(out, prefix, builder)
+    owned_files = set(manifest["files"]) if manifest else set()
+    owned_datasets = set(manifest["datasets"]) if manifest else set()
+    files_there = [f for f in files if os.path.lexists(out / f)]
+    datasets_there = sorted(set(datasets) & existing_datasets)
+    foreign = [f for f in files_there if f not in owned_files] + [
+        f"dataset_info.json entry {d}" for d in datasets_there if d not in owned_datasets]
+    if foreign:
+        raise AttTokError(
+            f"{out}: {', '.join(foreign)} already exist and no earlier `{builder}` build of {prefix!r} wrote them "
+            f"(no {manifest_name(prefix)} lists them): they may be your own files — source images among them — "
+            "and are never replaced or deleted. Choose another --name or another --out.")
+    if (files_there or datasets_there) and not overwrite:
+        everything = [*files_there, *(f"dataset {d}" for d in datasets_there)]
+        shown = ", ".join(everything[:4]) + (f" and {len(everything) - 4} more" if len(everything) > 4 else "")
+        raise AttTokError(f"{out}: {shown} already exist from an earlier build of {prefix!r}; pass --overwrite to "
+                          "replace that build (only the files its manifest lists), or choose another --name.")
