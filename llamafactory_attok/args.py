@@ -94,7 +94,10 @@ def _coerce(key: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise AttTokError(f"{key} must be a number, got {value!r}.") from None
     if kind == "str | None":
-        return None if value is None or value == "" else str(value)
+        if value is not None and not str(value).strip():  # `attok_vocab=` would silently mean "derive it"
+            raise AttTokError(f"{key} is empty; give a file, or remove the key to derive the vocabulary from the "
+                              "answers.")
+        return None if value is None else str(value)
     return str(value)  # Literal choices are checked in AttTokArguments.__post_init__
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command, non_negative_int, number, positive_int
@@ -193,12 +196,14 @@ def _check_figures(ns: argparse.Namespace, targets: dict[str, Path]) -> None:
 
 def _eval_figures(ns: argparse.Namespace) -> None:
     from .eval.analysis import acc_map_figure, collect, similarity_figure, tsne_figure
-    from .eval.attribute_classifier import load_model_for_inference, read_samples
+    from .eval.attribute_classifier import check_device, check_model_folders, load_model_for_inference, read_samples
     from .eval.predict import resolve_template, resolve_vocab, vocab_token_ids
 
     out = Path(ns.out_dir)
     targets = {name: out / f"{name}.png" for name in FIGURES}
     _check_figures(ns, targets)
+    check_device(ns.device)
+    check_model_folders(ns.model, ns.adapter)
     template, default_system = resolve_template(ns.model, ns.adapter, ns.template)
     model, _, processor = load_model_for_inference(ns.model, ns.adapter, template)
     vocab = resolve_vocab(ns.model, ns.adapter, ns.vocab)
@@ -301,7 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_commands(sub)
     for command in _all_parsers(parser):  # every option's help ends with its default
         command.formatter_class = _HelpWithDefaults
+        for action in command._actions:  # every path option: never empty ("" would mean the current folder)
+            if action.type is None and (action.dest in PATH_DESTS or action.dest.endswith("_dir")):
+                action.type = path_argument
     return parser
+
+
+PATH_DESTS = {"out", "out_dir", "source", "model", "adapter", "dataset", "vocab", "class_map", "predictions", "input",
+              "val_dataset", "npz", "judge_prompt", "medevalkit_judge_prompt"}
+
+
+def path_argument(text: str) -> str:
+    """An argparse type for paths: an empty or blank value is refused (it would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return text
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -324,14 +343,43 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     return found
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: every `finally` removes its temp files and folders
+
+
+OS_HINTS = {
+    errno.EFBIG: "a file-size limit (ulimit -f) stopped the write",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.ENAMETOOLONG: "a file name is too long",
+    errno.EACCES: "no permission",
+    errno.EROFS: "the file system is read-only",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; bad input (:class:`AttTokError`) is reported on stderr with exit status 2."""
+    """Run one command; bad input (:class:`AttTokError`) is reported on stderr with exit status 2, as is a failed
+    write (disk full, file-size limit): every command writes through temp files, so its outputs are left as they
+    were. SIGTERM unwinds like Ctrl-C, so a build killed by a scheduler leaves no temp folder."""
     ns = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return ns.func(ns) or 0
     except AttTokError as err:
         print(f"attok: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        hint = OS_HINTS.get(err.errno or 0, "")
+        print(f"attok: error: {where}{err.strerror or err} ({errno.errorcode.get(err.errno or 0, 'OSError')})"
+              f"{'; ' + hint if hint else ''}; outputs are written through temp files, so none was left "
+              "half-written", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

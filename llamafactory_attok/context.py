@@ -50,6 +50,8 @@ class AttTokContext:
     model_type: str | None = None
     # LF's own parsed arguments, so datasets are read by LF's loader exactly as the run reads them
     lf_args: dict[str, Any] = field(default_factory=dict)
+    # resume_from_checkpoint as the user gave it (None: not given; LF may then pick the last checkpoint itself)
+    explicit_resume: str | bool | None = None
 
     def _known_special(self, tokenizer, vocab_tokens: set[str]) -> set[str]:
         return {t for t in tokenizer.get_vocab() if TOKEN_IN_TEXT.fullmatch(t) and t not in vocab_tokens}

@@ -99,6 +99,12 @@ def iter_answers(names: list[str], data_args, model_args=None, training_args=Non
             raise DatasetUnreadable(f"dataset {name!r}: a streaming dataset cannot be scanned for attribute tokens")
         where = where_of(attr, data_args.dataset_dir)
         for index, example in enumerate(load_aligned(attr, data_args, model_args, training_args, name)):
+            for image in example.get("_images") or []:  # LF would stop later with a bare relative path
+                if isinstance(image, str) and not os.path.isfile(image):
+                    what = "is a folder, not an image file" if os.path.isdir(image) else "does not exist"
+                    media = getattr(data_args, "media_dir", None) or data_args.dataset_dir
+                    raise AttTokError(f"{where}: sample {index}: image {image!r} {what} (relative paths are read "
+                                      f"from media_dir, here {media})")
             for turn in [*(example["_prompt"] or []), *(example["_response"] or [])[:1]]:
                 if turn.get("role") == "assistant":
                     yield f"{where}: sample {index}", str(turn.get("content") or "")

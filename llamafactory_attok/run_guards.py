@@ -24,6 +24,8 @@ def refuse_output_over_inputs(output_dir: str, inputs: dict[str, str | None], op
     """``output_dir`` (or ``export_dir``: ``option``) may not be, contain or lie inside a folder the run reads (model,
     adapters, data): LF and AttTok would write tokenizer, adapter and config files into it (``overwrite_output_dir``
     or not)."""
+    if Path(output_dir).expanduser().exists() and not Path(output_dir).expanduser().is_dir():
+        raise AttTokError(f"{option} {output_dir} is a file, not a folder: choose a folder path for {option}.")
     for source, value in inputs.items():
         for item in str(value or "").split(","):
             folder = item.strip()

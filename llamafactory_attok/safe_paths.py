@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -82,6 +83,9 @@ def new_output_path(path: PathLike, overwrite: bool, option: str) -> Path:
     return path
 
 
+MAX_NAME_LENGTH = 120
+
+
 def dataset_name(name: str, option: str = "--name") -> str:
     """A dataset name that stays a plain file name inside the output folder, else an error naming the option."""
     problem = None
@@ -95,12 +99,33 @@ def dataset_name(name: str, option: str = "--name") -> str:
         problem = "starts with a dot (hidden files are skipped by file browsers and by attok's own image reader)"
     elif any(ord(ch) < 32 for ch in name):
         problem = "contains a control character"
+    elif len(name) > MAX_NAME_LENGTH:
+        problem = (f"is {len(name)} characters long; at most {MAX_NAME_LENGTH} (the longest file a build writes adds "
+                   "about 30 to it, and file names stop at 255 bytes)")
     elif not all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in name):
         problem = "holds a character other than ASCII letters, digits, '_' and '-' (LF splits `dataset` on commas)"
     if problem:
         raise AttTokError(f"{option} {name!r} {problem}; a dataset name becomes file names inside --out: use letters, "
                           "digits, '_' and '-' (e.g. chest_xray)")
     return name
+
+
+STAGING_PATTERN = ".*.building.*"  # the temp folders builds stage their images in (tempfile.mkdtemp prefixes)
+
+
+def remove_stale_staging(out: PathLike) -> list[str]:
+    """Staging folders an interrupted build left in ``out`` (SIGKILL gives no chance to clean up). Call only while
+    holding :func:`build_lock` on ``out``: every build of ``out`` holds it while its staging folder exists, so any
+    staging folder seen then belongs to no running build."""
+    removed = []
+    for stale in Path(out).glob(STAGING_PATTERN):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+            removed.append(stale.name)
+    if removed:
+        print(f"attok: removed {len(removed)} staging folder(s) left by an interrupted build: {', '.join(removed)}",
+              file=sys.stderr)
+    return removed
 
 
 @contextlib.contextmanager

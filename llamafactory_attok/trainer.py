@@ -16,6 +16,7 @@ import torch
 from .acm import acm_loss
 from .attach import base_model_of, load_state, module_of, save_state
 from .books import PrototypeBank, all_reduce_sums
+from .checkpoints import checkpoint_problems, last_complete_checkpoint
 from .context import AttTokContext
 from .errors import AttTokError
 from .filenames import STATE_FILE_NAME
@@ -155,13 +156,36 @@ class AttTokTrainerMixin:
 
     # ---- save / resume ---------------------------------------------------------------------------------
 
-    def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        """One run per output folder (a lock), and a resume only of a checkpoint with this run's AttTok setup."""
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
+    def _complete_checkpoint(self, requested):
+        """The checkpoint to resume from: an explicit one only when complete (else an error naming what is
+        missing); LF's or transformers' automatic choice replaced by the newest complete checkpoint, the
+        incomplete ones skipped by name (see :mod:`.checkpoints`)."""
+        explicit = self.attok.explicit_resume
+        if requested and explicit not in (None, True) and requested is not True:
+            problems = checkpoint_problems(requested)
+            if problems:
+                complete, _ = last_complete_checkpoint(Path(requested).parent)
+                hint = f"resume from {complete}, the last complete one" if complete else "no complete one is there"
+                raise AttTokError(f"resume_from_checkpoint {requested}: an incomplete checkpoint (a save that did not "
+                                  f"finish): {'; '.join(problems)}. {hint[0].upper() + hint[1:]}.")
+            return requested
+        if not requested:
+            return requested
+        chosen, skipped = last_complete_checkpoint(self.args.output_dir)
+        for folder, problems in skipped:
+            logger.warning("AttTok: skipping the incomplete checkpoint %s (%s): its save did not finish.", folder,
+                           "; ".join(problems))
+        if chosen is None:
+            logger.warning("AttTok: no complete checkpoint in %s; training starts from step 0.", self.args.output_dir)
+            return None
+        if skipped:
+            logger.warning("AttTok: resuming from %s, the last complete checkpoint.", chosen)
+        return str(chosen)
 
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """One run per output folder (a lock), and a resume only of a complete checkpoint with this run's AttTok
+        setup."""
+        checkpoint = resume_from_checkpoint = self._complete_checkpoint(resume_from_checkpoint)
         if checkpoint:
             refuse_changed_resume(checkpoint, self.attok.vocab, self.attok.token_ids, self.attok.args.to_dict())
         lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()

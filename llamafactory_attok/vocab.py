@@ -118,6 +118,15 @@ def vocab_from_mapping(mapping: dict, source: str, text: str = "") -> AttributeV
         where = f"{source}: line {lines[-1]}" if text else source
         validate_token_name(token, where)
         _check_keyword(token, keyword, where)
+    seen: dict[str, str] = {}
+    for token, keyword in mapping.items():  # one keyword, one attribute: scoring and ACM's books need them apart
+        key = " ".join(str(keyword).split()).casefold()
+        if key in seen:
+            where = f"{source}: line {_line_of(text, str(token))}" if text else source
+            raise AttTokError(f"{where}: {seen[key]} and {token} have the same keyword {str(keyword).strip()!r}; each "
+                              "attribute token needs its own keyword text (generated answers are scored by it, and "
+                              "its embedding is one entry of the token's book, Eq. 5)")
+        seen[key] = str(token)
     return AttributeVocab(tuple(mapping), tuple(str(v).strip() for v in mapping.values()), source, tuple(lines))
 
 

@@ -220,7 +220,7 @@ def test_06_builds_of_one_folder_exclude_each_other_and_the_last_wins_whole(tmp_
     for thread in threads:
         thread.join()
     assert not errors
-    for dataset in out.glob("a_*.json"):
+    for dataset in out.glob("a_*_*.json"):  # the datasets (a_build.json is the manifest)
         for row in json.loads(dataset.read_text()):
             assert (out / row["images"][0]).is_file(), f"{dataset.name} points at a missing image"
     sources_of = [r["source"] for split in ("train", "val", "test")
@@ -455,7 +455,8 @@ def test_17_report_refuses_a_file_without_metrics_and_a_run_given_twice(tmp_path
     (tmp_path / "a.json").write_text('{"accuracy": 0.5}')
     (tmp_path / "b.json").write_text('{"accuracy": 0.7}')
     assert main(["eval", "report", "--run", f"x@1={tmp_path / 'empty.json'}", "--out", str(tmp_path / "r.md")]) == 2
-    assert "empty.json: no metrics (accuracy, macro_f1, retrieval_accuracy, unparseable) in run x@1" in _err(capsys)
+    assert ("empty.json: no metrics (accuracy, macro_f1, balanced_accuracy, retrieval_accuracy, unparseable) in "
+            "run x@1") in _err(capsys)
     assert main(["eval", "report", "--run", f"x@1={tmp_path / 'a.json'}", "--run", f"x@1={tmp_path / 'b.json'}",
                  "--out", str(tmp_path / "r.md")]) == 2
     err = _err(capsys)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections import Counter, defaultdict
@@ -34,11 +35,12 @@ from PIL import Image
 
 from ..errors import AttTokError
 from ..progress import progress
-from ..safe_paths import build_lock, dataset_name, refuse_same_as_input
+from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
 from .augment import balance, missing_count
 from .build_manifest import check_owned, manifest_name, read_manifest, write_manifest
+from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .images import as_rgb, open_rgb
 from .lf_format import (
     attribute_token,
@@ -66,6 +68,20 @@ class ClassSpec:
     token: str
 
 
+_MARKUP = re.compile(r"<\|?[^<>\s]*\|?>|[\x00-\x1f\x7f{}]")
+
+
+def plain_text(value: str, what: str, where: str) -> str:
+    """Text that goes into every prompt or answer (modality, class names, keywords, labels): refused when it holds
+    markup a template or LF's multimodal plugin would read — ``<image>``, ``<|im_end|>``, ``<|xray_x|>`` — braces
+    or control characters, so it never becomes a placeholder or a special token at training."""
+    found = _MARKUP.search(value)
+    if found:
+        raise AttTokError(f"{where}: {what} {value!r} contains {found.group(0)!r}; it is put into every prompt or "
+                          "answer, where a <…> placeholder or <|…|> token would be read as markup: use plain words")
+    return value
+
+
 def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict[str, ClassSpec]]:
     """YAML: ``modality: fundus`` and ``classes: {label: {name, keyword?, concept?}}`` (or ``label: name``).
 
@@ -78,12 +94,18 @@ def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict
         raise AttTokError(f"{path}: malformed class map: {err}") from err
     if not isinstance(raw, dict) or "modality" not in raw or not isinstance(raw.get("classes"), dict):
         raise AttTokError(f"{path}: a class map needs `modality:` and a `classes:` mapping label -> name")
-    modality = str(raw["modality"])
+    modality = plain_text(str(raw["modality"]).strip(), "the modality", str(path))
+    if not modality:
+        raise AttTokError(f"{path}: `modality:` is empty; name the imaging modality (e.g. fundus, xray)")
     specs, tokens = {}, {}
     for label, value in raw["classes"].items():
         entry = {"name": value} if isinstance(value, str) else dict(value or {})
         if not entry.get("name"):
             raise AttTokError(f"{path}: class {label!r} needs a `name`")
+        plain_text(str(label), "the label", f"{path}: class {label!r}")
+        for key in ("name", "keyword", "concept"):
+            if entry.get(key):
+                plain_text(str(entry[key]), f"the {key}", f"{path}: class {label!r}")
         token = attribute_token(str(entry.get("concept") or entry["name"]), modality)
         validate_token_name(token, f"{path}: class {label!r}")
         if token in tokens:
@@ -245,6 +267,9 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     dataset_name(name)
     check_split_options(image_size, val_ratio, test_ratio)
     items = drop_duplicates(items)
+    for item in items:
+        plain_text(item.label, "the label", item.source)
+    check_labels(items)
     prefix = f"{name}_vanilla" if vanilla else name
     derived_text = ""
     if class_map is None:
@@ -268,9 +293,15 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     _check_items(items, specs, class_map)
     refuse_same_as_input([out / p for p in [*plan.paths(), "dataset_info.json"]], inputs or {})
     if any(item.split is None for item in items):
+        assigned = {index for index, item in enumerate(items) if item.split is None}
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)
+    else:
+        assigned = set()
+    check_duplicate_content(items, assigned)
+    check_split_coverage(items)
     with build_lock(out):
         check_owned(out, prefix, BUILDER, plan.paths(), plan.datasets, set(dataset_info_names(out)), overwrite)
+        remove_stale_staging(out)
         staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
         try:
             per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,

@@ -9,7 +9,10 @@ Pillow's ``convert("RGB")`` clips instead of scaling: a 16-bit PNG comes out alm
   bits, which scaled by 65535 would be nearly black. An image whose maximum is at most 255 is kept as it is.
   Negative values are refused;
 - float images: values in [0, 1] are multiplied by 255, values in [0, 255] kept; anything else (negative, above
-  255, NaN, infinite) is refused, naming the image — there is no range to guess.
+  255, NaN, infinite) is refused, naming the image — there is no range to guess. For an array *dataset* (``.npz``)
+  the range is decided once, from the whole dataset's maximum (:func:`dataset_float_range`), so one dark image of a
+  [0, 255] dataset is not stretched by 255 on its own; the images whose own values would have suggested the other
+  range are counted in a warning.
 
 Images larger than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` × 2, about 179 megapixels)
 are refused naming the image, as are files that are not images.
@@ -52,20 +55,45 @@ def _scale_integers(array: np.ndarray, where: str) -> np.ndarray:
     return np.round(array.astype(np.float64) * (255.0 / high)).astype(np.uint8)
 
 
-def _scale_floats(array: np.ndarray, where: str) -> np.ndarray:
+def _scale_floats(array: np.ndarray, where: str, float_range: float | None = None) -> np.ndarray:
     if array.size and not np.isfinite(array).all():
         raise AttTokError(f"{where}: float image with NaN or infinite values")
     low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
     if low < 0 or high > 255:
         raise AttTokError(f"{where}: float image with values in [{low:g}, {high:g}]; expected [0, 1] or [0, 255] "
                           "(rescale it, or save it as an 8- or 16-bit image)")
-    scaled = array * 255.0 if high <= 1.0 else array
+    if float_range is None:
+        float_range = 1.0 if high <= 1.0 else 255.0
+    if high > float_range:
+        raise AttTokError(f"{where}: float image with values up to {high:g} in a dataset of range [0, "
+                          f"{float_range:g}]")
+    scaled = array * 255.0 if float_range == 1.0 else array
     return np.round(scaled).astype(np.uint8)
 
 
-def array_to_image(array: np.ndarray, where: str) -> Image.Image:
-    """A pixel array (H×W, H×W×1, H×W×3 or H×W×4, any numeric type) as an RGB image."""
-    pixels = to_uint8(np.asarray(array), where)
+def dataset_float_range(arrays: list[np.ndarray]) -> tuple[float | None, int]:
+    """The value range of a float image dataset, decided once from its maximum ([0, 1] or [0, 255]; None for a
+    dataset that is not float), and how many images on their own would have suggested the other range."""
+    floats = [a for a in arrays if np.issubdtype(a.dtype, np.floating) and a.size]
+    if not floats:
+        return None, 0
+    high = max(float(np.nanmax(a)) for a in floats)
+    float_range = 1.0 if high <= 1.0 else 255.0
+    if float_range == 1.0:
+        return float_range, 0
+    per_image = [np.nanmax(a.reshape(len(a), -1), axis=1) for a in floats if a.ndim >= 3]
+    disagree = int(sum(int((m <= 1.0).sum()) for m in per_image))
+    return float_range, disagree
+
+
+def array_to_image(array: np.ndarray, where: str, float_range: float | None = None) -> Image.Image:
+    """A pixel array (H×W, H×W×1, H×W×3 or H×W×4, any numeric type) as an RGB image; ``float_range``: the
+    dataset's float range when decided once for the whole dataset."""
+    array = np.asarray(array)
+    if float_range is not None and np.issubdtype(array.dtype, np.floating):
+        pixels = _scale_floats(array, where, float_range)
+    else:
+        pixels = to_uint8(array, where)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
@@ -90,5 +118,25 @@ def open_rgb(path: Path, where: str) -> Image.Image:
         raise AttTokError(f"{where}: image is too large to read safely ({err}); downscale it (e.g. to at most "
                           "4096 pixels on its longer side) before building the dataset") from err
     except IMAGE_ERRORS as err:
-        raise AttTokError(f"{where}: cannot be read as an image ({type(err).__name__}: {err})") from err
+        raise AttTokError(f"{where}: cannot be read as an image ({type(err).__name__}: {err}){_hint(path)}") from err
     return as_rgb(opened, where)
+
+
+def is_dicom(path: Path) -> bool:
+    """DICOM files carry "DICM" at byte 128 (after the preamble); some have only the ``.dcm`` suffix."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM" or Path(path).suffix.lower() in (".dcm", ".dicom")
+    except OSError:
+        return False
+
+
+def _hint(path: Path) -> str:
+    if Path(path).is_dir():
+        return "; it is a folder, not an image file: point the source at the image itself"
+    if is_dicom(path):
+        return ("; it is a DICOM file, which attok (like LLaMA-Factory) does not read: convert it to PNG first, e.g. "
+                "with pydicom (`pydicom.dcmread(path).pixel_array`) and Pillow, keeping 16-bit values (they are "
+                "scaled, not clipped, on reading)")
+    return ""

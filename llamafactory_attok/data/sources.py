@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import AttTokError
 from ..vocab import read_text
-from .images import array_to_image
+from .images import array_to_image, dataset_float_range
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -51,6 +51,11 @@ def load_npz(path: Path) -> dict:
             with data:
                 arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        if not zipfile.is_zipfile(path):  # numpy's own message for a text file talks about allow_pickle
+            head = path.read_bytes()[:40].decode("utf-8", "replace").splitlines()[0] if path.stat().st_size else ""
+            kind = ("a CSV file? use --format csv" if "," in head else "not an archive")
+            raise AttTokError(f"{path}: not a .npz archive (it starts with {head[:30]!r}: {kind}); --format npz "
+                              "reads MedMNIST .npz files with train/val/test _images and _labels arrays") from err
         raise AttTokError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); expected a MedMNIST "
                           "file with train/val/test _images and _labels arrays") from err
     if arrays is None:
@@ -80,14 +85,19 @@ def _label_text(value) -> str:
 
 
 def from_npz(path: Path) -> Iterator[Item]:
+    """The images of every split; a float dataset's value range is decided once over all splits (:mod:`.images`)."""
     data = load_npz(path)
-    for split in SPLITS:
-        images, labels = npz_split(path, data, split)
+    splits = {split: npz_split(path, data, split) for split in SPLITS}
+    float_range, disagree = dataset_float_range([images for images, _ in splits.values()])
+    if disagree:
+        warn(f"{path}: float images with values up to 255, but {disagree} image(s) have no value above 1: they are "
+             "read in the dataset's range [0, 255] (dark), not stretched by 255 one by one")
+    for split, (images, labels) in splits.items():
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             where = f"{path}: {split} sample {index}"
             if label.shape[0] != 1:
                 raise AttTokError(f"{where} has {label.shape[0]} labels; one expected")
-            yield Item(split, _label_text(label[0]), array_to_image(image, where), where)
+            yield Item(split, _label_text(label[0]), array_to_image(image, where, float_range), where)
 
 
 def _visible(entries: list[Path], hidden: list[Path]) -> list[Path]:
@@ -127,8 +137,10 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
     """Rows of a UTF-8 CSV with a header; errors name the CSV file and line."""
     if not path.is_file():
         raise AttTokError(f"{path}: file does not exist")
-    handle = io.StringIO(read_text(path), newline="")
+    text = read_text(path)
+    handle = io.StringIO(text.removeprefix("\ufeff"), newline="")  # a BOM (Excel's UTF-8 CSV) is not a column name
     reader = csv.DictReader(handle)
+    stripped: list[int] = []
     try:
         fieldnames = reader.fieldnames or []
         wanted = [c for c in (image_col, label_col, split_col) if c]
@@ -147,8 +159,13 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
             if empty:
                 raise AttTokError(f"{path}: line {line}: no value in column(s) {', '.join(empty)}")
             image = (path.parent / row[image_col].strip()).resolve()
+            if image.is_dir():
+                raise AttTokError(f"{path}: line {line}: image {row[image_col]!r} is a folder, not an image file")
             if not image.is_file():
                 raise AttTokError(f"{path}: line {line}: image {row[image_col]!r} does not exist")
+            raw_label = row[label_col]
+            if raw_label != raw_label.strip():
+                stripped.append(line)
             split = row[split_col].strip().lower() if split_col else None
             if split is not None and split not in SPLITS:
                 raise AttTokError(f"{path}: line {line}: split {split!r} is not one of {', '.join(SPLITS)}")
@@ -157,6 +174,10 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
         raise AttTokError(f"{path}: line {reader.line_num}: malformed CSV: {err}") from err
     if not rows:
         raise AttTokError(f"{path}: no data rows below the header; nothing to build")
+    if stripped:
+        lines = ", ".join(map(str, stripped[:5])) + (" …" if len(stripped) > 5 else "")
+        warn(f"{path}: {len(stripped)} label(s) had spaces around them, removed (line(s) {lines}): labels are "
+             "compared without them")
 
 
 def drop_duplicates(items: list[Item]) -> list[Item]:

@@ -118,9 +118,37 @@ def open_image(sample: Sample) -> Image.Image:
                           f"({type(err).__name__}: {err})") from err
 
 
+def check_model_folders(model_name_or_path: str, adapter: str | None) -> None:
+    """--model a full model, --adapter a LoRA adapter: a folder given in the other's place is named with the fix
+    (PEFT's and transformers' own errors do not say which option is wrong)."""
+    model = Path(model_name_or_path)
+    if model.is_dir() and (model / "adapter_config.json").is_file() and not (model / "config.json").is_file():
+        raise AttTokError(f"--model {model} is a LoRA adapter folder (adapter_config.json, no config.json): give "
+                          "the base model to --model and this folder to --adapter")
+    if adapter:
+        folder = Path(adapter)
+        if not folder.is_dir():
+            raise AttTokError(f"--adapter {folder}: no such folder")
+        if not (folder / "adapter_config.json").is_file():
+            full = (folder / "config.json").is_file()
+            raise AttTokError(f"--adapter {folder} is not a LoRA adapter folder (no adapter_config.json)"
+                              + ("; it is a full model: give it to --model and leave --adapter out" if full else ""))
+
+
+def check_device(device: str) -> None:
+    """A device this machine has; CUDA / MPS asked for where there is none is named with the fix."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AttTokError(f"--device {device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); use "
+                          "--device cpu, or run where a GPU is")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise AttTokError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def load_model_for_inference(model_name_or_path: str, adapter: str | None = None, template: str = "qwen2_vl"):
     """Load through LLaMA-Factory's public loaders, so an AttTok folder comes back with its tokens, ACC and books."""
     from llamafactory.hparams import get_infer_args
+
+    check_model_folders(model_name_or_path, adapter)
     from llamafactory.model import load_model, load_tokenizer
 
     args = {"model_name_or_path": model_name_or_path, "template": template, "infer_dtype": "float32"}

@@ -22,11 +22,13 @@ from sklearn.metrics import (
 from ..data.lf_format import write_atomic
 from ..errors import AttTokError
 from ..progress import progress
-from ..safe_paths import output_file, refuse_same_as_input
+from ..safe_paths import output_file, refuse_same_as_input, same_file
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
 from .attribute_classifier import (
     calibrate_temperature,
+    check_device,
+    check_model_folders,
     first_answer_outputs,
     likelihood_scores,
     load_model_for_inference,
@@ -67,7 +69,7 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 
 def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, top_k: int, batch_size: int,
-                   overwrite: bool = False) -> None:
+                   overwrite: bool = False, device: str | None = None) -> None:
     """Everything that can be refused before a dataset is read or the model loaded."""
     if mode not in ("attribute", "likelihood"):
         raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
@@ -76,6 +78,13 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
             raise AttTokError(f"{option} {value}: must be at least 1")
     refuse_same_as_input(output_paths(out).values(), inputs)
     output_file(out, "--out", overwrite)
+    dataset, val = inputs.get("--dataset"), inputs.get("--val-dataset")
+    if dataset and val and same_file(dataset, val):
+        raise AttTokError(f"--val-dataset {val} is --dataset: the temperature would be fitted on the very samples it "
+                          "scores; give a validation split (e.g. *_open_val.json) or leave --val-dataset out")
+    if device is not None:
+        check_device(device)
+    check_model_folders(inputs["--model"] or "", inputs.get("--adapter"))
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
@@ -161,7 +170,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     (JSONL, rows appended as they are scored), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with
     ``per_class`` and ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
     _check_request(out, {"--dataset": dataset, "--val-dataset": val_dataset, "--vocab": vocab_path,
-                         "--model": model_path, "--adapter": adapter}, mode, top_k, batch_size, overwrite)
+                         "--model": model_path, "--adapter": adapter}, mode, top_k, batch_size, overwrite, device)
     samples, skipped = read_samples_skipping(dataset, require_token=mode == "attribute")
     for item in skipped:
         print(f"attok predict: skipped {item['error']}", file=sys.stderr)

@@ -223,6 +223,8 @@ def build_context(ours: dict, parsed: tuple) -> AttTokContext | None:
         datasets=list(getattr(data_args, "dataset", None) or []) if training else [],
         finetuning_type=finetuning_args.finetuning_type,
         lf_args={"model": model_args, "data": data_args, "training": training_args},
+        # read before LF's get_train_args fills in its own auto-resume choice
+        explicit_resume=getattr(training_args, "resume_from_checkpoint", None),
     )
 
 

@@ -1,0 +1,351 @@
+"""Input that used to build or run silently wrong, crash raw or delete nothing-but-cleanup: each case gives a clear
+error (naming the file, line, sample or option and the fix), a warning with counts, or correct behaviour.
+
+Everything in-process (`main([...])`, the builders, LF's parser); the preemption of saves is in
+tests/test_preemption.py and the user's files under --overwrite in tests/test_data_classify.py."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llamafactory_attok.cli import main
+from llamafactory_attok.data import sources
+from llamafactory_attok.data.classify import build_classification
+from llamafactory_attok.errors import AttTokError
+from llamafactory_attok.vocab import vocab_from_mapping
+
+CLASS_MAP = "modality: xray\nclasses:\n  normal: normal chest\n  pneumonia: pneumonia\n"
+
+
+def _png(path: Path, seed: int = 0, size=(20, 24)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _csv(tmp_path: Path, rows: list[tuple[str, str]], name="labels.csv", header="path,diagnosis",
+         prefix: str = "") -> Path:
+    path = tmp_path / name
+    path.write_text(prefix + header + "\n" + "".join(f"{a},{b}\n" for a, b in rows), encoding="utf-8")
+    return path
+
+
+def _images(tmp_path: Path, n: int = 8) -> list[str]:
+    return [str(_png(tmp_path / "imgs" / f"{i}.png", seed=i).relative_to(tmp_path)) for i in range(n)]
+
+
+def _classify(tmp_path: Path, csv_path: Path, *extra: str) -> int:
+    return main(["data", "classify", str(csv_path), "--format", "csv", "--image-col", "path", "--label-col",
+                 "diagnosis", "--modality", "xray", "--out", str(tmp_path / "out"), "--name", "cx", "--no-augment",
+                 *extra])
+
+
+# ---- silent results --------------------------------------------------------------------------------------------
+
+
+def test_float_npz_range_is_decided_once_per_dataset(tmp_path, capsys):
+    """Float images in [0, 255] with one dark image (max 0.9): that image stays dark, not multiplied by 255."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (6, 8, 8)).astype(np.float32)
+    images[2] = rng.uniform(0, 0.9, (8, 8))
+    labels = np.array([[0], [1]] * 3)
+    arrays = {f"{s}_images": images for s in ("train", "val", "test")} | {f"{s}_labels": labels
+                                                                           for s in ("train", "val", "test")}
+    np.savez(tmp_path / "x.npz", **arrays)
+    items = list(sources.from_npz(tmp_path / "x.npz"))
+    assert "3 image(s) have no value above 1: they are read in the dataset's range [0, 255]" in capsys.readouterr().err
+    dark = np.asarray(items[2].image)
+    assert dark.max() <= 1  # kept in [0, 255]: 0.9 rounds to 1, not 230
+
+
+def test_two_tokens_with_one_keyword_are_refused():
+    with pytest.raises(AttTokError, match=r"v.yaml: <\|xray_a\|> and <\|xray_b\|> have the same keyword"):
+        vocab_from_mapping({"<|xray_a|>": "normal", "<|xray_b|>": " Normal "}, "v.yaml")
+
+
+@pytest.mark.parametrize("modality", ["<|im_end|>", "<image>", "x{y}"])
+def test_markup_in_the_modality_is_refused(tmp_path, capsys, modality):
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))])
+    args = ["data", "classify", str(csv_path), "--format", "csv", "--image-col", "path", "--label-col", "diagnosis",
+            "--modality", modality, "--out", str(tmp_path / "out"), "--name", "cx"]
+    assert main(args) == 2
+    assert f"the modality {modality!r} contains" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "cx_open_train.json").exists()
+
+
+@pytest.mark.parametrize("label", ["<image>", "<|im_end|>", "<|xray_x|> x"])
+def test_markup_in_a_label_is_refused_at_build(tmp_path, capsys, label):
+    rows = [(p, (label, "b")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 2
+    assert re.search(r"labels.csv: line \d+: the label .* contains", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("option", ["--out", "--name"])
+def test_an_empty_out_or_name_is_refused(tmp_path, capsys, option):
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))])
+    args = ["data", "classify", str(csv_path), "--format", "csv", "--image-col", "path", "--label-col", "diagnosis",
+            "--modality", "xray", "--out", str(tmp_path / "out"), "--name", "cx"]
+    args[args.index(option) + 1] = ""
+    if option == "--out":  # a path option: refused by the argument parser (exit status 2)
+        with pytest.raises(SystemExit):
+            main(args)
+        assert "--out: an empty path" in capsys.readouterr().err
+    else:
+        assert main(args) == 2
+        assert "--name '' is empty" in capsys.readouterr().err
+    assert not any(p.name.endswith("_open_train.json") for p in tmp_path.iterdir())
+
+
+def test_labels_differing_in_case_or_spaces_one_rule(tmp_path, capsys):
+    images = _images(tmp_path)
+    rows = [(p, ("normal ", "pneumonia")[i % 2]) for i, p in enumerate(images)]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 0  # surrounding spaces: removed, counted
+    assert "4 label(s) had spaces around them, removed" in capsys.readouterr().err
+    rows = [(p, ("normal", "Normal", "pneumonia")[i % 3]) for i, p in enumerate(images)]
+    assert _classify(tmp_path, _csv(tmp_path, rows, name="b.csv"), "--overwrite") == 2
+    assert "differ only in case or spacing name one class twice: 'normal' (3 image(s)) / 'Normal' (3 image(s))" \
+        in capsys.readouterr().err
+
+
+def test_a_single_class_is_refused(tmp_path, capsys):
+    assert _classify(tmp_path, _csv(tmp_path, [(p, "normal") for p in _images(tmp_path)])) == 2
+    assert "one class only ('normal', 8 image(s))" in capsys.readouterr().err
+
+
+def test_identical_images_under_two_labels_or_splits_are_counted(tmp_path, capsys):
+    images = _images(tmp_path, 8)
+    copy = tmp_path / "imgs" / "copy.png"
+    copy.write_bytes((tmp_path / images[0]).read_bytes())
+    rows = [(p, ("normal", "pneumonia")[i % 2]) for i, p in enumerate(images)] + [("imgs/copy.png", "pneumonia")]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) have the same content as an image with another label" in err
+    split_rows = [(p, ("normal", "pneumonia")[i % 2], ("train", "test")[i // 4]) for i, p in enumerate(images)]
+    split_rows.append(("imgs/copy.png", "normal", "test"))  # images[0] is normal / train
+    path = tmp_path / "s.csv"
+    path.write_text("path,diagnosis,split\n" + "".join(f"{a},{b},{c}\n" for a, b, c in split_rows))
+    assert main(["data", "classify", str(path), "--format", "csv", "--image-col", "path", "--label-col",
+                 "diagnosis", "--split-col", "split", "--modality", "xray", "--out", str(tmp_path / "o2"), "--name",
+                 "cx", "--no-augment"]) == 0
+    assert "1 image(s) of one split have the same content as an image of another split (leakage" \
+        in capsys.readouterr().err
+
+
+def test_copies_never_end_up_in_two_splits_the_build_assigns(tmp_path):
+    images = _images(tmp_path, 20)
+    rows = [(p, ("normal", "pneumonia")[i % 2]) for i, p in enumerate(images)]
+    for i in range(6):  # six copies of image 0
+        (tmp_path / "imgs" / f"c{i}.png").write_bytes((tmp_path / images[0]).read_bytes())
+        rows.append((f"imgs/c{i}.png", "normal"))
+    items = list(sources.from_csv(_csv(tmp_path, rows), "path", "diagnosis", None))
+    build_classification(items, None, tmp_path / "out", "cx", modality="xray", augment=False, val_ratio=0.3,
+                         test_ratio=0.3)
+    copies = {images[0], *(f"imgs/c{i}.png" for i in range(6))}
+    path_of_line = {index + 2: path for index, (path, _) in enumerate(rows)}  # line 1 is the header
+    manifest = json.loads((tmp_path / "out" / "cx_build.json").read_text())
+    splits = {e["split"] for e in manifest["images"] if path_of_line[int(e["source"].rsplit(" ", 1)[1])] in copies}
+    assert len(splits) == 1
+
+
+def test_a_class_missing_from_a_source_split_is_named(tmp_path, capsys):
+    images = _images(tmp_path, 8)
+    path = tmp_path / "s.csv"
+    rows = [(p, ("normal", "pneumonia")[i % 2], "train" if i < 6 else "test") for i, p in enumerate(images)]
+    rows[7] = (rows[7][0], "normal", "test")  # test: normal only
+    path.write_text("path,diagnosis,split\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    assert main(["data", "classify", str(path), "--format", "csv", "--image-col", "path", "--label-col",
+                 "diagnosis", "--split-col", "split", "--modality", "xray", "--out", str(tmp_path / "o"), "--name",
+                 "cx", "--no-augment"]) == 0
+    assert "the test split has no image of class(es) 'pneumonia'" in capsys.readouterr().err
+
+
+def test_an_empty_attok_vocab_is_an_error_not_a_derived_vocabulary():
+    from llamafactory_attok.args import parse_attok_dict
+
+    with pytest.raises(AttTokError, match="attok_vocab is empty; give a file, or remove the key"):
+        parse_attok_dict({"attok": True, "attok_vocab": ""})
+
+
+def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    (tmp_path / "model").mkdir()
+    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--val-dataset", str(data),
+                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "the temperature would be fitted on the very samples it scores" in capsys.readouterr().err
+
+
+def test_an_interrupted_build_leaves_no_staging_folder(tmp_path):
+    """SIGTERM during a build unwinds (temp folders removed); a SIGKILL's leftover is removed by the next build."""
+    images = _images(tmp_path, 40)
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(images)])
+    out = tmp_path / "out"
+    script = ("import sys, time, signal, os\n"
+              "from llamafactory_attok.data import classify\n"
+              "real = classify.write_png\n"
+              "def slow(*a, **k):\n"
+              "    real(*a, **k); print('writing', flush=True); time.sleep(0.2)\n"
+              "classify.write_png = slow\n"
+              "from llamafactory_attok.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    argv = [sys.executable, "-c", script, "data", "classify", str(csv_path), "--format", "csv", "--image-col", "path",
+            "--label-col", "diagnosis", "--modality", "xray", "--out", str(out), "--name", "cx"]
+    for sig in ("TERM", "KILL"):
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "writing"
+        getattr(process, sig.lower() if sig == "KILL" else "terminate")()
+        process.wait(timeout=60)
+        left = [p.name for p in out.glob(".*.building.*")]
+        if sig == "TERM":
+            assert process.returncode == 128 + 15 and left == [], left
+        else:
+            assert left  # SIGKILL: nothing can clean up ...
+    assert main(argv[3:]) == 0  # ... the next build of that folder does
+    assert not list(out.glob(".*.building.*"))
+
+
+# ---- raw or misleading crashes ---------------------------------------------------------------------------------
+
+
+def test_a_long_name_is_refused_before_the_file_system_does(tmp_path, capsys):
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))])
+    assert _classify(tmp_path, csv_path, "--name", "n" * 250) == 2  # the last --name wins
+    assert "is 250 characters long; at most 120" in capsys.readouterr().err
+
+
+def test_a_failed_write_is_named_and_the_output_left_as_it_was(tmp_path, capsys, monkeypatch):
+    """A file-size limit or a full disk during the build: the errno named with its cause, no raw traceback."""
+    import errno
+
+    from llamafactory_attok.data import classify
+
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))])
+
+    def too_large(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large", "x.png")
+
+    monkeypatch.setattr(classify, "write_png", too_large)
+    assert _classify(tmp_path, csv_path) == 2
+    err = capsys.readouterr().err
+    assert "x.png: File too large (EFBIG); a file-size limit (ulimit -f) stopped the write" in err
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".attok")]
+
+
+def test_csv_wording_bom_folder_dicom_and_wrong_format(tmp_path, capsys):
+    images = _images(tmp_path)
+    bom = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(images)], name="bom.csv", prefix="\ufeff")
+    assert [i.label for i in sources.from_csv(bom, "path", "diagnosis", None)][:2] == ["a", "b"]
+    folder = _csv(tmp_path, [("imgs", "a")], name="folder.csv")
+    with pytest.raises(AttTokError, match=r"folder.csv: line 2: image 'imgs' is a folder, not an image file"):
+        list(sources.from_csv(folder, "path", "diagnosis", None))
+    dicom = tmp_path / "scan.dcm"
+    dicom.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    from llamafactory_attok.data.images import open_rgb
+
+    with pytest.raises(AttTokError, match="DICOM file, which attok .* does not read: convert it to PNG"):
+        open_rgb(dicom, str(dicom))
+    with pytest.raises(AttTokError, match="not a .npz archive .*a CSV file\\? use --format csv") as error:
+        sources.load_npz(bom)
+    assert "allow_pickle" not in str(error.value)
+
+
+def test_predict_names_swapped_model_and_adapter_folders_and_a_missing_gpu(tmp_path, capsys):
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    out = str(tmp_path / "p.jsonl")
+    assert main(["predict", "--model", str(adapter), "--dataset", str(data), "--out", out]) == 2
+    assert "--model" in (err := capsys.readouterr().err) and "is a LoRA adapter folder" in err and "--adapter" in err
+    assert main(["predict", "--model", str(full), "--adapter", str(full), "--dataset", str(data), "--out", out]) == 2
+    assert "is not a LoRA adapter folder (no adapter_config.json); it is a full model" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["predict", "--model", str(full), "--dataset", str(data), "--out", out, "--device", "cuda"]) == 2
+        assert "--device cuda: no CUDA GPU is visible here" in capsys.readouterr().err
+
+
+def test_output_dir_that_is_a_file_is_named(tiny_models, sample_data, tmp_path):
+    from conftest import base_args
+    from llamafactory.hparams import get_train_args
+
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    with pytest.raises(AttTokError, match="output_dir .*out is a file, not a folder"):
+        get_train_args(base_args(tiny_models["qwen2_vl"], sample_data, target, attok=True))
+    assert target.read_text() == "not a folder"
+
+
+def test_a_missing_training_image_names_the_dataset_and_sample(tiny_models, sample_data, tmp_path):
+    import shutil
+
+    from conftest import base_args
+    from lf_inprocess import run_sft
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_data, data)
+    rows = json.loads((data / "retina_attok_train.json").read_text())
+    missing = rows[3]["images"][0]
+    (data / missing).unlink()
+    name = re.escape(Path(missing).name)
+    with pytest.raises(AttTokError, match=rf"retina_attok_train.json: sample 3: image .*{name}.* does not exist"):
+        run_sft(base_args(tiny_models["qwen2_vl"], data, tmp_path / "o", attok=True, max_steps=1))
+
+
+
+BAD_REQUESTS = {
+    "bad base64": {"image": "data:image/png;base64,!!!not-base64!!!"},
+    "base64 of text": {"image": "data:image/png;base64,aGVsbG8gd29ybGQ="},
+    "two <image> for one image": {"text": "<image><image>what is this?"},
+    "max_tokens -1": {"max_tokens": -1},
+    "temperature NaN": {"temperature": float("nan")},
+}
+
+
+def _status_codes(client, image_b64: str) -> dict[str, int]:
+    codes = {}
+    for name, bad in BAD_REQUESTS.items():
+        content = [{"type": "text", "text": bad.get("text", "what is this?")},
+                   {"type": "image_url", "image_url": {"url": bad.get("image", image_b64)}}]
+        body = {"model": "m", "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+        body.update({k: v for k, v in bad.items() if k in ("max_tokens", "temperature")})
+        response = client.post("/v1/chat/completions", content=json.dumps(body, allow_nan=True),
+                               headers={"Content-Type": "application/json"})
+        codes[name] = response.status_code
+    return codes
+
+
+def test_api_bad_requests_get_the_same_answer_for_an_attok_model_as_for_a_vanilla_one(tiny_models,
+                                                                                         modality_adapter,
+                                                                                         sample_data):
+    """`llamafactory-cli api`'s handling of bad requests is LF's own (it decodes images and sampling options before
+    anything of AttTok runs): an AttTok model answers each exactly as the vanilla base model does — the plugin
+    makes none of them worse. Run in process through LF's FastAPI app."""
+    import base64
+
+    from fastapi.testclient import TestClient
+    from llamafactory.api.app import create_app
+    from llamafactory.chat import ChatModel
+
+    image = sorted((sample_data / "modality_images").glob("*.png"))[0]
+    image_b64 = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
+    codes = {}
+    for arm, extra in (("vanilla", {}), ("attok", {"adapter_name_or_path": str(modality_adapter)})):
+        chat = ChatModel({"model_name_or_path": str(tiny_models["qwen2_vl"]), "template": "qwen2_vl",
+                          "infer_dtype": "float32", **extra})
+        with TestClient(create_app(chat), raise_server_exceptions=False) as client:
+            codes[arm] = _status_codes(client, image_b64)
+    assert codes["attok"] == codes["vanilla"], codes
+    assert all(code >= 400 for code in codes["attok"].values()), codes  # none is answered as if it were fine

@@ -1,0 +1,68 @@
+"""A save killed by a cluster (SIGTERM, SIGKILL) or a full disk never blocks the rerun: the same command resumes
+from the last complete checkpoint and ends where an uninterrupted run ends; an incomplete one named explicitly is
+refused, naming what is missing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import base_args, cli_env, log_history, write_yaml
+from lf_inprocess import run_sft
+from safetensors.torch import load_file
+
+from llamafactory_attok.checkpoints import checkpoint_problems
+from llamafactory_attok.errors import AttTokError
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+RUN = {"max_steps": 6, "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4}
+# (where in the save of checkpoint-4, how it dies): one case per way a cluster or a disk stops a save
+CASES = [("after-weights", "SIGTERM"), ("mid-state", "SIGKILL"), ("after-optimizer", "EFBIG")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, sample_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "out"
+    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, **RUN))
+    return out
+
+
+def _same_final_state(a: Path, b: Path) -> None:
+    for name in ("adapter_model.safetensors", "attok_state.safetensors"):
+        left, right = load_file(str(a / name)), load_file(str(b / name))
+        assert left.keys() == right.keys(), name
+        for key in left:
+            torch.testing.assert_close(left[key], right[key], atol=1e-6, rtol=0, msg=f"{name}: {key}")
+    losses = {e["step"]: e["loss"] for e in log_history(a)}
+    for entry in log_history(b):
+        if entry["step"] > 2:
+            assert entry["loss"] == pytest.approx(losses[entry["step"]], abs=1e-6), entry["step"]
+
+
+@pytest.mark.parametrize(("point", "how"), CASES, ids=[f"{p}-{h}" for p, h in CASES])
+def test_a_killed_save_is_skipped_and_the_rerun_ends_like_an_uninterrupted_run(point, how, uninterrupted,
+                                                                               tiny_models, sample_data, tmp_path,
+                                                                               caplog):
+    out = tmp_path / "out"
+    args = base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, **RUN, overwrite_output_dir=False)
+    config = write_yaml(tmp_path / "run.yaml", args)
+    killed = subprocess.run([sys.executable, str(HERE / "save_killer.py"), str(config), "4", point, how],
+                            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    assert not checkpoint_problems(out / "checkpoint-2")
+    missing = checkpoint_problems(out / "checkpoint-4")
+    assert missing and any("trainer_state.json" in m for m in missing), missing
+
+    if how == "SIGTERM":  # named explicitly (once: the check is the same): refused, naming what is missing
+        with pytest.raises(AttTokError, match=r"checkpoint-4: an incomplete checkpoint .*trainer_state.json.* "
+                                              r"Resume from .*checkpoint-2, the last complete one"):
+            run_sft({**args, "resume_from_checkpoint": str(out / "checkpoint-4")})
+
+    # the same command again: LF's auto-resume would take checkpoint-4; AttTok takes checkpoint-2 and says why
+    caplog.set_level("WARNING")
+    run_sft(args)
+    assert "skipping the incomplete checkpoint" in caplog.text and "checkpoint-4" in caplog.text
+    assert not checkpoint_problems(out / "checkpoint-6")
+    _same_final_state(uninterrupted, out)
