@@ -29,6 +29,7 @@ from .vocab import (
     check_keywords_against,
     derive_vocab,
     load_vocab,
+    shared_keywords,
 )
 
 logger = get_logger(__name__)
@@ -116,6 +117,10 @@ class AttTokContext:
                 f"gives {self.token_ids}: the adapter was trained on another base model or vocabulary."
             )
         check_keywords_against(self.vocab, tokenizer.all_special_tokens)  # no row starts from <|im_end|>'s
+        for keyword, tokens in shared_keywords(self.vocab).items():
+            logger.warning("AttTok: %s share the keyword %r: their keyword entries start equal (Eq. 5), and scoring "
+                           "generated text cannot tell their classes apart by it; give each its own keyword unless "
+                           "they are one concept in several modalities", ", ".join(tokens), keyword)
         self.keyword_ids = keyword_token_ids(tokenizer, self.vocab, self.token_ids)
         logger.info("AttTok: %d attribute tokens, ids %s", len(self.token_ids), self.token_ids)
 

@@ -118,16 +118,17 @@ def vocab_from_mapping(mapping: dict, source: str, text: str = "") -> AttributeV
         where = f"{source}: line {lines[-1]}" if text else source
         validate_token_name(token, where)
         _check_keyword(token, keyword, where)
-    seen: dict[str, str] = {}
-    for token, keyword in mapping.items():  # one keyword, one attribute: scoring and ACM's books need them apart
-        key = " ".join(str(keyword).split()).casefold()
-        if key in seen:
-            where = f"{source}: line {_line_of(text, str(token))}" if text else source
-            raise AttTokError(f"{where}: {seen[key]} and {token} have the same keyword {str(keyword).strip()!r}; each "
-                              "attribute token needs its own keyword text (generated answers are scored by it, and "
-                              "its embedding is one entry of the token's book, Eq. 5)")
-        seen[key] = str(token)
     return AttributeVocab(tuple(mapping), tuple(str(v).strip() for v in mapping.values()), source, tuple(lines))
+
+
+def shared_keywords(vocab: AttributeVocab) -> dict[str, list[str]]:
+    """Keywords given to several attribute tokens (case and spacing ignored) -> those tokens. Legitimate for tokens
+    of one concept in several modalities (``<|ct_abdomen|>`` / ``<|mri_abdomen|>``: "abdomen"), but their keyword
+    entries then start equal (Eq. 5) and the keyword cannot tell their classes apart in generated text."""
+    by_keyword: dict[str, list[str]] = defaultdict(list)
+    for token, keyword in zip(vocab.tokens, vocab.keywords, strict=True):
+        by_keyword[" ".join(keyword.split()).casefold()].append(token)
+    return {keyword: tokens for keyword, tokens in by_keyword.items() if len(tokens) > 1}
 
 
 def check_keywords_against(vocab: AttributeVocab, special_tokens: Iterable[str]) -> None:

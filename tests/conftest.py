@@ -222,3 +222,16 @@ def modality_adapter(tiny_models, sample_data, tmp_path_factory) -> Path:
     run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, dataset="modality_train",
                       max_steps=30, learning_rate=1e-2))
     return out
+
+
+@pytest.fixture(scope="session")
+def attok_api(tiny_models, modality_adapter, tmp_path_factory):
+    """One `llamafactory-cli api` server for the session: the tiny Qwen2-VL with the AttTok modality adapter, greedy,
+    attribute tokens shown (its replies are attribute tokens: junk to any client expecting other text)."""
+    folder = tmp_path_factory.mktemp("api")
+    config = write_yaml(folder / "api.yaml", {
+        "model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(modality_adapter),
+        "template": "qwen2_vl", "infer_dtype": "float32", "do_sample": False, "max_new_tokens": 6,
+        "attok_show_tokens": True})
+    with lf_api_server(config, folder) as client:
+        yield client

@@ -24,8 +24,8 @@ def _die(how: str) -> None:
     os.kill(os.getpid(), getattr(signal, how))
 
 
-def main() -> None:
-    config, step, point, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def install(step: int, point: str, how: str) -> None:
+    """Patch transformers / torch so that the save of checkpoint-``step`` dies at ``point`` the way ``how`` says."""
     from transformers import Trainer, TrainerState
 
     def saving_step(trainer_or_state) -> bool:
@@ -66,6 +66,11 @@ def main() -> None:
         TrainerState.save_to_json = save_to_json
     else:
         raise SystemExit(f"unknown point {point}")
+
+
+def main() -> None:
+    config, step, point, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    install(step, point, how)
     from llamafactory.cli import main as cli_main
 
     sys.argv = ["llamafactory-cli", "train", config]

@@ -126,7 +126,7 @@ def test_03_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp
                  "--npz", str(RETINA_NPZ)]) == 0
     assert "my edited keyword" not in (out / "retina_vocab.yaml").read_text()
     assert main(["sample-data", str(tmp_path / "d2"), "--npz", str(out / "retina_vocab.yaml")]) == 2
-    assert "retina_vocab.yaml: not a readable .npz archive" in _err(capsys)
+    assert "retina_vocab.yaml: not a .npz archive" in _err(capsys)
     assert not (tmp_path / "d2").exists()
 
 
@@ -540,7 +540,7 @@ def test_22_broken_npz_files_are_named(tmp_path):
     del arrays["test_labels"]
     np.savez(tmp_path / "nolabels.npz", **{**arrays, "val_labels": np.zeros((3, 1))})
     cases = {"short.npz": r"short.npz: val_images has shape \(3, 28, 28\) and val_labels \(2, 1\); expected N",
-             "text.npz": r"text.npz: not a readable .npz archive",
+             "text.npz": r"text.npz: not a .npz archive \(it starts with 'label,image': a CSV file\? use --format csv",
              "one.npy": r"one.npy: a single .npy array, not a .npz archive",
              "nolabels.npz": r"nolabels.npz: no 'test_labels' array"}
     for name, message in cases.items():

@@ -5,7 +5,7 @@ the tiny model (junk replies). The `openai` client is used as is, never mocked."
 import json
 
 import pytest
-from conftest import REPO, lf_api_server, run_cli, write_yaml
+from conftest import REPO, run_cli
 from openai import OpenAI
 from scripted_openai import ScriptedServer
 
@@ -100,16 +100,13 @@ def test_cli_end_to_end_on_vqa_rad_subset(tmp_path):
 
 
 @pytest.mark.slow
-def test_junk_from_a_real_lf_api_server_is_reported_not_invented(tiny_models, tmp_path):
-    config = write_yaml(tmp_path / "api.yaml", {"model_name_or_path": str(tiny_models["qwen2_vl"]),
-                                                 "template": "qwen2_vl", "infer_dtype": "float32",
-                                                 "max_new_tokens": 8})
-    with lf_api_server(config, tmp_path) as client:
-        data = tmp_path / "qa.json"
-        data.write_text(json.dumps(_rows(ANSWERS[:3])))
-        result = run_cli(["attok", "data", "vqa-attributes", str(data), "--out", str(tmp_path / "out"), "--name",
-                          "junk", "--base-url", str(client.base_url), "--model", "tiny",
-                          "--max-attempts", "2", "--concurrency", "1", "--min-count", "1"], cwd=tmp_path)
+def test_junk_from_a_real_lf_api_server_is_reported_not_invented(attok_api, tmp_path):
+    client = attok_api  # a real `llamafactory-cli api` server whose replies are attribute tokens, not keywords
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(_rows(ANSWERS[:3])))
+    result = run_cli(["attok", "data", "vqa-attributes", str(data), "--out", str(tmp_path / "out"), "--name",
+                      "junk", "--base-url", str(client.base_url), "--model", "tiny",
+                      "--max-attempts", "2", "--concurrency", "1", "--min-count", "1"], cwd=tmp_path)
     assert result.returncode == 1
     report = json.loads((tmp_path / "out" / "junk_report.json").read_text())
     assert len(report["failures"]) == 3 and all("malformed reply" in f["error"] for f in report["failures"])

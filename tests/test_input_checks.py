@@ -64,9 +64,26 @@ def test_float_npz_range_is_decided_once_per_dataset(tmp_path, capsys):
     assert dark.max() <= 1  # kept in [0, 255]: 0.9 rounds to 1, not 230
 
 
-def test_two_tokens_with_one_keyword_are_refused():
-    with pytest.raises(AttTokError, match=r"v.yaml: <\|xray_a\|> and <\|xray_b\|> have the same keyword"):
-        vocab_from_mapping({"<|xray_a|>": "normal", "<|xray_b|>": " Normal "}, "v.yaml")
+def test_a_keyword_shared_by_two_classes_never_makes_correct_answers_unparseable(tmp_path, capsys):
+    """Two tokens with one keyword (one concept in two modalities is legitimate): training warns (tested through
+    shared_keywords), and scoring generated text with --vocab no longer turns correct answers into unparseable ones."""
+    from llamafactory_attok.eval.classification import score_generated
+    from llamafactory_attok.vocab import shared_keywords
+
+    vocab = vocab_from_mapping({"<|xray_a|>": "normal", "<|xray_b|>": " Normal "}, "v.yaml")
+    assert shared_keywords(vocab) == {"normal": ["<|xray_a|>", "<|xray_b|>"]}
+    rows = [{"messages": [{"role": "user", "content": "<image>q"},
+                          {"role": "assistant", "content": f"{t} {n}"}], "images": ["x.png"], "label": n}
+            for t, n in (("<|xray_a|>", "normal chest"), ("<|xray_b|>", "normal lungs"))] * 5
+    dataset = tmp_path / "d.json"
+    dataset.write_text(json.dumps(rows))
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps({"predict": r["label"], "label": r["messages"][1]["content"]}) + "\n"
+                                   for r in rows))
+    scores = score_generated(predictions, dataset, vocab)
+    assert scores.accuracy == 1.0 and scores.unparseable == 0
+    assert "keyword(s) 'normal' belong to several classes; they are not used as class synonyms" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("modality", ["<|im_end|>", "<image>", "x{y}"])

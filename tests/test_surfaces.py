@@ -7,7 +7,7 @@ import os
 import re
 
 import pytest
-from conftest import assert_ok, base_args, lf_api_server, run_cli, write_yaml
+from conftest import assert_ok, base_args, run_cli
 from lf_inprocess import disabled_adapter_loads, run_predict
 
 from llamafactory_attok.eval.classification import score_generated
@@ -45,19 +45,15 @@ def test_chat_hides_attribute_tokens_unless_asked(tiny_models, adapter, sample_d
         assert "<|" not in hidden[token] and hidden[token].strip() == re.sub(r"<\|\w+\|>", "", shown[token]).strip()
 
 
-def test_openai_compatible_api_answers_an_image_question(tiny_models, adapter, sample_data, tmp_path):
-    config = write_yaml(tmp_path / "api.yaml", {
-        "model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(adapter),
-        "template": "qwen2_vl", "infer_dtype": "float32", "do_sample": False, "max_new_tokens": 6,
-        "attok_show_tokens": True})
-    with lf_api_server(config, tmp_path) as client:
-        for token, image in _images(sample_data).items():
-            data = base64.b64encode(open(image, "rb").read()).decode()
-            reply = client.chat.completions.create(model="attok", temperature=0, max_tokens=6, messages=[{
-                "role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
-                    {"type": "text", "text": "What kind of image is this?"}]}])
-            assert reply.choices[0].message.content.startswith(token)
+def test_openai_compatible_api_answers_an_image_question(attok_api, sample_data):
+    client = attok_api  # `llamafactory-cli api` on the AttTok adapter (conftest)
+    for token, image in _images(sample_data).items():
+        data = base64.b64encode(open(image, "rb").read()).decode()
+        reply = client.chat.completions.create(model="attok", temperature=0, max_tokens=6, messages=[{
+            "role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+                {"type": "text", "text": "What kind of image is this?"}]}])
+        assert reply.choices[0].message.content.startswith(token)
 
 
 def test_batch_prediction_writes_generated_predictions(tiny_models, adapter, sample_data, tmp_path):

@@ -1,4 +1,7 @@
-"""LlamaBoard (LLaMA-Factory's WebUI) trains an AttTok model, driven in headless Debian Chromium by Playwright.
+"""LlamaBoard (LLaMA-Factory's WebUI) trains an AttTok model from the AttTok panel and chats with an AttTok adapter
+in the Chat tab, driven in headless Debian Chromium by Playwright. (AttTok keys given through the Train tab's
+"Extra arguments" JSON reach the spawned run too: test_integration.py's test_webui_spawned_training_keeps_attok_keys
+and test_webui_panel.py, in process.)
 
 Chromium comes from Debian (`apt-get install chromium`, done by .ci/run); Playwright never downloads a browser.
 Without /usr/bin/chromium the test is skipped, unless ATTOK_REQUIRE_BROWSER=1 (CI) makes that a failure.
@@ -132,33 +135,6 @@ def _filled_page(browser, name: str, fill, attempts: int = 4):
     raise AssertionError("unreachable")
 
 
-def test_train_attok_from_the_train_tab(webui, tiny_models, sample_data, tmp_path):
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    out = tmp_path / "webui_run"
-    extra = {"attok": True, "attok_vocab": str(sample_data / "retina_vocab.yaml"), "max_steps": 4, "bf16": False,
-             "logging_steps": 1, "save_steps": 1000, "optim": "adamw_torch", "report_to": "none",
-             "preprocessing_num_workers": 1, "dataloader_num_workers": 0, "per_device_train_batch_size": 4}
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = _filled_page(browser, "webui", lambda page: _fill_train_tab(page, webui, tiny_models, sample_data,
-                                                                            out, extra))
-        page.get_by_role("button", name="Start").click()
-        deadline = time.time() + 300
-        while time.time() < deadline and not (out / "attok_state.safetensors").exists():
-            page.wait_for_timeout(1000)
-        page.wait_for_timeout(1500)  # let the WebUI render the finished run
-        page.screenshot(path=str(ARTIFACTS / "webui_attok.png"))
-        browser.close()
-    assert (out / "attok_state.safetensors").is_file(), "training launched from the WebUI did not finish"
-    assert {"attok_vocab.yaml", "attok_config.json"} <= {p.name for p in out.iterdir()}
-    acm = [e["loss_acm"] for e in trainer_log(out) if "loss_acm" in e]
-    assert len(acm) == 4 and all(value > 0 for value in acm)
-    assert json.loads((out / "attok_config.json").read_text())["args"]["attok"] is True
-
-
 def _open_panel(page) -> None:
     page.get_by_text("AttTok configurations").click()
     page.get_by_label("Enable AttTok").check()
@@ -196,20 +172,22 @@ def test_attok_panel_trains_saves_and_loads_without_json(webui, tiny_models, sam
         _gamma(page).fill("0.2")
         _choose(page, "Config path", "attok_panel.yaml")
         page.get_by_role("button", name="Save arguments").click()
-        page.wait_for_timeout(2000)
+        page.wait_for_timeout(500)
         _gamma(page).fill("0.35")
-        page.get_by_role("button", name="Load arguments").click()
-        page.wait_for_timeout(3000)
+        for _ in range(20):  # load until the saved value is back (the save may still be on its way)
+            page.get_by_role("button", name="Load arguments").click()
+            page.wait_for_timeout(500)
+            if float(_gamma(page).input_value()) == 0.2:
+                break
         assert float(_gamma(page).input_value()) == 0.2
         page.get_by_text("AttTok configurations").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "webui_attok_panel.png"))
         page.get_by_role("button", name="Start").click()
         deadline = time.time() + 300
         while time.time() < deadline and not (out / "attok_state.safetensors").exists():
-            page.wait_for_timeout(1000)
+            page.wait_for_timeout(500)
             if (out / "trainer_log.jsonl").exists() and len(trainer_log(out)) >= 8:
                 page.screenshot(path=str(ARTIFACTS / "webui_attok_curves.png"))
-        page.wait_for_timeout(1000)
         browser.close()
     assert (out / "attok_state.safetensors").is_file(), "training launched from the panel did not finish"
     acm = [e["loss_acm"] for e in trainer_log(out) if "loss_acm" in e]
@@ -228,19 +206,11 @@ def _wait_for_box_text(page, text: str, timeout_ms: int) -> None:
         arg=text, timeout=timeout_ms)
 
 
-def _ask_in_the_chat_tab(browser, webui, model: Path, adapter: Path, image: Path, show_tokens: bool) -> str:
-    """Load ``model`` + ``adapter`` in LlamaBoard's Chat tab, ask one question about ``image``, return the answer."""
-    page = browser.new_page(viewport={"width": 1400, "height": 2600})
-    page.goto(webui, timeout=60_000)
-    page.wait_for_selector("text=Model path", timeout=60_000)
-    _choose(page, "Model name", "Qwen2-VL-2B-Instruct")  # a vision model name: the Chat tab shows its image box
-    page.get_by_role("textbox", name="Model path").fill(str(model))
-    _choose(page, "Chat template", "qwen2_vl")
-    page.get_by_role("tab", name="Chat").click()
-    page.get_by_role("textbox", name="Extra arguments").filter(visible=True).first.fill(
-        json.dumps({"adapter_name_or_path": str(adapter)}))
-    if show_tokens:
-        page.get_by_label("Show attribute tokens").filter(visible=True).first.check()
+def _ask_in_the_chat_tab(page, image: Path, show_tokens: bool) -> str:
+    """With model and adapter filled in: load (with or without *Show attribute tokens*), ask one question about
+    ``image``, read the answer, unload (LlamaBoard holds one chat model at a time)."""
+    box = page.get_by_label("Show attribute tokens").filter(visible=True).first
+    box.check() if show_tokens else box.uncheck()
     page.get_by_role("button", name="Load model", exact=True).click()
     try:
         _wait_for_box_text(page, "Model loaded, now you can chat with your model!", 120_000)
@@ -250,17 +220,24 @@ def _ask_in_the_chat_tab(browser, webui, model: Path, adapter: Path, image: Path
     page.get_by_label("Temperature").filter(visible=True).first.fill("0.01")
     page.get_by_label("Maximum new tokens").filter(visible=True).first.fill("8")
     page.locator("input[type=file]").first.set_input_files(str(image))
-    page.wait_for_timeout(1500)
+    page.locator("[data-testid='image'] img, .image-frame img").first.wait_for(timeout=30_000)
     page.get_by_placeholder("Input...").fill("Which imaging modality is this?")
+    bots = page.locator("[data-testid='bot']")
+    before = bots.count()
     page.get_by_role("button", name="Submit", exact=True).click()
-    answer = page.locator("[data-testid='bot']").last
-    answer.wait_for(state="attached", timeout=120_000)
-    page.wait_for_timeout(4000)  # the answer streams in
-    text = answer.text_content() or ""
+    page.wait_for_function(f"() => document.querySelectorAll(\"[data-testid='bot']\").length > {before}",
+                           timeout=120_000)
+    text, deadline = "", time.time() + 120
+    while time.time() < deadline:  # streamed: read until it stops changing (with the tokens shown: until one came)
+        page.wait_for_timeout(700)
+        now = bots.last.text_content() or ""
+        if now == text and (now or not show_tokens):
+            break
+        text = now
     page.screenshot(path=str(ARTIFACTS / f"webui_chat{'_tokens' if show_tokens else ''}.png"))
-    page.get_by_role("button", name="Unload model", exact=True).click()  # one chat model per LlamaBoard server
+    page.get_by_role("button", name="Clear history", exact=True).click()
+    page.get_by_role("button", name="Unload model", exact=True).click()
     _wait_for_box_text(page, "Model unloaded.", 60_000)
-    page.close()
     return text
 
 
@@ -276,8 +253,17 @@ def test_chat_tab_loads_an_attok_model_and_answers_about_an_image(webui, tiny_mo
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        plain = _ask_in_the_chat_tab(browser, webui, tiny_models["qwen2_vl"], modality_adapter, image, False)
-        shown = _ask_in_the_chat_tab(browser, webui, tiny_models["qwen2_vl"], modality_adapter, image, True)
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        page.goto(webui, timeout=60_000)
+        page.wait_for_selector("text=Model path", timeout=60_000)
+        _choose(page, "Model name", "Qwen2-VL-2B-Instruct")  # a vision model name: the Chat tab shows its image box
+        page.get_by_role("textbox", name="Model path").fill(str(tiny_models["qwen2_vl"]))
+        _choose(page, "Chat template", "qwen2_vl")
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_role("textbox", name="Extra arguments").filter(visible=True).first.fill(
+            json.dumps({"adapter_name_or_path": str(modality_adapter)}))
+        shown = _ask_in_the_chat_tab(page, image, True)
+        plain = _ask_in_the_chat_tab(page, image, False)
         browser.close()
     assert "<generator object" not in plain + shown
     assert shown.strip() and "<|" in shown, shown

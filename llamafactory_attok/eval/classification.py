@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,11 +104,22 @@ def class_names(dataset_rows: list[dict], vocab: AttributeVocab | None,
 
 
 def _synonyms(classes: list[str], tokens: TokenMap, vocab: AttributeVocab | None) -> list[list[str]]:
+    """Each class's names: its label, plus its token's vocabulary keyword unless that keyword belongs to several
+    classes (it would make a correct answer match two classes: unparseable); those are named in a note."""
     synonyms = [[c] for c in classes]
     keywords = vocab.as_dict() if vocab is not None else {}
+    owners: dict[str, set[int]] = defaultdict(set)
     for token, index in tokens.classes.items():
-        if token in keywords and keywords[token] not in synonyms[index]:
-            synonyms[index].append(keywords[token])
+        if token in keywords:
+            owners[" ".join(keywords[token].split()).casefold()].add(index)
+    shared = sorted(k for k, classes_of in owners.items() if len(classes_of) > 1)
+    if shared:
+        print(f"attok: note: vocabulary keyword(s) {', '.join(repr(k) for k in shared)} belong to several classes; "
+              "they are not used as class synonyms (a correct answer would match two classes)", file=sys.stderr)
+    for token, index in tokens.classes.items():
+        keyword = keywords.get(token)
+        if keyword and " ".join(keyword.split()).casefold() not in shared and keyword not in synonyms[index]:
+            synonyms[index].append(keyword)
     return synonyms
 
 
