@@ -13,6 +13,7 @@ mixed micro-batches and the row / prototype / reload checks):
   full / freeze model (embed / head have size 0 on each rank), the 16-bit gathered save, LF's reload."""
 
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,24 @@ from llamafactory_attok.tiny import TEMPLATES, build_tiny_model
 pytestmark = pytest.mark.slow
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def train_on_two_ranks(tmp, args, through_lf_cli: bool = True):
+    """Launch on two ranks; relaunched once (into a fresh output folder) when a rank aborts at interpreter exit
+    after the run finished and saved (``terminate called without an active exception``, a C++ thread destroyed at
+    teardown: seen on both ZeRO-3 LoRA launches of one full-suite run on 2026-12-07 and in none of four others, and
+    once on LF main in the issue's compatibility run; an open defect, see docs/distributed.md). Any other failure,
+    or the abort twice, fails the test."""
+    result = _launch_on_two_ranks(tmp, args, through_lf_cli)
+    out = Path(args["output_dir"])
+    if result.returncode != 0 and TEARDOWN_ABORT in result.stderr and (out / "attok_state.safetensors").is_file():
+        shutil.rmtree(out)
+        result = _launch_on_two_ranks(tmp, args, through_lf_cli)
+    return result
+
+
+def _launch_on_two_ranks(tmp, args, through_lf_cli: bool):
     """``llamafactory-cli train`` relaunching itself under torchrun (LF's own path); or, without
     ``through_lf_cli``, the command LF would run (``torchrun … llamafactory/launcher.py x.yaml``), which spares a
     third process importing LF where the relaunch is not what the test proves."""
