@@ -70,7 +70,7 @@ def _data_classify(ns: argparse.Namespace) -> None:
     written = build_classification(
         items, ns.class_map, ns.out, ns.name, image_size=ns.image_size, seed=ns.seed, val_ratio=ns.val_ratio,
         test_ratio=ns.test_ratio, augment=not ns.no_augment, augment_target=ns.augment_target, vanilla=ns.vanilla,
-        overwrite=ns.overwrite, modality=ns.modality, inputs={"source": src})
+        overwrite=ns.overwrite, modality=ns.modality, inputs={"source": src}, max_size=ns.max_size)
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
     prefix = f"{ns.name}_vanilla" if ns.vanilla else ns.name
     print(f"images per class and split (open-ended datasets; the close-ended ones hold the same images):\n"
@@ -103,7 +103,11 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--label-col", default="label", help="CSV column with the class label")
     cls.add_argument("--split-col", default=None,
                      help="CSV column with train/val/test; none: a seeded stratified split")
-    cls.add_argument("--image-size", type=positive_int, default=112, help="smaller images are upscaled to this")
+    cls.add_argument("--image-size", type=positive_int, default=112,
+                     help="images whose shorter side is below this are upscaled to it (aspect ratio kept)")
+    cls.add_argument("--max-size", type=positive_int, default=None,
+                     help="images whose longer side is above this are downscaled to it, aspect ratio kept (not "
+                          "given: no limit; e.g. 1024 keeps Qwen2.5-VL's visual tokens per image bounded)")
     cls.add_argument("--seed", type=int, default=42, help="seed of the split, the option order and augmentation")
     cls.add_argument("--val-ratio", type=_ratio, default=0.1,
                      help="val share per class when the source has no split (val + test below 1)")

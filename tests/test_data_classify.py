@@ -406,3 +406,61 @@ def test_code_labels_are_named_and_a_relabel_reuses_the_images(tmp_path, capsys)
                                                              "<|derm_melanocytic_nevus|>": "benign mole"}
     assert main([*argv, "--relabel"]) == 2  # --relabel needs the new class map
     assert "give --class-map" in capsys.readouterr().err
+
+
+def _photos(root: Path) -> Path:
+    """Class 'nv': 60×45 JPEG photos (4:3, above --image-size); class 'vasc': 3 small 16-bit PNGs (to upscale)."""
+    rng = np.random.default_rng(4)
+    (root / "nv").mkdir(parents=True)
+    (root / "vasc").mkdir(parents=True)
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 255, (45, 60, 3), dtype=np.uint8)).save(root / "nv" / f"{i}.jpg", quality=90)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 4000, (20, 30), dtype=np.uint16)).save(root / "vasc" / f"{i}.png")
+    return root
+
+
+def test_sources_are_copied_where_nothing_changes_and_resized_with_the_aspect_kept(tmp_path):
+    root = _photos(tmp_path / "src")
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(root))
+    build_classification(items, None, out, "sk", modality="derm", augment=False, image_size=40, max_size=48,
+                         val_ratio=0.0, test_ratio=0.0)
+    rows = _rows(out, "sk_open_train")
+    by_source = {r["source"]: out / r["images"][0] for r in rows}
+    for i in range(9):  # 60×45 JPEG: longer side above --max-size 48 -> 48×36 (4:3 kept), still a JPEG
+        written = by_source[str(root / "nv" / f"{i}.jpg")]
+        assert written.suffix == ".jpg"
+        with Image.open(written) as image:
+            assert image.size == (48, 36) and image.format == "JPEG"
+    for i in range(3):  # 30×20 16-bit PNG: 8 bits; shorter side up to 40 would make it 60×40, above --max-size 48:
+        with Image.open(by_source[str(root / "vasc" / f"{i}.png")]) as image:  # the longer side's limit wins
+            assert image.size == (48, 32) and image.mode == "RGB"
+    again = tmp_path / "again"  # within the limits: the JPEG bytes are the source's, not re-encoded
+    build_classification(items, None, again, "sk", modality="derm", augment=False, image_size=40, val_ratio=0.0,
+                         test_ratio=0.0)
+    rows = _rows(again, "sk_open_train")
+    copied = [again / r["images"][0] for r in rows if r["source"].endswith(".jpg")]
+    assert len(copied) == 9 and all(p.read_bytes() == (root / "nv" / Path(r["source"]).name).read_bytes()
+                                    for p, r in zip(copied, [r for r in rows if r["source"].endswith(".jpg")],
+                                                    strict=True))
+    with pytest.raises(AttTokError, match="--max-size 30 is below --image-size 40"):
+        build_classification(items, None, tmp_path / "x", "sk", modality="derm", image_size=40, max_size=30)
+
+
+def test_augmented_images_have_their_class_originals_sizes_and_format(tmp_path):
+    """Balancing never lets image size (visual-token count) or format predict a class: every augmented image has
+    the size and format of an original of its class."""
+    out = tmp_path / "out"
+    build_classification(list(sources.from_image_folder(_photos(tmp_path / "src"))), None, out, "sk",
+                         modality="derm", augment=True, image_size=40, val_ratio=0.0, test_ratio=0.0, seed=1)
+    rows = _rows(out, "sk_open_train")
+    originals: dict[str, set] = {}
+    augmented: dict[str, set] = {}
+    for row in rows:
+        path = out / row["images"][0]
+        with Image.open(path) as image:
+            key = (image.size, path.suffix)
+        (augmented if row["source"] == "augmented" else originals).setdefault(row["label"], set()).add(key)
+    assert augmented["vasc"] and augmented["vasc"] <= originals["vasc"] == {((60, 40), ".png")}
+    assert originals["nv"] == {((60, 45), ".jpg")} and "nv" not in augmented  # the largest class needs none

@@ -205,10 +205,10 @@ def test_an_interrupted_build_leaves_no_staging_folder(tmp_path):
     out = tmp_path / "out"
     script = ("import sys, time, signal, os\n"
               "from llamafactory_attok.data import classify\n"
-              "real = classify.write_png\n"
+              "real = classify.place_image\n"
               "def slow(*a, **k):\n"
-              "    real(*a, **k); print('writing', flush=True); time.sleep(0.2)\n"
-              "classify.write_png = slow\n"
+              "    result = real(*a, **k); print('writing', flush=True); time.sleep(0.2); return result\n"
+              "classify.place_image = slow\n"
               "from llamafactory_attok.cli import main\n"
               "sys.exit(main(sys.argv[1:]))\n")
     argv = [sys.executable, "-c", script, "data", "classify", str(csv_path), "--format", "csv", "--image-col", "path",
@@ -247,7 +247,7 @@ def test_a_failed_write_is_named_and_the_output_left_as_it_was(tmp_path, capsys,
     def too_large(*args, **kwargs):
         raise OSError(errno.EFBIG, "File too large", "x.png")
 
-    monkeypatch.setattr(classify, "write_png", too_large)
+    monkeypatch.setattr(classify, "place_image", too_large)
     assert _classify(tmp_path, csv_path) == 2
     err = capsys.readouterr().err
     assert "x.png: File too large (EFBIG); a file-size limit (ulimit -f) stopped the write" in err

@@ -25,13 +25,13 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 from ..errors import AttTokError
 from ..progress import progress
@@ -41,7 +41,6 @@ from ..vocab import read_text, validate_token_name
 from .augment import balance, missing_count
 from .build_manifest import check_owned, manifest_name, read_manifest, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
-from .images import as_rgb, open_rgb
 from .lf_format import (
     attribute_token,
     dataset_entry,
@@ -49,9 +48,9 @@ from .lf_format import (
     merge_dataset_info,
     sharegpt_row,
     write_json,
-    write_png,
     write_vocab,
 )
+from .placement import check_max_size, encode, place_image
 from .sources import SPLITS, Item, drop_duplicates, warn
 
 OPEN_QUESTION = "<image>What is the diagnosis shown in this {modality} image?"
@@ -173,16 +172,6 @@ def stratified_split(items: list[Item], val_ratio: float, test_ratio: float, see
     return items
 
 
-def _load_image(item: Item, size: int) -> Image.Image:
-    """The item's image as RGB (bit depth scaled, see :mod:`.images`), upscaled to ``size`` when smaller."""
-    where = item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
-    image = as_rgb(item.image, where) if isinstance(item.image, Image.Image) else open_rgb(item.image, where)
-    if min(image.size) < size:  # small sources (MedMNIST 28×28) are upscaled; larger ones kept
-        scale = size / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
-    return image
-
-
 def _question(kind: str, modality: str, specs: list[ClassSpec], rng: random.Random) -> str:
     if kind == "open":
         return OPEN_QUESTION.format(modality=modality)
@@ -205,21 +194,33 @@ def _check_items(items: list[Item], specs: dict[str, ClassSpec], class_map: str 
 
 
 def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, images_dir: str, image_size: int,
-                  augment: bool, augment_target: int | None, seed: int) -> dict[str, list[tuple[str, str, dict]]]:
-    """Write the PNGs under ``root/images_dir``; return split -> (label, path relative to the output, extra)."""
+                  augment: bool, augment_target: int | None, seed: int,
+                  max_size: int | None = None) -> dict[str, list[tuple[str, str, dict]]]:
+    """Write the images under ``root/images_dir`` (copied where nothing changes, see :mod:`.placement`); return
+    split -> (label, path relative to the output, extra)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
     train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
+    copied = 0
     for index, item in enumerate(progress(items, desc="images")):
-        rel = f"{images_dir}/{item.split}/{index:06d}.png"
-        write_png(root / rel, _load_image(item, image_size))
-        per_split[item.split].append((item.label, rel, {"source": item.source}))
+        stem = root / images_dir / item.split / f"{index:06d}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        where = item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
+        path, _, was_copied = place_image(item.image, where, stem, image_size, max_size)
+        copied += was_copied
+        per_split[item.split].append((item.label, str(path.relative_to(root)), {"source": item.source}))
         if item.split == "train":
-            train_files[item.label].append(root / rel)
+            train_files[item.label].append(path)
+    if copied:
+        print(f"attok: {copied} of {len(items)} image(s) copied as they are (8-bit PNG / JPEG within the size limits)",
+              file=sys.stderr)
     if augment and train_files:
-        made = balance(train_files, augment_target, seed, image_size)
-        for label, j, image in progress(made, total=missing_count(train_files, augment_target), desc="augment"):
-            rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}.png"
-            write_png(root / rel, image)
+        made = balance(train_files, augment_target, seed)
+        for label, j, original, image in progress(made, total=missing_count(train_files, augment_target),
+                                                  desc="augment"):
+            suffix = ".jpg" if original.suffix == ".jpg" else ".png"  # the original's format: no format leak either
+            rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}{suffix}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(root / rel, encode(image, suffix))
             per_split["train"].append((label, rel, {"source": "augmented"}))
     return per_split
 
@@ -254,7 +255,8 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
                          image_size: int = 112, seed: int = 42, val_ratio: float = 0.1, test_ratio: float = 0.2,
                          augment: bool = True, augment_target: int | None = None, vanilla: bool = False,
                          overwrite: bool = False, modality: str | None = None,
-                         inputs: dict[str, str | Path | None] | None = None) -> dict[str, str]:
+                         inputs: dict[str, str | Path | None] | None = None,
+                         max_size: int | None = None) -> dict[str, str]:
     """Write images, datasets, vocabulary and ``dataset_info.json`` entries; return dataset name → file name.
 
     Without ``class_map`` the labels are the answer names (``modality`` names the modality) and the derived map
@@ -266,6 +268,7 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     out = Path(out_dir)
     dataset_name(name)
     check_split_options(image_size, val_ratio, test_ratio)
+    check_max_size(max_size, image_size)
     items = drop_duplicates(items)
     for item in items:
         plain_text(item.label, "the label", item.source)
@@ -305,7 +308,7 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
         try:
             per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,
-                                      seed)
+                                      seed, max_size)
             rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
             write_manifest(out, prefix, _manifest(plan, per_split, seed))  # before any other file: it owns them
             _write_outputs(out, staging, plan, rows_of, overwrite, derived_text,
