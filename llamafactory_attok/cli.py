@@ -70,7 +70,8 @@ def _data_classify(ns: argparse.Namespace) -> None:
     written = build_classification(
         items, ns.class_map, ns.out, ns.name, image_size=ns.image_size, seed=ns.seed, val_ratio=ns.val_ratio,
         test_ratio=ns.test_ratio, augment=not ns.no_augment, augment_target=ns.augment_target, vanilla=ns.vanilla,
-        overwrite=ns.overwrite, modality=ns.modality, inputs={"source": src}, max_size=ns.max_size)
+        overwrite=ns.overwrite, modality=ns.modality, inputs={"source": src}, max_size=ns.max_size,
+        workers=ns.workers)
     print(f"wrote {', '.join(written)} to {ns.out} (dataset_info.json merged)")
     prefix = f"{ns.name}_vanilla" if ns.vanilla else ns.name
     print(f"images per class and split (open-ended datasets; the close-ended ones hold the same images):\n"
@@ -85,6 +86,8 @@ def _ratio(text: str) -> float:
 
 
 def _add_data_commands(sub) -> None:
+    from .data.parallel import default_workers
+
     data = sub.add_parser("data", help="build LF datasets with attribute tokens").add_subparsers(dest="data_command",
                                                                                                required=True)
     cls = data.add_parser("classify", help="MedMNIST npz / ImageFolder / CSV -> open & close-ended datasets")
@@ -114,6 +117,9 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--test-ratio", type=_ratio, default=0.2,
                      help="test share per class when the source has no split (val + test below 1)")
     cls.add_argument("--no-augment", action="store_true", help="no offline class balancing of the training split")
+    cls.add_argument("--workers", type=positive_int, default=default_workers(),
+                     help="processes writing images (default: every core this process may use); the files are the "
+                          "same, byte for byte, with any number")
     cls.add_argument("--augment-target", type=positive_int, default=None,
                      help="images per class after augmentation (not given: the largest class's count)")
     cls.add_argument("--max-per-class", type=positive_int, default=None,

@@ -464,3 +464,20 @@ def test_augmented_images_have_their_class_originals_sizes_and_format(tmp_path):
         (augmented if row["source"] == "augmented" else originals).setdefault(row["label"], set()).add(key)
     assert augmented["vasc"] and augmented["vasc"] <= originals["vasc"] == {((60, 40), ".png")}
     assert originals["nv"] == {((60, 45), ".jpg")} and "nv" not in augmented  # the largest class needs none
+
+
+def test_one_worker_and_two_write_the_same_files_byte_for_byte(tmp_path, monkeypatch):
+    from llamafactory_attok.data import parallel
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_TASKS", 0)  # two processes even for these few images
+    items = list(sources.from_image_folder(_photos(tmp_path / "src")))
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        build_classification(items, None, out, "sk", modality="derm", augment=True, image_size=40, max_size=56,
+                             seed=3, workers=workers)
+        outs.append(out)
+    files = [{str(p.relative_to(o)): p.read_bytes() for p in sorted(o.rglob("*")) if p.is_file()
+              and not p.name.startswith(".")} for o in outs]
+    assert files[0].keys() == files[1].keys() and any("train_aug" in name for name in files[0])
+    assert files[0] == files[1]

@@ -38,7 +38,7 @@ from ..progress import progress
 from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
-from .augment import balance, missing_count
+from .augment import augment_task, augmentation_plan, missing_count
 from .build_manifest import check_owned, manifest_name, read_manifest, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .lf_format import (
@@ -50,7 +50,8 @@ from .lf_format import (
     write_json,
     write_vocab,
 )
-from .placement import check_max_size, encode, place_image
+from .parallel import check_workers, ordered_map
+from .placement import check_max_size, place_task
 from .sources import SPLITS, Item, drop_duplicates, warn
 
 OPEN_QUESTION = "<image>What is the diagnosis shown in this {modality} image?"
@@ -194,33 +195,34 @@ def _check_items(items: list[Item], specs: dict[str, ClassSpec], class_map: str 
 
 
 def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, images_dir: str, image_size: int,
-                  augment: bool, augment_target: int | None, seed: int,
-                  max_size: int | None = None) -> dict[str, list[tuple[str, str, dict]]]:
-    """Write the images under ``root/images_dir`` (copied where nothing changes, see :mod:`.placement`); return
-    split -> (label, path relative to the output, extra)."""
+                  augment: bool, augment_target: int | None, seed: int, max_size: int | None = None,
+                  workers: int = 1) -> dict[str, list[tuple[str, str, dict]]]:
+    """Write the images under ``root/images_dir`` over ``workers`` processes (copied where nothing changes, see
+    :mod:`.placement`); return split -> (label, path relative to the output, extra)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
     train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
+    tasks = ((index, item.image, item.split,
+              item.source if item.source == str(item.image) else f"{item.source}: image {item.image}",
+              str(root), images_dir, image_size, max_size) for index, item in enumerate(items))
     copied = 0
-    for index, item in enumerate(progress(items, desc="images")):
-        stem = root / images_dir / item.split / f"{index:06d}"
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        where = item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
-        path, _, was_copied = place_image(item.image, where, stem, image_size, max_size)
+    placed = ordered_map(place_task, tasks, workers, total=len(items))
+    for item, (rel, was_copied) in zip(items, progress(placed, desc="images", total=len(items)), strict=True):
         copied += was_copied
-        per_split[item.split].append((item.label, str(path.relative_to(root)), {"source": item.source}))
+        per_split[item.split].append((item.label, rel, {"source": item.source}))
         if item.split == "train":
-            train_files[item.label].append(path)
+            train_files[item.label].append(root / rel)
     if copied:
         print(f"attok: {copied} of {len(items)} image(s) copied as they are (8-bit PNG / JPEG within the size limits)",
               file=sys.stderr)
     if augment and train_files:
-        made = balance(train_files, augment_target, seed)
-        for label, j, original, image in progress(made, total=missing_count(train_files, augment_target),
-                                                  desc="augment"):
-            suffix = ".jpg" if original.suffix == ".jpg" else ".png"  # the original's format: no format leak either
-            rel = f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}{suffix}"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(root / rel, encode(image, suffix))
+        plan = augmentation_plan(train_files, augment_target)
+        tasks_aug = ((label, j, class_index, str(source), seed, str(root),
+                      f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
+                     for label, j, class_index, source in plan)
+        made = ordered_map(augment_task, tasks_aug, workers, total=missing_count(train_files, augment_target))
+        labels = (label for label, *_ in augmentation_plan(train_files, augment_target))
+        for label, rel in zip(labels, progress(made, total=missing_count(train_files, augment_target),
+                                               desc="augment"), strict=True):
             per_split["train"].append((label, rel, {"source": "augmented"}))
     return per_split
 
@@ -256,7 +258,7 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
                          augment: bool = True, augment_target: int | None = None, vanilla: bool = False,
                          overwrite: bool = False, modality: str | None = None,
                          inputs: dict[str, str | Path | None] | None = None,
-                         max_size: int | None = None) -> dict[str, str]:
+                         max_size: int | None = None, workers: int = 1) -> dict[str, str]:
     """Write images, datasets, vocabulary and ``dataset_info.json`` entries; return dataset name → file name.
 
     Without ``class_map`` the labels are the answer names (``modality`` names the modality) and the derived map
@@ -308,7 +310,7 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
         try:
             per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,
-                                      seed, max_size)
+                                      seed, max_size, check_workers(workers))
             rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
             write_manifest(out, prefix, _manifest(plan, per_split, seed))  # before any other file: it owns them
             _write_outputs(out, staging, plan, rows_of, overwrite, derived_text,

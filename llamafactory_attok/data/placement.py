@@ -90,3 +90,14 @@ def check_max_size(max_size: int | None, image_size: int) -> None:
     if max_size is not None and max_size < image_size:
         raise AttTokError(f"--max-size {max_size} is below --image-size {image_size}: an image cannot have its "
                           "shorter side raised to one and its longer side lowered to the other")
+
+
+def place_task(task: tuple) -> tuple[str, bool]:
+    """One source image into a build's staging folder — a worker's task (:mod:`.parallel`): everything it needs is
+    in ``task``: (index, source, split, where, staging root, images folder, image_size, max_size). Returns the path
+    written, relative to the staging root, and whether it was copied."""
+    index, image, split, where, root, images_dir, image_size, max_size = task
+    stem = Path(root) / images_dir / split / f"{index:06d}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    path, _, copied = place_image(image, where, stem, image_size, max_size)
+    return str(path.relative_to(root)), copied
