@@ -38,7 +38,6 @@ from ..progress import progress
 from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
-from .augment import augment_task, augmentation_plan, missing_count
 from .build_manifest import check_owned, manifest_name, read_manifest, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .lf_format import (
@@ -215,6 +214,8 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
         print(f"attok: {copied} of {len(items)} image(s) copied as they are (8-bit PNG / JPEG within the size limits)",
               file=sys.stderr)
     if augment and train_files:
+        from .augment import augment_task, augmentation_plan, missing_count  # torch: only when augmenting
+
         plan = augmentation_plan(train_files, augment_target)
         tasks_aug = ((label, j, class_index, str(source), seed, str(root),
                       f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
