@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import signal
@@ -138,9 +139,11 @@ def _add_data_commands(sub) -> None:
 def _predict(ns: argparse.Namespace) -> None:
     from .eval.predict import run_predict, summary_lines
 
-    metrics = run_predict(ns.model, ns.dataset, ns.out, adapter=ns.adapter, vocab_path=ns.vocab,
-                          val_dataset=ns.val_dataset, mode=ns.mode, top_k=ns.top_k, device=ns.device,
-                          batch_size=ns.batch_size, template=ns.template, overwrite=ns.overwrite)
+    # LF's loaders log to stdout: kept on stderr here, so stdout holds only the summary (or, with --json, JSON)
+    with contextlib.redirect_stdout(sys.stderr):
+        metrics = run_predict(ns.model, ns.dataset, ns.out, adapter=ns.adapter, vocab_path=ns.vocab,
+                              val_dataset=ns.val_dataset, mode=ns.mode, top_k=ns.top_k, device=ns.device,
+                              batch_size=ns.batch_size, template=ns.template, overwrite=ns.overwrite)
     print(json.dumps(metrics, indent=2) if ns.json else "\n".join(summary_lines(metrics, ns.out)))
 
 

@@ -111,6 +111,7 @@ def dataset_name(name: str, option: str = "--name") -> str:
 
 
 STAGING_PATTERN = ".*.building.*"  # the temp folders builds stage their images in (tempfile.mkdtemp prefixes)
+STAGING_MARKER = ".attok-staging"  # written into each staging folder at creation: only such folders are removed
 
 
 def remove_stale_staging(out: PathLike) -> list[str]:
@@ -119,7 +120,7 @@ def remove_stale_staging(out: PathLike) -> list[str]:
     staging folder seen then belongs to no running build."""
     removed = []
     for stale in Path(out).glob(STAGING_PATTERN):
-        if stale.is_dir() and not stale.is_symlink():
+        if stale.is_dir() and not stale.is_symlink() and (stale / STAGING_MARKER).is_file():
             shutil.rmtree(stale)
             removed.append(stale.name)
     if removed:

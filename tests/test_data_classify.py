@@ -481,3 +481,35 @@ def test_one_worker_and_two_write_the_same_files_byte_for_byte(tmp_path, monkeyp
               and not p.name.startswith(".")} for o in outs]
     assert files[0].keys() == files[1].keys() and any("train_aug" in name for name in files[0])
     assert files[0] == files[1]
+
+
+def test_overwrite_refuses_files_added_to_the_images_folder_or_edited_since_the_build(tmp_path):
+    """--overwrite replaces a build only as it was written: a file the user put into its images folder, or a
+    dataset / vocabulary / derived class map edited since, is named and nothing is deleted."""
+    out = tmp_path / "out"
+    items = list(sources.from_image_folder(_folder(tmp_path)))
+    build_classification(items, None, out, "cx", modality="xray", augment=False)
+    (out / "cx_images" / "MY_NOTES.txt").write_text("mine")
+    with pytest.raises(AttTokError, match=r"1 file\(s\) in cx_images/ that the build did not write "
+                                          r"\(cx_images/MY_NOTES.txt\)"):
+        build_classification(items, None, out, "cx", modality="xray", augment=False, overwrite=True)
+    assert (out / "cx_images" / "MY_NOTES.txt").read_text() == "mine"
+    (out / "cx_images" / "MY_NOTES.txt").unlink()
+    classes = out / "cx_classes.yaml"
+    classes.write_text(classes.read_text().replace("name: normal", "name: normal chest"))
+    with pytest.raises(AttTokError, match=r"cx_classes.yaml \(edited since the build\)"):
+        build_classification(items, None, out, "cx", modality="xray", augment=False, overwrite=True)
+    assert "normal chest" in classes.read_text()
+
+
+def test_stale_staging_cleanup_removes_only_folders_a_build_made(tmp_path):
+    from llamafactory_attok.safe_paths import STAGING_MARKER, remove_stale_staging
+
+    mine = tmp_path / ".big.building.mybackup"
+    mine.mkdir()
+    (mine / "f.txt").write_text("precious")
+    ours = tmp_path / ".big.building.x1y2"
+    ours.mkdir()
+    (ours / STAGING_MARKER).touch()
+    assert remove_stale_staging(tmp_path) == [".big.building.x1y2"]
+    assert (mine / "f.txt").read_text() == "precious"

@@ -95,8 +95,8 @@ def test_report_pools_seeds_as_mean_and_std(tmp_path):
 def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_models, sample_data, tmp_path):
     out = modality_adapter
     dataset = str(sample_data / "modality_train.json")
-    val = sample_data / "modality_val_copy.json"  # another file (the same samples): --val-dataset may not be --dataset
-    val.write_text((sample_data / "modality_train.json").read_text())
+    val = sample_data / "modality_val_subset.json"  # --val-dataset may not be --dataset (nor a copy of it)
+    val.write_text(json.dumps(json.loads((sample_data / "modality_train.json").read_text())[::2]))
     metrics = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "p.jsonl"), adapter=str(out),
                           val_dataset=str(val), top_k=2, batch_size=5)
     assert metrics["accuracy"] == 1.0 and metrics["temperature"] > 0 and "retrieval_accuracy" in metrics

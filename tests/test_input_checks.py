@@ -205,10 +205,10 @@ def test_an_interrupted_build_leaves_no_staging_folder(tmp_path):
     out = tmp_path / "out"
     script = ("import sys, time, signal, os\n"
               "from llamafactory_attok.data import classify\n"
-              "real = classify.place_image\n"
+              "real = classify.place_task\n"
               "def slow(*a, **k):\n"
               "    result = real(*a, **k); print('writing', flush=True); time.sleep(0.2); return result\n"
-              "classify.place_image = slow\n"
+              "classify.place_task = slow\n"
               "from llamafactory_attok.cli import main\n"
               "sys.exit(main(sys.argv[1:]))\n")
     argv = [sys.executable, "-c", script, "data", "classify", str(csv_path), "--format", "csv", "--image-col", "path",
@@ -247,7 +247,7 @@ def test_a_failed_write_is_named_and_the_output_left_as_it_was(tmp_path, capsys,
     def too_large(*args, **kwargs):
         raise OSError(errno.EFBIG, "File too large", "x.png")
 
-    monkeypatch.setattr(classify, "place_image", too_large)
+    monkeypatch.setattr(classify, "place_task", too_large)
     assert _classify(tmp_path, csv_path) == 2
     err = capsys.readouterr().err
     assert "x.png: File too large (EFBIG); a file-size limit (ulimit -f) stopped the write" in err
@@ -366,3 +366,40 @@ def test_api_bad_requests_get_the_same_answer_for_an_attok_model_as_for_a_vanill
             codes[arm] = _status_codes(client, image_b64)
     assert codes["attok"] == codes["vanilla"], codes
     assert all(code >= 400 for code in codes["attok"].values()), codes  # none is answered as if it were fine
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (("café", "cafe\u0301"), "differ only in case or spacing name one class twice"),  # NFC vs NFD
+    (("cat", "c\u200bat"), "contains the invisible character U+200B"),
+    (("cat", "\u0441at"), "has letters outside ASCII a-z / 0-9"),  # Cyrillic с
+    (("正常", "肺炎"), "the labels cannot become a class map by themselves"),
+    (("cat", "line\u2028break"), "contains the invisible character U+2028"),
+])
+def test_look_alike_and_non_ascii_labels_never_become_silently_different_tokens(tmp_path, capsys, labels, message):
+    rows = [(p, labels[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "look like codes" not in err
+    assert not (tmp_path / "out" / "cx_open_train.json").exists()
+
+
+def test_predict_json_stdout_is_json_only_and_a_copied_val_split_is_refused(tmp_path, capsys):
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    copy = tmp_path / "copy.json"
+    copy.write_text("[]")
+    (tmp_path / "model").mkdir()
+    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--val-dataset", str(copy),
+                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "is --dataset (or a copy of it)" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--device", "gpu",
+                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "--device 'gpu' is not a torch device" in capsys.readouterr().err
+
+
+def test_a_local_lf_build_counts_as_its_release(monkeypatch):
+    from llamafactory_attok.lf_patches import stack
+
+    monkeypatch.setattr(stack, "lf_version", lambda: "0.9.5+cu121")
+    monkeypatch.setattr(stack, "transformers_version", lambda: "5.6.0")
+    assert stack.untested() == []

@@ -9,6 +9,7 @@ made before manifests existed — is refused, with or without ``--overwrite``, a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -42,6 +43,36 @@ def write_manifest(out: Path, prefix: str, manifest: dict) -> None:
     atomic_write_bytes(out / manifest_name(prefix), (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode())
 
 
+def file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _added_files(out: Path, manifest: dict) -> list[str]:
+    """Files someone put into the build's images folder since (the manifest lists every image it wrote)."""
+    folder = manifest.get("images_dir")
+    if not folder or not (out / folder).is_dir():
+        return []
+    written = {entry["path"] for entry in manifest.get("images", [])}
+    added = sorted(str(p.relative_to(out)) for p in (out / folder).rglob("*")
+                   if (p.is_file() or p.is_symlink()) and str(p.relative_to(out)) not in written)
+    if not added:
+        return []
+    return [f"{len(added)} file(s) in {folder}/ that the build did not write ({', '.join(added[:3])}"
+            f"{' …' if len(added) > 3 else ''})"]
+
+
+def _edited_files(out: Path, manifest: dict) -> list[str]:
+    """Text files of the build (datasets, vocabulary, derived class map) changed since it wrote them."""
+    return [f"{name} (edited since the build)" for name, digest in manifest.get("hashes", {}).items()
+            if (out / name).is_file() and file_digest(out / name) != digest]
+
+
+def record_hashes(out: Path, prefix: str, manifest: dict, files: list[str]) -> None:
+    """Rewrite the manifest with the digests of the build's text ``files`` (written last, once they exist)."""
+    hashes = {name: file_digest(out / name) for name in files if (out / name).is_file()}
+    write_manifest(out, prefix, {**{k: v for k, v in manifest.items() if k != "version"}, "hashes": hashes})
+
+
 def check_owned(out: Path, prefix: str, builder: str, files: list[str], datasets: list[str],
                 existing_datasets: set[str], overwrite: bool) -> None:
     """Refuse before writing: files or dataset entries of this build that already exist must all have been
@@ -53,11 +84,14 @@ def check_owned(out: Path, prefix: str, builder: str, files: list[str], datasets
     datasets_there = sorted(set(datasets) & existing_datasets)
     foreign = [f for f in files_there if f not in owned_files] + [
         f"dataset_info.json entry {d}" for d in datasets_there if d not in owned_datasets]
+    if manifest:
+        foreign += _added_files(out, manifest) + _edited_files(out, manifest)
     if foreign:
         raise AttTokError(
             f"{out}: {', '.join(foreign)} already exist and no earlier `{builder}` build of {prefix!r} wrote them "
             f"(no {manifest_name(prefix)} lists them): they may be your own files — source images among them — "
-            "and are never replaced or deleted. Choose another --name or another --out.")
+            "and are never replaced or deleted (move them away, or pass an edited class map back with --class-map). "
+            "Choose another --name or another --out.")
     if (files_there or datasets_there) and not overwrite:
         everything = [*files_there, *(f"dataset {d}" for d in datasets_there)]
         shown = ", ".join(everything[:4]) + (f" and {len(everything) - 4} more" if len(everything) > 4 else "")

@@ -9,6 +9,7 @@ since they name one class twice.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def check_labels(items: list[Item]) -> None:
     """Near-duplicate labels are refused; a source with one class is refused (nothing to tell apart)."""
     spellings: dict[str, Counter] = defaultdict(Counter)
     for item in items:
-        spellings[" ".join(item.label.split()).casefold()][item.label] += 1
+        spellings[" ".join(unicodedata.normalize("NFKC", item.label).split()).casefold()][item.label] += 1
     clashes = [counts for counts in spellings.values() if len(counts) > 1]
     if clashes:
         shown = "; ".join(" / ".join(f"{label!r} ({n} image(s))" for label, n in counts.items())

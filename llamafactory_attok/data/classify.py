@@ -35,10 +35,10 @@ import yaml
 
 from ..errors import AttTokError
 from ..progress import progress
-from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
+from ..safe_paths import STAGING_MARKER, build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
-from .build_manifest import check_owned, manifest_name, read_manifest, write_manifest
+from .build_manifest import check_owned, manifest_name, read_manifest, record_hashes, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .lf_format import (
     attribute_token,
@@ -74,6 +74,13 @@ def plain_text(value: str, what: str, where: str) -> str:
     """Text that goes into every prompt or answer (modality, class names, keywords, labels): refused when it holds
     markup a template or LF's multimodal plugin would read — ``<image>``, ``<|im_end|>``, ``<|xray_x|>`` — braces
     or control characters, so it never becomes a placeholder or a special token at training."""
+    import unicodedata
+
+    hidden = next((ch for ch in value if unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Cc")), None)
+    if hidden is not None:
+        raise AttTokError(f"{where}: {what} {value!r} contains the invisible character U+{ord(hidden):04X} "
+                          f"({unicodedata.name(hidden, 'unnamed')}); remove it: two labels that look the same "
+                          "would become two classes")
     found = _MARKUP.search(value)
     if found:
         raise AttTokError(f"{where}: {what} {value!r} contains {found.group(0)!r}; it is put into every prompt or "
@@ -283,6 +290,12 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
             raise AttTokError("the source has no samples; nothing to build")
         plan = _Outputs(name, prefix, vanilla, f"{prefix}_classes.yaml")
         mapping, derived_text = derive_class_map([item.label for item in items], modality or "")
+        try:
+            modality, specs = load_class_map(out / plan.derived_file, raw=mapping)
+        except AttTokError as err:  # the derived map is not written yet: name the labels, not a missing file
+            why = str(err).removeprefix(f"{out / plan.derived_file}: ")
+            raise AttTokError(f"the labels cannot become a class map by themselves: {why}; write a --class-map "
+                              "(modality and, per label, name / keyword / concept)") from err
         codes = [label for label in mapping["classes"] if looks_like_code(label)]
         if codes:
             warn(f"labels {', '.join(codes[:8])}{' …' if len(codes) > 8 else ''} look like codes: they become the "
@@ -290,7 +303,6 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
                  f"a code means little to the model. Give names (and keywords) in {out / plan.derived_file}, then "
                  "rebuild the text only, reusing the images: the same command plus --class-map "
                  f"{out / plan.derived_file} --relabel")
-        modality, specs = load_class_map(out / plan.derived_file, raw=mapping)
         class_map = out / plan.derived_file
     else:
         plan = _Outputs(name, prefix, vanilla, None)
@@ -309,13 +321,17 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         check_owned(out, prefix, BUILDER, plan.paths(), plan.datasets, set(dataset_info_names(out)), overwrite)
         remove_stale_staging(out)
         staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
+        (staging / STAGING_MARKER).touch()
         try:
             per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,
                                       seed, max_size, check_workers(workers))
             rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
-            write_manifest(out, prefix, _manifest(plan, per_split, seed))  # before any other file: it owns them
+            manifest = _manifest(plan, per_split, seed)
+            write_manifest(out, prefix, manifest)  # before any other file: it owns them
             _write_outputs(out, staging, plan, rows_of, overwrite, derived_text,
                            {s.token: s.keyword for s in specs.values()}, f"{name} ({modality})")
+            record_hashes(out, prefix, manifest, [p for p in plan.paths() if p.endswith((".json", ".yaml"))
+                                                  and p != manifest_name(prefix)])
         finally:
             shutil.rmtree(staging)
     return {d: f"{d}.json" for d in rows_of}
@@ -330,7 +346,7 @@ def _manifest(plan: _Outputs, per_split: dict[str, list[tuple[str, str, dict]]],
     images = [{"path": rel, "label": label, "split": split, "source": extra["source"]}
               for split, entries in per_split.items() for label, rel, extra in entries]
     return {"builder": BUILDER, "name": plan.name, "prefix": plan.prefix, "vanilla": plan.vanilla, "seed": seed,
-            "files": plan.paths(), "datasets": plan.datasets, "images": images}
+            "files": plan.paths(), "datasets": plan.datasets, "images_dir": plan.images_dir, "images": images}
 
 
 def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str, *, seed: int = 42,
@@ -372,6 +388,8 @@ def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str
             write_vocab(out / plan.vocab_file, {s.token: s.keyword for s in specs.values()},
                         f"attribute vocabulary of {name} ({modality}), relabelled by `{BUILDER} --relabel`")
         merge_dataset_info(out, {d: dataset_entry(f"{d}.json") for d in rows_of}, overwrite=True, remove=stale)
+        written = [f"{d}.json" for d in rows_of] + ([plan.vocab_file] if plan.vocab_file else [])
+        record_hashes(out, prefix, read_manifest(out, prefix, BUILDER) or {}, written)
     return {d: f"{d}.json" for d in rows_of}
 
 

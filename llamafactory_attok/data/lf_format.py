@@ -25,10 +25,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+def _ascii_slug(text: str, what: str) -> str:
+    """``slug(text)``, refused when it would drop letters (non-ASCII letters, look-alikes: ``сat`` with a Cyrillic
+    с would silently become ``at``): a token name must say what the text says."""
+    import unicodedata
+
+    letters = [ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch).startswith(("L", "N"))]
+    if any(not ch.isascii() for ch in letters):
+        raise AttTokError(f"{what} {text!r} has letters outside ASCII a-z / 0-9, which a token name "
+                          "(<|modality_concept|>) cannot hold: give an ASCII `concept` for it in a --class-map "
+                          "(the answer text `name` and `keyword` may stay as they are)")
+    return slug(unicodedata.normalize("NFKC", text))
+
+
 def attribute_token(concept: str, modality: str | None) -> str:
     """``<|modality_concept|>``; the modality part is one word (``X-Ray`` → ``xray``), since the vocabulary reads
-    the modality as what precedes the first underscore."""
-    return f"<|{slug(modality).replace('_', '')}_{slug(concept)}|>" if modality else f"<|{slug(concept)}|>"
+    the modality as what precedes the first underscore. Text whose letters a token name cannot hold is refused."""
+    concept_part = _ascii_slug(concept, "the concept")
+    if not modality:
+        return f"<|{concept_part}|>"
+    return f"<|{_ascii_slug(modality, 'the modality').replace('_', '')}_{concept_part}|>"
 
 
 def sharegpt_row(question: str, answer: str, images: list[str], **extra) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import AttTokError
-from ..safe_paths import build_lock, remove_stale_staging
+from ..safe_paths import STAGING_MARKER, build_lock, remove_stale_staging
 from .lf_format import sharegpt_row, write_json
 from .pathvqa_sources import QA, from_parquet, from_release, release_file
 from .vqa_build import VQA_SPLITS, YES_NO, Skipped, VqaBuild, check_outputs_free, commit, skip_empty_answer
@@ -79,6 +79,7 @@ def build_pathvqa(source_dir: str | Path, out_dir: str | Path, name: str = "path
         else:
             remove_stale_staging(out)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.building.", dir=out))
+            (staging / STAGING_MARKER).touch()
             try:
                 _assemble(build, from_parquet(source, staging), source)
                 commit(build, out, overwrite)

@@ -137,6 +137,10 @@ def check_model_folders(model_name_or_path: str, adapter: str | None) -> None:
 
 def check_device(device: str) -> None:
     """A device this machine has; CUDA / MPS asked for where there is none is named with the fix."""
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise AttTokError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from err
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise AttTokError(f"--device {device}: no CUDA GPU is visible here (torch.cuda.is_available() is False); use "
                           "--device cpu, or run where a GPU is")

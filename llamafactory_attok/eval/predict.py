@@ -68,6 +68,14 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "confusion": out.with_suffix(".confusion.png"), "metrics": out.with_suffix(".metrics.json")}
 
 
+def _same_bytes(a: str, b: str) -> bool:
+    """Two files with the same content (a copy of the test split given as the validation split)."""
+    try:
+        return Path(a).stat().st_size == Path(b).stat().st_size and Path(a).read_bytes() == Path(b).read_bytes()
+    except OSError:
+        return False
+
+
 def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, top_k: int, batch_size: int,
                    overwrite: bool = False, device: str | None = None) -> None:
     """Everything that can be refused before a dataset is read or the model loaded."""
@@ -79,9 +87,10 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     refuse_same_as_input(output_paths(out).values(), inputs)
     output_file(out, "--out", overwrite)
     dataset, val = inputs.get("--dataset"), inputs.get("--val-dataset")
-    if dataset and val and same_file(dataset, val):
-        raise AttTokError(f"--val-dataset {val} is --dataset: the temperature would be fitted on the very samples it "
-                          "scores; give a validation split (e.g. *_open_val.json) or leave --val-dataset out")
+    if dataset and val and (same_file(dataset, val) or _same_bytes(dataset, val)):
+        raise AttTokError(f"--val-dataset {val} is --dataset (or a copy of it): the temperature would be fitted "
+                          "on the very samples it scores; give a validation split (e.g. *_open_val.json) or leave "
+                          "--val-dataset out")
     if device is not None:
         check_device(device)
     check_model_folders(inputs["--model"] or "", inputs.get("--adapter"))

@@ -67,7 +67,7 @@ def transformers_too_old() -> str | None:
 def untested() -> list[str]:
     """The parts of this stack outside the tested matrix ("LLaMA-Factory 0.9.7", "transformers 5.9.0")."""
     parts = []
-    if lf_version() not in TESTED_LF_VERSIONS:
+    if lf_version().split("+", 1)[0] not in TESTED_LF_VERSIONS:  # a local build (0.9.5+cu121) is that release
         parts.append(f"LLaMA-Factory {lf_version()}")
     got = release(transformers_version())
     if got is not None and got > TRANSFORMERS_MAX:
