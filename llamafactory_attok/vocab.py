@@ -146,6 +146,8 @@ def check_keywords_against(vocab: AttributeVocab, special_tokens: Iterable[str])
 def read_text(path: str | Path) -> str:
     """The UTF-8 text of ``path``; a missing or non-UTF-8 file is an :class:`AttTokError` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise AttTokError(f"{path}: a folder, not a file; give the file itself.")
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
@@ -153,6 +155,9 @@ def read_text(path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
+        if data[:4] == b"PK\x03\x04":  # a zip archive: a .npz given where text is read
+            raise AttTokError(f"{path}: a zip archive (a .npz?), not a text file; a MedMNIST .npz is read with "
+                              "--format npz.") from err
         line = data[: err.start].count(b"\n") + 1
         raise AttTokError(f"{path}: line {line}: not UTF-8 text (byte {data[err.start]:#04x}: {err.reason}); "
                           "save the file as UTF-8.") from err

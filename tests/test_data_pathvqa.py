@@ -57,6 +57,8 @@ def test_missing_image_is_skipped_and_reported(tmp_path):
     assert "train_qa.pkl: record 2: image images/train/train_0002.jpg does not exist" in result.stderr
     report = json.loads((tmp_path / "out" / "pathvqa_build_report.json").read_text())
     assert report["skipped"] == 1 and report["splits"]["train"]["questions"] == 2
+    table = result.stdout.split("questions per answer type and dataset:")[1].splitlines()  # every builder ends so
+    assert table[1].split()[:3] == ["answer", "type", "pathvqa_train"] and table[-1].split()[0] == "total"
 
 
 class Payload:

@@ -403,3 +403,35 @@ def test_a_local_lf_build_counts_as_its_release(monkeypatch):
     monkeypatch.setattr(stack, "lf_version", lambda: "0.9.5+cu121")
     monkeypatch.setattr(stack, "transformers_version", lambda: "5.6.0")
     assert stack.untested() == []
+
+
+def test_inputs_of_the_wrong_kind_are_named_with_the_right_one(tmp_path, capsys):
+    """A folder given as the CSV, a .npz given as --format csv, a tab in a label, a dataset or `attok predict`'s
+    rows given to `attok eval classify`, and a report of a metrics file that contradicts itself."""
+    from llamafactory_attok.eval.classification import read_predictions
+    from llamafactory_attok.eval.report import build_report
+
+    with pytest.raises(AttTokError, match="a folder, not a CSV file; .*--format folder"):
+        list(sources.from_csv(tmp_path, "path", "diagnosis", None))
+    npz = tmp_path / "x.npz"
+    np.savez(npz, a=np.zeros(3))
+    with pytest.raises(AttTokError, match=r"a zip archive \(a .npz\?\), not a text file; .*--format npz"):
+        list(sources.from_csv(npz, "path", "diagnosis", None))
+    rows = [(p, ("a\tb", "c")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 2
+    assert "contains the control character U+0009 (TAB)" in capsys.readouterr().err
+    dataset = tmp_path / "d.json"
+    dataset.write_text('[{"messages": []}]')
+    with pytest.raises(AttTokError, match="a JSON array \\(a dataset\\?\\), not LF's generated_predictions.jsonl"):
+        read_predictions(dataset)
+    predicted = tmp_path / "p.jsonl"
+    predicted.write_text(json.dumps({"id": 0, "label": "a", "prediction": "a", "top_k": [], "probabilities": {}}))
+    with pytest.raises(AttTokError, match="rows of `attok predict`"):
+        read_predictions(predicted)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"accuracy": 0.99, "confusion": [[1, 4], [0, 0]]}))
+    with pytest.raises(AttTokError, match="accuracy 0.99 but its own confusion matrix gives 0.200000"):
+        build_report({"a@1": bad}, tmp_path / "r.md")
+    bad.write_text(json.dumps({"accuracy": 0.5, "per_class": {"x": {"f1": 0.5, "support": -3}}}))
+    with pytest.raises(AttTokError, match=r"per_class\['x'\] support -3 is not a count"):
+        build_report({"a@1": bad}, tmp_path / "r.md")

@@ -167,3 +167,12 @@ def test_llamaboard_finds_this_environments_launcher_when_the_venv_is_not_activa
     (other / "llamafactory-cli").chmod(0o755)
     environ = {"PATH": str(other)}
     assert launcher_on_path(environ) is None and environ["PATH"] == str(other)
+
+
+def test_panel_texts_are_plain_text():
+    """Gradio renders info texts as Markdown: no `*`, `_` pairs or backticks that would be eaten or shown raw."""
+    from llamafactory_attok.webui_panel import _TEXTS
+
+    for name, (label, info, label_zh, info_zh) in _TEXTS.items():
+        for text in (label, info, label_zh, info_zh):
+            assert "*" not in text and "`" not in text, (name, text)

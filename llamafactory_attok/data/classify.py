@@ -78,9 +78,11 @@ def plain_text(value: str, what: str, where: str) -> str:
 
     hidden = next((ch for ch in value if unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Cc")), None)
     if hidden is not None:
-        raise AttTokError(f"{where}: {what} {value!r} contains the invisible character U+{ord(hidden):04X} "
-                          f"({unicodedata.name(hidden, 'unnamed')}); remove it: two labels that look the same "
-                          "would become two classes")
+        kind = "control" if unicodedata.category(hidden) == "Cc" else "invisible"
+        names = {"\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN"}
+        name = unicodedata.name(hidden, names.get(hidden, "unnamed"))
+        raise AttTokError(f"{where}: {what} {value!r} contains the {kind} character U+{ord(hidden):04X} ({name}); "
+                          "remove it: two labels that look the same would become two classes")
     found = _MARKUP.search(value)
     if found:
         raise AttTokError(f"{where}: {what} {value!r} contains {found.group(0)!r}; it is put into every prompt or "

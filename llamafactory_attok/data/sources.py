@@ -135,6 +135,9 @@ SPLIT_COLUMN_NAMES = ("split", "subset", "fold", "partition")
 
 def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) -> Iterator[Item]:
     """Rows of a UTF-8 CSV with a header; errors name the CSV file and line."""
+    if path.is_dir():
+        raise AttTokError(f"{path}: a folder, not a CSV file; --format csv reads the CSV (a folder of class "
+                          "sub-folders is --format folder)")
     if not path.is_file():
         raise AttTokError(f"{path}: file does not exist")
     text = read_text(path)

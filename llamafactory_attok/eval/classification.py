@@ -127,7 +127,13 @@ def read_predictions(path: str | Path) -> list[dict]:
     """LF's ``generated_predictions.jsonl``: one object with string ``predict`` and ``label`` per line."""
     path = Path(path)
     rows = []
+    if path.is_file() and path.read_bytes()[:1] == b"[":
+        raise AttTokError(f"{path}: a JSON array (a dataset?), not LF's generated_predictions.jsonl (one JSON object "
+                          "with `predict` and `label` per line, written by do_predict with predict_with_generate)")
     for line, row in read_jsonl(path):
+        if isinstance(row, dict) and "top_k" in row and "probabilities" in row:
+            raise AttTokError(f"{path}: rows of `attok predict` (one forward, no generated text): their metrics "
+                              "are already in <out>.metrics.json; `attok eval classify` scores LF's generated text")
         missing = [k for k in PREDICTION_KEYS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
         if missing:
             found = (f"got a JSON {type(row).__name__}, not an object" if not isinstance(row, dict) else

@@ -92,7 +92,19 @@ def read_metrics(path: Path, run: str) -> dict:
             raise AttTokError(f"{path}: {key} {value} is outside [0, 1] (run {run}); not a metrics file of attok?")
         if key == "unparseable" and (value < 0 or value != int(value)):
             raise AttTokError(f"{path}: unparseable {value} is not a count (run {run})")
+    confusion = metrics.get("confusion")
+    if "accuracy" in metrics and isinstance(confusion, list) and confusion and all(
+            isinstance(row, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in row)
+            for row in confusion):
+        total = sum(map(sum, confusion))
+        diagonal = sum(row[i] for i, row in enumerate(confusion) if i < len(row))
+        if total and abs(diagonal / total - metrics["accuracy"]) > 1e-6:
+            raise AttTokError(f"{path}: accuracy {metrics['accuracy']} but its own confusion matrix gives "
+                              f"{diagonal / total:.6f} (run {run}); the file was edited or mixed up")
     for name, entry in (metrics.get("per_class") or {}).items():
+        support = entry.get("support") if isinstance(entry, dict) else None
+        if support is not None and (isinstance(support, bool) or not isinstance(support, int) or support < 0):
+            raise AttTokError(f"{path}: per_class[{name!r}] support {support!r} is not a count (run {run})")
         if not isinstance(entry, dict) or any(isinstance(entry.get(k), bool) or not isinstance(entry.get(k, 0),
                                                                                               (int, float))
                                               for k in PER_CLASS_KEYS):
