@@ -48,7 +48,8 @@ def _data_classify(ns: argparse.Namespace) -> None:
     if ns.relabel:
         if not ns.class_map:
             raise AttTokError("--relabel rewrites an earlier build's text for a new --class-map; give --class-map")
-        written = relabel_classification(ns.class_map, ns.out, ns.name, seed=ns.seed, vanilla=ns.vanilla)
+        written = relabel_classification(ns.class_map, ns.out, ns.name, seed=ns.seed, vanilla=ns.vanilla,
+                                         overwrite=ns.overwrite)
         print(f"relabelled {', '.join(written)} in {ns.out} with {ns.class_map} (images reused, none re-encoded)")
         prefix = f"{ns.name}_vanilla" if ns.vanilla else ns.name
         print(f"images per class and split:\n{classification_table(ns.out, prefix)}")

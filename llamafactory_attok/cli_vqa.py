@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from .data.build_manifest import refuse_other_builds_files
 from .errors import AttTokError
 from .safe_paths import build_lock, dataset_name, output_file, refuse_same_as_input
 
@@ -115,7 +116,8 @@ def _data_vqa_attributes(ns: argparse.Namespace) -> int:
     files = [f"{name}.json", f"{name}_vocab.yaml", f"{name}_report.json", f"{name}_llm_cache.json"]
     refuse_same_as_input([out / f for f in [*files, "dataset_info.json"]], {"input": src})
     with build_lock(out):
-        check_free_names(out, [name], ns.overwrite, paths=files[:2])
+        check_free_names(out, [name], ns.overwrite, paths=files[:3])  # the LLM cache (files[3]) is reused on purpose
+        refuse_other_builds_files(out, files[:3])
         rows = check_rows(read_json(src), src)
         result, source = _extract(ns, rows, out)
         write_json(out / f"{name}_report.json", result.report)

@@ -366,7 +366,7 @@ def test_12_bad_numbers_are_refused_by_the_parser(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as exit_:
         main(["data", "classify", "src", "--format", "folder", "--out", str(tmp_path / "o"), "--name", "cx", *option])
     assert exit_.value.code == 2 and f"argument {option[0]}" in _err(capsys)
-    with pytest.raises(AttTokError, match=r"--image-size 0: must be at least 1"):
+    with pytest.raises(AttTokError, match=r"--image-size 0: must be between 1 and 16384"):
         build_classification([], None, tmp_path / "o", "cx", image_size=0)
 
 

@@ -435,3 +435,65 @@ def test_inputs_of_the_wrong_kind_are_named_with_the_right_one(tmp_path, capsys)
     bad.write_text(json.dumps({"accuracy": 0.5, "per_class": {"x": {"f1": 0.5, "support": -3}}}))
     with pytest.raises(AttTokError, match=r"per_class\['x'\] support -3 is not a count"):
         build_report({"a@1": bad}, tmp_path / "r.md")
+
+
+def test_second_sweep_cases_of_the_same_classes(tmp_path, capsys):
+    """--relabel over edited files, a --name that collides with --vanilla's prefix, a duplicated CSV header, sizes
+    beyond any image, a FIFO as the CSV, a typo'd --augment-target, sample-data over the user's own images folder."""
+    import os
+
+    from llamafactory_attok.data.classify import relabel_classification
+    from llamafactory_attok.tiny.sample_data import build_retina_sample
+
+    images = _images(tmp_path)
+    rows = [(p, ("normal", "pneumonia")[i % 2]) for i, p in enumerate(images)]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 0
+    out = tmp_path / "out"
+    vocab = out / "cx_vocab.yaml"
+    vocab.write_text(vocab.read_text() + "# my note\n")
+    class_map = tmp_path / "cm.yaml"
+    class_map.write_text("modality: xray\nclasses:\n  normal: normal chest\n  pneumonia: pneumonia\n")
+    with pytest.raises(AttTokError, match=r"cx_vocab.yaml \(edited since the build\): --relabel would rewrite"):
+        relabel_classification(class_map, out, "cx")
+    assert "# my note" in vocab.read_text()
+    relabel_classification(class_map, out, "cx", overwrite=True)  # asked for: replaced
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--name", "cx_vanilla") == 2
+    assert "ends with '_vanilla', the suffix of --vanilla builds" in capsys.readouterr().err
+    dup = tmp_path / "dup.csv"
+    dup.write_text("path,diagnosis,diagnosis\n" + "".join(f"{p},{lab},x\n" for p, lab in rows))
+    assert _classify(tmp_path, dup) == 2
+    assert "column name(s) 'diagnosis' appear more than once in the header" in capsys.readouterr().err
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--image-size", "99999999999") == 2
+    assert "--image-size 99999999999: must be between 1 and 16384" in capsys.readouterr().err
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    assert _classify(tmp_path, fifo) == 2
+    assert "not a regular file (a device or a pipe)" in capsys.readouterr().err
+    args = ["--name", "big", "--augment-target", "100000"]
+    assert main(["data", "classify", str(_csv(tmp_path, rows)), "--format", "csv", "--image-col", "path",
+                 "--label-col", "diagnosis", "--modality", "xray", "--out", str(tmp_path / "o3"), *args]) == 2
+    assert "more than 20 per original" in capsys.readouterr().err
+    mine = tmp_path / "s" / "retina_images"
+    mine.mkdir(parents=True)
+    (mine / "train_0000.png").write_bytes(b"mine")
+    for overwrite in (False, True):
+        with pytest.raises(AttTokError, match="not written by `attok sample-data`"):
+            build_retina_sample(tmp_path / "s", per_class_train=1, per_class_test=1, overwrite=overwrite)
+    assert (mine / "train_0000.png").read_bytes() == b"mine"
+
+
+def test_vqa_attributes_never_writes_over_its_report_or_another_builds_files(tmp_path, capsys):
+    rows = [(p, ("normal", "pneumonia")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    assert _classify(tmp_path, _csv(tmp_path, rows)) == 0
+    out = tmp_path / "out"
+    source = tmp_path / "qa.json"
+    source.write_text(json.dumps([{"messages": [{"role": "user", "content": "<image>q"},
+                                                {"role": "assistant", "content": "yes"}],
+                                   "images": ["x.png"], "modality": "CT", "organ": "Lung"}]))
+    (out / "Y_report.json").write_text('{"my": "precious"}')
+    argv = ["data", "vqa-attributes", str(source), "--out", str(out), "--from-fields", "modality,organ"]
+    assert main([*argv, "--name", "Y"]) == 2
+    assert "Y_report.json already exist" in capsys.readouterr().err
+    assert (out / "Y_report.json").read_text() == '{"my": "precious"}'
+    assert main([*argv, "--name", "cx_open_train", "--overwrite"]) == 2
+    assert "cx_open_train.json (listed by cx_build.json) belong to another build" in capsys.readouterr().err

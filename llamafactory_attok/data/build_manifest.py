@@ -61,10 +61,12 @@ def _added_files(out: Path, manifest: dict) -> list[str]:
             f"{' …' if len(added) > 3 else ''})"]
 
 
-def _edited_files(out: Path, manifest: dict) -> list[str]:
-    """Text files of the build (datasets, vocabulary, derived class map) changed since it wrote them."""
-    return [f"{name} (edited since the build)" for name, digest in manifest.get("hashes", {}).items()
-            if (out / name).is_file() and file_digest(out / name) != digest]
+def edited_files(out: Path, manifest: dict, files: list[str]) -> list[str]:
+    """Those of ``files`` (what this build writes) that the earlier build wrote and someone changed since (datasets,
+    vocabulary, derived class map: their digests are in the manifest)."""
+    hashes = manifest.get("hashes", {})
+    return [f"{name} (edited since the build)" for name in files
+            if name in hashes and (out / name).is_file() and file_digest(out / name) != hashes[name]]
 
 
 def record_hashes(out: Path, prefix: str, manifest: dict, files: list[str]) -> None:
@@ -85,7 +87,12 @@ def check_owned(out: Path, prefix: str, builder: str, files: list[str], datasets
     foreign = [f for f in files_there if f not in owned_files] + [
         f"dataset_info.json entry {d}" for d in datasets_there if d not in owned_datasets]
     if manifest:
-        foreign += _added_files(out, manifest) + _edited_files(out, manifest)
+        foreign += _added_files(out, manifest)
+        edited = edited_files(out, manifest, files)
+        if edited:
+            raise AttTokError(f"{out}: {', '.join(edited)}: the earlier build of {prefix!r} wrote it and it was "
+                              "changed since; a rebuild would replace your edits. Move it away (an edited class map "
+                              "can be passed back with --class-map, or applied with --relabel), then build again.")
     if foreign:
         raise AttTokError(
             f"{out}: {', '.join(foreign)} already exist and no earlier `{builder}` build of {prefix!r} wrote them "
@@ -97,3 +104,20 @@ def check_owned(out: Path, prefix: str, builder: str, files: list[str], datasets
         shown = ", ".join(everything[:4]) + (f" and {len(everything) - 4} more" if len(everything) > 4 else "")
         raise AttTokError(f"{out}: {shown} already exist from an earlier build of {prefix!r}; pass --overwrite to "
                           "replace that build (only the files its manifest lists), or choose another --name.")
+
+
+def refuse_other_builds_files(out: Path, files: list[str]) -> None:
+    """A builder without a manifest of its own (vqa-attributes) never writes over a file that a manifest of another
+    build in ``out`` lists (e.g. ``--name a_open_train`` over the classification build's dataset), --overwrite or
+    not."""
+    claimed = {}
+    for path in Path(out).glob("*_build.json"):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for name in manifest.get("files", []) if isinstance(manifest, dict) else []:
+            claimed[name] = path.name
+    clashes = [f"{name} (listed by {claimed[name]})" for name in files if name in claimed]
+    if clashes:
+        raise AttTokError(f"{out}: {', '.join(clashes)} belong to another build; choose another --name.")

@@ -38,7 +38,7 @@ from ..progress import progress
 from ..safe_paths import STAGING_MARKER, build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import read_text, validate_token_name
-from .build_manifest import check_owned, manifest_name, read_manifest, record_hashes, write_manifest
+from .build_manifest import check_owned, edited_files, manifest_name, read_manifest, record_hashes, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .lf_format import (
     attribute_token,
@@ -145,10 +145,14 @@ def looks_like_code(label: str) -> bool:
     return text.isdigit() or len(text) <= 2 or (len(text) <= 6 and text.isupper() and " " not in text)
 
 
+MAX_SIDE = 16384  # pixels: beyond this no vision tower takes an image (and Pillow's resize overflows far above)
+MAX_AUGMENT_FACTOR = 20  # augmented images per training original, at most: a typo in --augment-target fills disks
+
+
 def check_split_options(image_size: int, val_ratio: float, test_ratio: float) -> None:
     """``image_size`` at least 1; each ratio in [0, 1) and their sum below 1 (a training split must remain)."""
-    if image_size < 1:
-        raise AttTokError(f"--image-size {image_size}: must be at least 1 (pixels of the shorter side)")
+    if not 1 <= image_size <= MAX_SIDE:
+        raise AttTokError(f"--image-size {image_size}: must be between 1 and {MAX_SIDE} (pixels of the shorter side)")
     for option, ratio in (("--val-ratio", val_ratio), ("--test-ratio", test_ratio)):
         if not 0 <= ratio < 1:
             raise AttTokError(f"{option} {ratio}: must be in [0, 1)")
@@ -225,6 +229,13 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     if augment and train_files:
         from .augment import augment_task, augmentation_plan, missing_count  # torch: only when augmenting
 
+        originals = sum(len(v) for v in train_files.values())
+        to_make = missing_count(train_files, augment_target)
+        if to_make > MAX_AUGMENT_FACTOR * originals:
+            raise AttTokError(f"--augment-target {augment_target} would write {to_make} augmented images for "
+                              f"{originals} training originals (more than {MAX_AUGMENT_FACTOR} per original); "
+                              "lower it (or --no-augment)")
+
         plan = augmentation_plan(train_files, augment_target)
         tasks_aug = ((label, j, class_index, str(source), seed, str(root),
                       f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
@@ -279,6 +290,10 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     """
     out = Path(out_dir)
     dataset_name(name)
+    if name.endswith("_vanilla"):
+        raise AttTokError(f"--name {name!r} ends with '_vanilla', the suffix of --vanilla builds: the build of "
+                          f"{name!r} and the --vanilla build of {name.removesuffix('_vanilla')!r} would share files; "
+                          "choose another name")
     check_split_options(image_size, val_ratio, test_ratio)
     check_max_size(max_size, image_size)
     items = drop_duplicates(items)
@@ -352,7 +367,7 @@ def _manifest(plan: _Outputs, per_split: dict[str, list[tuple[str, str, dict]]],
 
 
 def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str, *, seed: int = 42,
-                           vanilla: bool = False) -> dict[str, str]:
+                           vanilla: bool = False, overwrite: bool = False) -> dict[str, str]:
     """Rewrite the datasets, vocabulary and ``dataset_info.json`` entries of an earlier build of ``name`` for a new
     class map (names, keywords, concepts), reusing its images as they are: nothing is decoded or encoded again.
 
@@ -377,8 +392,12 @@ def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str
     _check_items(items, specs, class_map)
     plan = _Outputs(name, prefix, vanilla, None)
     with build_lock(out):
+        edited = edited_files(out, manifest, plan.paths())
+        if edited and not overwrite:
+            raise AttTokError(f"{out}: {', '.join(edited)}: --relabel would rewrite them; pass --overwrite to replace "
+                              "your edits, or move the files away first.")
         rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
-        stale = [d for d in manifest["datasets"] if d not in rows_of]
+        stale = [d for d in plan.datasets if d not in rows_of]  # this build's own names only, whatever the manifest
         kept_files = [f for f in manifest["files"] if f not in {f"{d}.json" for d in stale}]
         write_manifest(out, prefix, {**manifest, "seed": seed, "files": sorted({*kept_files, *plan.paths()}),
                                      "datasets": plan.datasets})

@@ -87,6 +87,8 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
 
 
 def check_max_size(max_size: int | None, image_size: int) -> None:
+    if max_size is not None and max_size > 16384:
+        raise AttTokError(f"--max-size {max_size}: at most 16384 pixels (the longer side)")
     if max_size is not None and max_size < image_size:
         raise AttTokError(f"--max-size {max_size} is below --image-size {image_size}: an image cannot have its "
                           "shorter side raised to one and its longer side lowered to the other")

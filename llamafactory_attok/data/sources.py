@@ -138,6 +138,8 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
     if path.is_dir():
         raise AttTokError(f"{path}: a folder, not a CSV file; --format csv reads the CSV (a folder of class "
                           "sub-folders is --format folder)")
+    if path.exists() and not path.is_file():
+        raise AttTokError(f"{path}: not a regular file (a device or a pipe); give the CSV file itself")
     if not path.is_file():
         raise AttTokError(f"{path}: file does not exist")
     text = read_text(path)
@@ -146,6 +148,10 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
     stripped: list[int] = []
     try:
         fieldnames = reader.fieldnames or []
+        repeated = sorted({c for c in fieldnames if fieldnames.count(c) > 1})
+        if repeated:
+            raise AttTokError(f"{path}: line 1: column name(s) {', '.join(map(repr, repeated))} appear more than once "
+                              "in the header; a CSV reader keeps only the last such column: rename them")
         wanted = [c for c in (image_col, label_col, split_col) if c]
         missing = [c for c in wanted if c not in fieldnames]
         if missing:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from ..data.lf_format import check_free_names, dataset_entry, merge_dataset_info, write_atomic, write_png
@@ -86,7 +87,10 @@ def build_retina_sample(
     refuse_same_as_input([out / p for p in [*paths, "dataset_info.json"]], {"--npz": npz_path})
     data = load_npz(npz_path)
     with build_lock(out):
+        _refuse_foreign_images(out / "retina_images")  # before "pass --overwrite": never suggested for the user's
         check_free_names(out, names, overwrite, paths=paths)
+        (out / "retina_images").mkdir(parents=True, exist_ok=True)
+        (out / "retina_images" / SAMPLE_MARKER).touch()
         written: dict[str, str] = {}
         for split, per_class in (("train", per_class_train), ("test", per_class_test)):
             written.update(_write_retina_split(out, npz_path, data, split, per_class, image_size))
@@ -94,6 +98,24 @@ def build_retina_sample(
                      + "".join(f'"{tok}": "{kw}"\n' for tok, kw in RETINA_CLASSES))
         merge_dataset_info(out, {name: dataset_entry(file) for name, file in written.items()}, overwrite=overwrite)
     return written
+
+
+SAMPLE_MARKER = ".attok-sample-data"  # in every retina_images/ this command wrote: only such a folder is replaced
+
+
+def _refuse_foreign_images(folder: Path) -> None:
+    """--overwrite replaces the images of an earlier `attok sample-data`, never a folder of the user's (no marker)
+    or files the user added to ours."""
+    if not folder.exists():
+        return
+    if not (folder / SAMPLE_MARKER).is_file():
+        raise AttTokError(f"{folder}: not written by `attok sample-data` (no {SAMPLE_MARKER} in it): it may hold your "
+                          "own images and is never replaced; choose another folder")
+    pattern = re.compile(r"^(train|test)_\d{4}\.png$")
+    foreign = sorted(p.name for p in folder.iterdir() if p.name != SAMPLE_MARKER and not pattern.match(p.name))
+    if foreign:
+        raise AttTokError(f"{folder}: {', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''} were not written by "
+                          "`attok sample-data`; move them away, nothing was replaced")
 
 
 def _write_retina_split(out: Path, npz_path: Path, data: dict, split: str, per_class: int,
