@@ -422,7 +422,7 @@ def test_inputs_of_the_wrong_kind_are_named_with_the_right_one(tmp_path, capsys)
     assert "contains the control character U+0009 (TAB)" in capsys.readouterr().err
     dataset = tmp_path / "d.json"
     dataset.write_text('[{"messages": []}]')
-    with pytest.raises(AttTokError, match="a JSON array \\(a dataset\\?\\), not LF's generated_predictions.jsonl"):
+    with pytest.raises(AttTokError, match="a sharegpt dataset .*, not LF's generated_predictions.jsonl"):
         read_predictions(dataset)
     predicted = tmp_path / "p.jsonl"
     predicted.write_text(json.dumps({"id": 0, "label": "a", "prediction": "a", "top_k": [], "probabilities": {}}))

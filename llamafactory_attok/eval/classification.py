@@ -123,13 +123,25 @@ def _synonyms(classes: list[str], tokens: TokenMap, vocab: AttributeVocab | None
     return synonyms
 
 
+def _is_dataset(path: Path) -> bool:
+    """The whole file is one JSON array of samples with `messages` (a dataset given as predictions)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "messages" in data[0]
+
+
 def read_predictions(path: str | Path) -> list[dict]:
     """LF's ``generated_predictions.jsonl``: one object with string ``predict`` and ``label`` per line."""
     path = Path(path)
     rows = []
-    if path.is_file() and path.read_bytes()[:1] == b"[":
-        raise AttTokError(f"{path}: a JSON array (a dataset?), not LF's generated_predictions.jsonl (one JSON object "
-                          "with `predict` and `label` per line, written by do_predict with predict_with_generate)")
+    if path.is_file() and path.read_bytes()[:1] == b"[" and _is_dataset(path):
+        raise AttTokError(f"{path}: a sharegpt dataset (a JSON array of samples with `messages`), not LF's "
+                          "generated_predictions.jsonl (one JSON object with `predict` and `label` per line, written "
+                          "by do_predict with predict_with_generate)")
     for line, row in read_jsonl(path):
         if isinstance(row, dict) and "top_k" in row and "probabilities" in row:
             raise AttTokError(f"{path}: rows of `attok predict` (one forward, no generated text): their metrics "
