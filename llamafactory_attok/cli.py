@@ -158,6 +158,7 @@ def _eval_classify(ns: argparse.Namespace) -> None:
     refuse_same_as_input([out, out.with_suffix(".confusion.png")],
                          {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
     output_file(out, "--out", ns.overwrite)
+    output_file(out.with_suffix(".confusion.png"), "--out's confusion figure", ns.overwrite)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
     write_json(out, scores.as_dict())
     confusion_figure(scores.classes, scores.confusion, out.with_suffix(".confusion.png"),
@@ -189,6 +190,8 @@ def _eval_report(ns: argparse.Namespace) -> None:
               for run, path in pairs}
     refuse_same_as_input([out, curves], inputs)
     output_file(out, "--out", ns.overwrite)
+    if train_dirs:
+        output_file(curves, "--out's training-curves figure", ns.overwrite)
     figures = [training_curves(dict(train_dirs), curves)] if train_dirs else []
     print(build_report(dict(runs), out, figures, vqa_runs=vqa_runs))
 
@@ -246,7 +249,8 @@ def _add_model_and_data_args(parser: argparse.ArgumentParser) -> None:
 def _add_eval_commands(sub) -> None:
     pred = sub.add_parser("predict", help="one-forward class probabilities per sample (JSONL), no generation")
     _add_model_and_data_args(pred)
-    pred.add_argument("--out", required=True, help="JSONL; metrics go to <out>.metrics.json")
+    pred.add_argument("--out", required=True,
+                      help="JSONL rows; beside it (its suffix replaced) NAME.metrics.json and NAME.confusion.png")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pred.add_argument("--json", action="store_true",
                       help="print the metrics as JSON (as in <out>.metrics.json) instead of the summary")

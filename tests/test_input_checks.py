@@ -497,3 +497,26 @@ def test_vqa_attributes_never_writes_over_its_report_or_another_builds_files(tmp
     assert (out / "Y_report.json").read_text() == '{"my": "precious"}'
     assert main([*argv, "--name", "cx_open_train", "--overwrite"]) == 2
     assert "cx_open_train.json (listed by cx_build.json) belong to another build" in capsys.readouterr().err
+
+
+def test_files_written_beside_out_are_never_replaced_without_overwrite(tmp_path, capsys):
+    """`attok predict`'s metrics / confusion files, `eval classify`'s confusion figure and `eval report`'s curves
+    figure are outputs like --out: an existing one (the user's, or another run's) is refused without --overwrite."""
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "p.metrics.json").write_text("mine")
+    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--out",
+                 str(tmp_path / "p.jsonl")]) == 2
+    assert "--out's metrics file" in capsys.readouterr().err and (tmp_path / "p.metrics.json").read_text() == "mine"
+    rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
+             "images": ["x.png"], "label": "a"}]
+    dataset = tmp_path / "ds.json"
+    dataset.write_text(json.dumps(rows))
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text(json.dumps({"predict": "a", "label": "a"}) + "\n")
+    (tmp_path / "s.confusion.png").write_text("mine")
+    assert main(["eval", "classify", "--predictions", str(predictions), "--dataset", str(dataset), "--out",
+                 str(tmp_path / "s.json")]) == 2
+    assert "--out's confusion figure" in capsys.readouterr().err
+    assert (tmp_path / "s.confusion.png").read_text() == "mine"

@@ -85,7 +85,9 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
     refuse_same_as_input(output_paths(out).values(), inputs)
-    output_file(out, "--out", overwrite)
+    for role, path in output_paths(out).items():  # every file it writes, not only --out itself
+        if role != "partial":  # its own rows in progress, kept after a crash (and replaced by the next run)
+            output_file(path, "--out" if role == "rows" else f"--out's {role} file", overwrite)
     dataset, val = inputs.get("--dataset"), inputs.get("--val-dataset")
     if dataset and val and (same_file(dataset, val) or _same_bytes(dataset, val)):
         raise AttTokError(f"--val-dataset {val} is --dataset (or a copy of it): the temperature would be fitted "
