@@ -189,12 +189,18 @@ def test_an_empty_attok_vocab_is_an_error_not_a_derived_vocabulary():
         parse_attok_dict({"attok": True, "attok_vocab": ""})
 
 
-def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):
+def _predict_inputs(tmp_path: Path) -> tuple[list[str], Path]:
+    """`attok predict` arguments over an empty model folder and an empty dataset (refusals come before loading)."""
     data = tmp_path / "d.json"
     data.write_text("[]")
     (tmp_path / "model").mkdir()
-    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--val-dataset", str(data),
-                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    return ["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--out",
+            str(tmp_path / "p.jsonl")], data
+
+
+def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):
+    argv, data = _predict_inputs(tmp_path)
+    assert main([*argv, "--val-dataset", str(data)]) == 2
     assert "the temperature would be fitted on the very samples it scores" in capsys.readouterr().err
 
 
@@ -383,17 +389,13 @@ def test_look_alike_and_non_ascii_labels_never_become_silently_different_tokens(
     assert not (tmp_path / "out" / "cx_open_train.json").exists()
 
 
-def test_predict_json_stdout_is_json_only_and_a_copied_val_split_is_refused(tmp_path, capsys):
-    data = tmp_path / "d.json"
-    data.write_text("[]")
+def test_predict_refuses_a_copied_val_split_and_a_malformed_device(tmp_path, capsys):
+    argv, _ = _predict_inputs(tmp_path)
     copy = tmp_path / "copy.json"
     copy.write_text("[]")
-    (tmp_path / "model").mkdir()
-    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--val-dataset", str(copy),
-                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert main([*argv, "--val-dataset", str(copy)]) == 2
     assert "is --dataset (or a copy of it)" in capsys.readouterr().err
-    assert main(["predict", "--model", str(tmp_path / "model"), "--dataset", str(data), "--device", "gpu",
-                 "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert main([*argv, "--device", "gpu"]) == 2
     assert "--device 'gpu' is not a torch device" in capsys.readouterr().err
 
 

@@ -236,14 +236,12 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
                               f"{originals} training originals (more than {MAX_AUGMENT_FACTOR} per original); "
                               "lower it (or --no-augment)")
 
-        plan = augmentation_plan(train_files, augment_target)
+        plan = list(augmentation_plan(train_files, augment_target))  # at most MAX_AUGMENT_FACTOR per original
         tasks_aug = ((label, j, class_index, str(source), seed, str(root),
                       f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
                      for label, j, class_index, source in plan)
-        made = ordered_map(augment_task, tasks_aug, workers, total=missing_count(train_files, augment_target))
-        labels = (label for label, *_ in augmentation_plan(train_files, augment_target))
-        for label, rel in zip(labels, progress(made, total=missing_count(train_files, augment_target),
-                                               desc="augment"), strict=True):
+        made = ordered_map(augment_task, tasks_aug, workers, total=to_make)
+        for (label, *_), rel in zip(plan, progress(made, total=to_make, desc="augment"), strict=True):
             per_split["train"].append((label, rel, {"source": "augmented"}))
     return per_split
 
