@@ -60,24 +60,41 @@ class AttributeVocab:
         return yaml.safe_dump(self.as_dict(), allow_unicode=True, sort_keys=False, width=1000)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicated mapping keys (PyYAML silently keeps the last one)."""
+class _TextLoader(yaml.BaseLoader):
+    """A loader for files of text (vocabularies, class maps): every scalar stays the text written — YAML 1.1 would
+    read the label ``01`` as the number 1, ``yes`` / ``no`` as booleans and ``1e3`` as a float, so that they no
+    longer match the labels or keywords they spell — and a duplicated mapping key is refused (PyYAML silently
+    keeps the last one). ``what`` names a key in that error."""
+
+    what = "key"
 
 
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_unique_mapping(loader: _TextLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict = {}
     for key_node, _value in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise AttTokError(
-                f"{loader.name}: line {key_node.start_mark.line + 1}: duplicated attribute token {key!r} "
+                f"{loader.name}: line {key_node.start_mark.line + 1}: duplicated {loader.what} {key!r} "
                 f"(first defined on line {seen[key]})."
             )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+_TextLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_text_yaml(text: str, name: str, what: str = "key") -> object:
+    """``text`` (the file ``name``) parsed with every scalar kept as text and duplicated keys refused (naming
+    ``what`` and the lines); a malformed file is a ``yaml.YAMLError`` whose marks name ``name``."""
+    loader = _TextLoader(text)
+    loader.name = name
+    loader.what = what
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _line_of(text: str, token: str) -> int:
@@ -169,14 +186,10 @@ def load_vocab(path: str | Path) -> AttributeVocab:
     if not path.is_file():
         raise AttTokError(f"attok_vocab: file {path} does not exist.")
     text = read_text(path)
-    loader = _UniqueKeyLoader(text)
-    loader.name = str(path)  # marks (and the duplicate-key error) name the file, not "<unicode string>"
-    try:
-        mapping = loader.get_single_data()
+    try:  # marks (and the duplicate-key error) name the file, not "<unicode string>"
+        mapping = load_text_yaml(text, str(path), "attribute token")
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed vocabulary YAML: {err}") from err
-    finally:
-        loader.dispose()
     if not isinstance(mapping, dict):
         kind = type(mapping).__name__
         raise AttTokError(f"{path}: the vocabulary must be a YAML mapping token -> keyword, got {kind}.")

@@ -168,6 +168,9 @@ def test_refusal_end_to_end_through_the_cli(tiny_models, sample_data, tmp_path):
     assert result.returncode != 0
     assert "attok: true cannot be combined with `enable_liger_kernel: True`: Liger's fused" in result.stderr
     assert not (tmp_path / "out").exists()
+    # the error ends the command as its message (the cause and fix), not under LF's and transformers' frames
+    assert "llamafactory-attok: error: attok: true cannot be combined" in result.stderr
+    assert "Traceback" not in result.stderr and "ATTOK_TRACEBACK=1 shows the full traceback" in result.stderr
 
 
 def test_nan_float_keys_are_refused(tiny_models, sample_data, tmp_path):

@@ -37,9 +37,10 @@ from ..errors import AttTokError
 from ..progress import progress
 from ..safe_paths import STAGING_MARKER, build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
-from ..vocab import read_text, validate_token_name
+from ..vocab import load_text_yaml, read_text, validate_token_name
 from .build_manifest import check_owned, edited_files, manifest_name, read_manifest, record_hashes, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
+from .images import IntensityRule, disagreement_warnings, intensity_rule
 from .lf_format import (
     attribute_token,
     dataset_entry,
@@ -50,7 +51,7 @@ from .lf_format import (
     write_vocab,
 )
 from .parallel import check_workers, ordered_map
-from .placement import check_max_size, place_task
+from .placement import check_max_size, place_task, values_task
 from .sources import SPLITS, Item, drop_duplicates, warn
 
 OPEN_QUESTION = "<image>What is the diagnosis shown in this {modality} image?"
@@ -94,10 +95,13 @@ def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict
     """YAML: ``modality: fundus`` and ``classes: {label: {name, keyword?, concept?}}`` (or ``label: name``).
 
     ``raw``: an already parsed map (a derived one), ``path`` then only names it in errors.
+
+    Every value is read as the text written (``01:`` stays the label "01", ``no:`` the label "no"; see
+    :func:`~..vocab.load_text_yaml`); a label given twice is refused.
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(read_text(path)) if raw is None else raw
+        raw = load_text_yaml(read_text(path), str(path), "class label") if raw is None else raw
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed class map: {err}") from err
     if not isinstance(raw, dict) or "modality" not in raw or not isinstance(raw.get("classes"), dict):
@@ -213,19 +217,27 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     :mod:`.placement`); return split -> (label, path relative to the output, extra)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
     train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
+    rule = _intensity_rule(items, workers)
     tasks = ((index, item.image, item.split,
               item.source if item.source == str(item.image) else f"{item.source}: image {item.image}",
-              str(root), images_dir, image_size, max_size) for index, item in enumerate(items))
-    copied = 0
+              str(root), images_dir, image_size, max_size, rule) for index, item in enumerate(items))
+    copied = turned = flattened = 0
     placed = ordered_map(place_task, tasks, workers, total=len(items))
-    for item, (rel, was_copied) in zip(items, progress(placed, desc="images", total=len(items)), strict=True):
-        copied += was_copied
+    for item, done in zip(items, progress(placed, desc="images", total=len(items)), strict=True):
+        copied, turned, flattened = copied + done.copied, turned + done.turned, flattened + done.flattened
+        rel = str(done.path)
         per_split[item.split].append((item.label, rel, {"source": item.source}))
         if item.split == "train":
             train_files[item.label].append(root / rel)
     if copied:
         print(f"attok: {copied} of {len(items)} image(s) copied as they are (8-bit PNG / JPEG within the size limits)",
               file=sys.stderr)
+    if turned:
+        warn(f"{turned} image(s) carry an EXIF orientation: written turned upright, as image viewers show them "
+             "(LLaMA-Factory itself would read them sideways)")
+    if flattened:
+        warn(f"{flattened} image(s) have transparency: composited over black (their alpha channel is not dropped, "
+             "which would show whatever colour the transparent pixels hold)")
     if augment and train_files:
         from .augment import augment_task, augmentation_plan, missing_count  # torch: only when augmenting
 
@@ -244,6 +256,17 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
         for (label, *_), rel in zip(plan, progress(made, total=to_make, desc="augment"), strict=True):
             per_split["train"].append((label, rel, {"source": "augmented"}))
     return per_split
+
+
+def _intensity_rule(items: list[Item], workers: int) -> IntensityRule:
+    """How the dataset's pixel values become 8 bits, decided once from every source image (:mod:`.images`): only
+    high-bit-depth files are decoded for it (their header says which)."""
+    files = [item.image for item in items if isinstance(item.image, Path)]
+    values = ordered_map(values_task, iter(files), workers, total=len(files))
+    rule, disagree = intensity_rule(values)
+    for note in disagreement_warnings("the source images", rule, disagree):
+        warn(note)
+    return rule
 
 
 @dataclass

@@ -4,7 +4,8 @@ and encoded once, fast.
 - **Copied, not re-encoded**: an 8-bit RGB or greyscale PNG or JPEG (formats LF reads as they are) whose shorter side
   is at least ``image_size`` and whose longer side is within ``max_size``. Its bytes are the source's: no quality
   lost, no time spent (re-encoding a 600×450 photo as PNG at Pillow's default level costs ~120 ms).
-- **Re-encoded** otherwise: 16-bit / float / palette / RGBA images (scaled to 8-bit RGB, see :mod:`.images`),
+- **Re-encoded** otherwise: 16-bit / float / palette / transparent images and images with an EXIF orientation (to
+  8-bit RGB as a viewer shows them, by the dataset's :class:`~.images.IntensityRule`, see :mod:`.images`),
   images smaller than ``image_size`` (upscaled, shorter side), larger than ``max_size`` (downscaled, longer side;
   the aspect ratio is always kept — never squashed to a square), and array sources (``.npz``). A JPEG source stays a
   JPEG (quality 95); everything else becomes a PNG at compression level 1 (on a grainy 600×450 photo: 33 ms against
@@ -14,13 +15,26 @@ and encoded once, fast.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..errors import AttTokError
 from ..state import atomic_write_bytes
-from .images import IMAGE_ERRORS, as_rgb, open_rgb
+from .images import (
+    HIGH_BIT_MODES,
+    IMAGE_ERRORS,
+    ImageValues,
+    IntensityRule,
+    as_rgb,
+    file_values,
+    has_transparency,
+    needs_turning,
+    open_rgb,
+    values_of,
+)
 
 COPYABLE_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 COPYABLE_MODES = ("RGB", "L")
@@ -53,37 +67,52 @@ def encode(image: Image.Image, suffix: str) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Placed:
+    """One written image: its path, size, whether its bytes are the source's, and what reading it changed
+    (``turned``: an EXIF orientation applied; ``flattened``: transparency composited over black)."""
+
+    path: Path
+    size: tuple[int, int]
+    copied: bool
+    turned: bool = False
+    flattened: bool = False
+
+
 def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_size: int,
-                max_size: int | None) -> tuple[Path, tuple[int, int], bool]:
-    """Write ``source`` as ``dest_stem`` plus the suffix of its format; return (path written, its size, copied?)."""
+                max_size: int | None, rule: IntensityRule | None = None) -> Placed:
+    """Write ``source`` as ``dest_stem`` plus the suffix of its format (``rule``: the dataset's intensity rule)."""
     if isinstance(source, Image.Image):
-        image = as_rgb(source, where)
+        flattened = has_transparency(source)
+        image = as_rgb(source, where, rule)
         size = target_size(image.size, image_size, max_size)
         if size != image.size:
             image = image.resize(size, Image.BICUBIC)
         path = dest_stem.with_suffix(".png")
         atomic_write_bytes(path, encode(image, ".png"))
-        return path, size, False
+        return Placed(path, size, False, flattened=flattened)
     try:
-        with Image.open(source) as header:  # lazy: format, mode and size without decoding the pixels
+        with Image.open(source) as header:  # lazy: format, mode, size, EXIF and transparency without the pixels
             fmt, mode, size = header.format, header.mode, header.size
+            turned, flattened = needs_turning(header), has_transparency(header)
     except IMAGE_ERRORS:
-        fmt, mode, size = None, None, None
-    if fmt in COPYABLE_FORMATS and mode in COPYABLE_MODES and size is not None:
+        fmt, mode, size, turned, flattened = None, None, None, False, False
+    plain = mode in COPYABLE_MODES and not turned and not flattened
+    if fmt in COPYABLE_FORMATS and plain and size is not None:
         if target_size(size, image_size, max_size) == size:
             path = dest_stem.with_suffix(COPYABLE_FORMATS[fmt])
             tmp = path.with_name(f".{path.name}.tmp")
             shutil.copyfile(source, tmp)
             tmp.replace(path)
-            return path, size, True
-    image = open_rgb(Path(source), where)  # the errors of an unreadable file, named
+            return Placed(path, size, True)
+    image = open_rgb(Path(source), where, rule)  # the errors of an unreadable file, named
     size = target_size(image.size, image_size, max_size)
     if size != image.size:
         image = image.resize(size, Image.BICUBIC)
     suffix = ".jpg" if fmt == "JPEG" else ".png"
     path = dest_stem.with_suffix(suffix)
     atomic_write_bytes(path, encode(image, suffix))
-    return path, size, False
+    return Placed(path, size, False, turned, flattened)
 
 
 def check_max_size(max_size: int | None, image_size: int) -> None:
@@ -94,12 +123,19 @@ def check_max_size(max_size: int | None, image_size: int) -> None:
                           "shorter side raised to one and its longer side lowered to the other")
 
 
-def place_task(task: tuple) -> tuple[str, bool]:
+def place_task(task: tuple) -> Placed:
     """One source image into a build's staging folder — a worker's task (:mod:`.parallel`): everything it needs is
-    in ``task``: (index, source, split, where, staging root, images folder, image_size, max_size). Returns the path
-    written, relative to the staging root, and whether it was copied."""
-    index, image, split, where, root, images_dir, image_size, max_size = task
+    in ``task``: (index, source, split, where, staging root, images folder, image_size, max_size, intensity rule).
+    The returned path is relative to the staging root."""
+    index, image, split, where, root, images_dir, image_size, max_size, rule = task
     stem = Path(root) / images_dir / split / f"{index:06d}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    path, _, copied = place_image(image, where, stem, image_size, max_size)
-    return str(path.relative_to(root)), copied
+    placed = place_image(image, where, stem, image_size, max_size, rule)
+    return replace(placed, path=placed.path.relative_to(root))
+
+
+def values_task(source: Image.Image | Path) -> ImageValues:
+    """A source image's :class:`~.images.ImageValues` — a worker's task, for the dataset's intensity rule."""
+    if isinstance(source, Image.Image):
+        return values_of(np.asarray(source)) if source.mode in HIGH_BIT_MODES else ImageValues("8bit", 255.0)
+    return file_values(source)

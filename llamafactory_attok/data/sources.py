@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import AttTokError
 from ..vocab import read_text
-from .images import array_to_image, dataset_float_range
+from .images import array_to_image, array_values, disagreement_warnings, intensity_rule
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -85,19 +85,18 @@ def _label_text(value) -> str:
 
 
 def from_npz(path: Path) -> Iterator[Item]:
-    """The images of every split; a float dataset's value range is decided once over all splits (:mod:`.images`)."""
+    """The images of every split; how their values become 8 bits is decided once over all splits (:mod:`.images`)."""
     data = load_npz(path)
     splits = {split: npz_split(path, data, split) for split in SPLITS}
-    float_range, disagree = dataset_float_range([images for images, _ in splits.values()])
-    if disagree:
-        warn(f"{path}: float images with values up to 255, but {disagree} image(s) have no value above 1: they are "
-             "read in the dataset's range [0, 255] (dark), not stretched by 255 one by one")
+    rule, disagree = intensity_rule(v for images, _ in splits.values() for v in array_values(images))
+    for note in disagreement_warnings(str(path), rule, disagree):
+        warn(note)
     for split, (images, labels) in splits.items():
         for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             where = f"{path}: {split} sample {index}"
             if label.shape[0] != 1:
                 raise AttTokError(f"{where} has {label.shape[0]} labels; one expected")
-            yield Item(split, _label_text(label[0]), array_to_image(image, where, float_range), where)
+            yield Item(split, _label_text(label[0]), array_to_image(image, where, rule), where)
 
 
 def _visible(entries: list[Path], hidden: list[Path]) -> list[Path]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ..errors import install_excepthook
 from .stack import (  # noqa: F401 - re-exported: the version guard lives with the table
     ALLOW_UNTESTED_ENV,
     TESTED_LF_VERSIONS,
@@ -245,6 +246,7 @@ def patch_module(name: str, module) -> None:
     point = POINTS.get(name)
     if point is None or getattr(module, PATCHED_MARK, False):
         return
+    install_excepthook()
     supported = False
     try:
         supported = stack_allowed()
@@ -273,6 +275,7 @@ def patch_disabled(name: str, module) -> None:
     point = DISABLED_POINTS.get(name)
     if point is None or getattr(module, PATCHED_MARK, False):
         return
+    install_excepthook()
     try:
         _apply_point(name, module, point)
     except Exception as err:  # noqa: BLE001 - LF must stay usable
