@@ -114,12 +114,15 @@ STAGING_PATTERN = ".*.building.*"  # the temp folders builds stage their images 
 STAGING_MARKER = ".attok-staging"  # written into each staging folder at creation: only such folders are removed
 
 
-def remove_stale_staging(out: PathLike) -> list[str]:
-    """Staging folders an interrupted build left in ``out`` (SIGKILL gives no chance to clean up). Call only while
-    holding :func:`build_lock` on ``out``: every build of ``out`` holds it while its staging folder exists, so any
-    staging folder seen then belongs to no running build."""
+def remove_stale_staging(out: PathLike, keep: str | None = None) -> list[str]:
+    """Staging folders an interrupted build left in ``out`` (SIGKILL gives no chance to clean up), but ``keep``
+    (the name of this build's own, which it resumes). Call only while holding :func:`build_lock` on ``out``: every
+    build of ``out`` holds it while its staging folder exists, so any staging folder seen then belongs to no
+    running build."""
     removed = []
     for stale in Path(out).glob(STAGING_PATTERN):
+        if stale.name == keep:
+            continue
         if stale.is_dir() and not stale.is_symlink() and (stale / STAGING_MARKER).is_file():
             shutil.rmtree(stale)
             removed.append(stale.name)

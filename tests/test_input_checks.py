@@ -204,12 +204,14 @@ def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):
     assert "the temperature would be fitted on the very samples it scores" in capsys.readouterr().err
 
 
-def test_an_interrupted_build_leaves_no_staging_folder(tmp_path):
-    """SIGTERM during a build unwinds (temp folders removed); a SIGKILL's leftover is removed by the next build."""
+def test_an_interrupted_build_resumes_from_its_finished_images_and_ends_as_an_uninterrupted_one(tmp_path, capsys):
+    """SIGTERM during a build keeps its finished images (named); a rerun of the same command reuses the ones that
+    are still intact (checked by length and digest: a damaged one is written again), as does a rerun after
+    SIGKILL; the result is byte for byte an uninterrupted build's, and no staging folder is left."""
     images = _images(tmp_path, 40)
     csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(images)])
     out = tmp_path / "out"
-    script = ("import sys, time, signal, os\n"
+    script = ("import sys, time\n"
               "from llamafactory_attok.data import classify\n"
               "real = classify.place_task\n"
               "def slow(*a, **k):\n"
@@ -217,86 +219,48 @@ def test_an_interrupted_build_leaves_no_staging_folder(tmp_path):
               "classify.place_task = slow\n"
               "from llamafactory_attok.cli import main\n"
               "sys.exit(main(sys.argv[1:]))\n")
-    argv = [sys.executable, "-c", script, "data", "classify", str(csv_path), "--format", "csv", "--image-col", "path",
-            "--label-col", "diagnosis", "--modality", "xray", "--out", str(out), "--name", "cx"]
+    args = ["data", "classify", str(csv_path), "--format", "csv", "--image-col", "path", "--label-col", "diagnosis",
+            "--modality", "xray", "--name", "cx"]
+    argv = [sys.executable, "-c", script, *args, "--out", str(out)]
     for sig in ("TERM", "KILL"):
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert process.stdout.readline().strip() == "writing"
+        for _ in range(4):
+            assert process.stdout.readline().strip() == "writing"
         getattr(process, sig.lower() if sig == "KILL" else "terminate")()
-        process.wait(timeout=60)
-        left = [p.name for p in out.glob(".*.building.*")]
+        _, err = process.communicate(timeout=60)
+        left = list(out.glob(".cx.building.*"))
+        assert len(left) == 1, left
         if sig == "TERM":
-            assert process.returncode == 128 + 15 and left == [], left
+            assert process.returncode == 128 + 15
+            assert re.search(r"interrupted; [3-9] finished image\(s\) kept in .*\.cx\.building\.", err), err
         else:
-            assert left  # SIGKILL: nothing can clean up ...
-    assert main(argv[3:]) == 0  # ... the next build of that folder does
-    assert not list(out.glob(".*.building.*"))
-
-
-def _built_images(tmp_path: Path, rows: list[tuple[str, str]], *extra: str) -> list[np.ndarray]:
-    """Build ``rows`` (image path relative to tmp_path, label) with --no-augment; the written images in row order."""
-    csv_path = _csv(tmp_path, rows)
-    assert _classify(tmp_path, csv_path, "--image-size", "4", "--test-ratio", "0", "--val-ratio", "0", *extra) == 0
-    manifest = json.loads((tmp_path / "out" / "cx_build.json").read_text())
-    written = {image["source"]: image["path"] for image in manifest["images"]}
-    return [np.asarray(Image.open(tmp_path / "out" / written[str(tmp_path / "labels.csv") + f": line {i + 2}"]))
-            for i in range(len(rows))]
-
-
-def test_high_bit_images_are_scaled_by_the_datasets_maximum_not_their_own(tmp_path, capsys):
-    """A 12-bit dataset (16-bit PNGs, max 4095) with one dark scan (max 200): the dark scan stays dark (200 -> 12),
-    not brightened to full range on its own; the images that disagree are counted. The same for a uint16 npz."""
-    values = [np.full((6, 6), 4095, np.uint16), np.full((6, 6), 200, np.uint16)] * 2
-    rows = []
-    for i, array in enumerate(values):
-        (tmp_path / "imgs").mkdir(exist_ok=True)
-        Image.fromarray(array).save(tmp_path / "imgs" / f"{i}.png")  # mode I;16
-        rows.append((f"imgs/{i}.png", ("a", "b")[i % 2]))
-    written = _built_images(tmp_path, rows)
-    assert [int(w.max()) for w in written] == [255, 12, 255, 12]  # 200 * 255 / 4095 = 12.45
-    assert "2 image(s) have no value above 255: every image is scaled by the dataset's maximum (4095 -> 255)" \
-        in capsys.readouterr().err
-    labels = np.array([[0], [1]] * 2)
-    np.savez(tmp_path / "x.npz", **{f"{s}_images": np.stack(values) for s in ("train", "val", "test")},
-             **{f"{s}_labels": labels for s in ("train", "val", "test")})
-    items = list(sources.from_npz(tmp_path / "x.npz"))
-    assert [int(np.asarray(item.image).max()) for item in items[:4]] == [255, 12, 255, 12]
-
-
-def test_exif_orientation_is_applied_and_transparency_composited_over_black(tmp_path, capsys):
-    """A JPEG whose EXIF says "rotate 90°" is written upright (not copied sideways); an RGBA PNG whose transparent
-    pixels hold red is composited over black, not shown red; both are counted in warnings."""
-    (tmp_path / "imgs").mkdir()
-    tall = np.zeros((8, 4, 3), np.uint8)
-    tall[:2] = 255  # a white band at the top of a 4-wide, 8-high image
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to view": the stored pixels are sideways
-    Image.fromarray(np.ascontiguousarray(np.rot90(tall))).save(tmp_path / "imgs" / "0.jpg", exif=exif, quality=100)
-    rgba = np.zeros((6, 6, 4), np.uint8)
-    rgba[..., 0] = 255  # red everywhere, transparent on the left half
-    rgba[:, 3:, 3] = 255
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "imgs" / "1.png")
-    Image.fromarray(tall).save(tmp_path / "imgs" / "2.png")
-    Image.fromarray(tall).save(tmp_path / "imgs" / "3.png")
-    turned, flat, *_ = _built_images(tmp_path, [("imgs/0.jpg", "a"), ("imgs/1.png", "b"), ("imgs/2.png", "a"),
-                                                ("imgs/3.png", "b")])
-    assert turned.shape[:2] == (8, 4) and turned[:2].mean() > 200 and turned[4:].mean() < 40  # upright, band on top
-    assert flat[:, :3].max() == 0 and (flat[:, 3:, 0] == 255).all()
+            assert re.search(r"resuming an interrupted build of the same command: [3-9] finished", err), err
+    journal = [json.loads(line) for line in (left[0] / ".attok-journal.jsonl").read_text().splitlines()]
+    (left[0] / journal[0]["path"]).write_bytes(b"half")  # damaged since: not trusted
+    assert main([*args, "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "1 image(s) carry an EXIF orientation: written turned upright" in err
-    assert "1 image(s) have transparency: composited over black" in err
+    assert re.search(r"resuming .*: \d+ finished image\(s\) reused .*; 1 changed or incomplete one\(s\) written again",
+                     err), err
+    assert not list(out.glob(".*.building.*"))
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    built, reference = files(out), files(tmp_path / "reference")
+    assert built.keys() == reference.keys()
+    assert built == reference
 
 
-def test_class_map_labels_are_read_as_the_text_written(tmp_path, capsys):
-    """YAML 1.1 reads `01:` as the number 1 and `yes:` / `no:` as booleans: a class map's labels, names and
-    keywords are the text written, so they match the CSV's labels; a label given twice is refused with its lines."""
-    rows = [(p, ("01", "yes")[i % 2]) for i, p in enumerate(_images(tmp_path))]
-    class_map = tmp_path / "classes.yaml"
-    class_map.write_text("modality: xray\nclasses:\n  01: normal chest\n  yes: pneumonia\n")
-    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map)) == 0, capsys.readouterr().err
-    class_map.write_text("modality: xray\nclasses:\n  01: normal chest\n  yes: no\n  01: again\n")
-    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map), "--overwrite") == 2
-    assert f"{class_map}: line 5: duplicated class label '01' (first defined on line 3)" in capsys.readouterr().err
+def test_another_build_of_the_folder_removes_an_interrupted_builds_images(tmp_path, capsys):
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))])
+    stale = tmp_path / "out" / ".cx.building.0123456789abcdef01234567"
+    stale.mkdir(parents=True)
+    (stale / ".attok-staging").touch()
+    (stale / "x.png").write_bytes(b"x")
+    assert _classify(tmp_path, csv_path) == 0
+    assert not stale.exists()
+    assert "removed 1 staging folder(s) left by an interrupted build" in capsys.readouterr().err
 
 
 # ---- raw or misleading crashes ---------------------------------------------------------------------------------

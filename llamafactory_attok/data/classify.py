@@ -26,7 +26,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,10 @@ import yaml
 
 from ..errors import AttTokError
 from ..progress import progress
-from ..safe_paths import STAGING_MARKER, build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
+from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import load_text_yaml, read_text, validate_token_name
+from .build_journal import Journal, build_key, interrupted_note, open_staging, staging_name
 from .build_manifest import check_owned, edited_files, manifest_name, read_manifest, record_hashes, write_manifest
 from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .images import IntensityRule, disagreement_warnings, intensity_rule
@@ -211,24 +211,30 @@ def _check_items(items: list[Item], specs: dict[str, ClassSpec], class_map: str 
 
 
 def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, images_dir: str, image_size: int,
-                  augment: bool, augment_target: int | None, seed: int, max_size: int | None = None,
-                  workers: int = 1) -> dict[str, list[tuple[str, str, dict]]]:
+                  augment: bool, augment_target: int | None, seed: int, max_size: int | None,
+                  workers: int, journal: Journal) -> dict[str, list[tuple[str, str, dict]]]:
     """Write the images under ``root/images_dir`` over ``workers`` processes (copied where nothing changes, see
-    :mod:`.placement`); return split -> (label, path relative to the output, extra)."""
+    :mod:`.placement`); return split -> (label, path relative to the output, extra). Images the ``journal`` of an
+    interrupted run of the same build vouches for are reused (:mod:`.build_journal`)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
     train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
     rule = _intensity_rule(items, workers)
-    tasks = ((index, item.image, item.split,
-              item.source if item.source == str(item.image) else f"{item.source}: image {item.image}",
-              str(root), images_dir, image_size, max_size, rule) for index, item in enumerate(items))
+    todo = [index for index in range(len(items)) if journal.get(f"image {index}") is None]
+    tasks = ((index, items[index].image, items[index].split,
+              _where(items[index]), str(root), images_dir, image_size, max_size, rule) for index in todo)
     copied = turned = flattened = 0
-    placed = ordered_map(place_task, tasks, workers, total=len(items))
-    for item, done in zip(items, progress(placed, desc="images", total=len(items)), strict=True):
-        copied, turned, flattened = copied + done.copied, turned + done.turned, flattened + done.flattened
-        rel = str(done.path)
-        per_split[item.split].append((item.label, rel, {"source": item.source}))
+    placed = ordered_map(place_task, tasks, workers, total=len(todo))
+    for index, item in enumerate(progress(items, desc="images", total=len(items))):
+        done = journal.get(f"image {index}")
+        if done is None:
+            fresh = next(placed)
+            done = {"path": str(fresh.path), "copied": fresh.copied, "turned": fresh.turned,
+                    "flattened": fresh.flattened}
+            journal.record(f"image {index}", **done)
+        copied, turned, flattened = copied + done["copied"], turned + done["turned"], flattened + done["flattened"]
+        per_split[item.split].append((item.label, done["path"], {"source": item.source}))
         if item.split == "train":
-            train_files[item.label].append(root / rel)
+            train_files[item.label].append(root / done["path"])
     if copied:
         print(f"attok: {copied} of {len(items)} image(s) copied as they are (8-bit PNG / JPEG within the size limits)",
               file=sys.stderr)
@@ -248,14 +254,23 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
                               f"{originals} training originals (more than {MAX_AUGMENT_FACTOR} per original); "
                               "lower it (or --no-augment)")
 
-        plan = list(augmentation_plan(train_files, augment_target))  # at most MAX_AUGMENT_FACTOR per original
-        tasks_aug = ((label, j, class_index, str(source), seed, str(root),
-                      f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
-                     for label, j, class_index, source in plan)
-        made = ordered_map(augment_task, tasks_aug, workers, total=to_make)
-        for (label, *_), rel in zip(plan, progress(made, total=to_make, desc="augment"), strict=True):
-            per_split["train"].append((label, rel, {"source": "augmented"}))
+        plan = [(label, j, class_index, source, f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
+                for label, j, class_index, source in augmentation_plan(train_files, augment_target)]
+        tasks_aug = ((label, j, class_index, str(source), seed, str(root), stem)
+                     for label, j, class_index, source, stem in plan if journal.get(f"augmented {stem}") is None)
+        made = ordered_map(augment_task, tasks_aug, workers,
+                           total=sum(journal.get(f"augmented {stem}") is None for *_, stem in plan))
+        for label, *_, stem in progress(plan, total=to_make, desc="augment"):
+            done = journal.get(f"augmented {stem}")
+            if done is None:
+                journal.record(f"augmented {stem}", next(made))
+                done = journal.get(f"augmented {stem}")
+            per_split["train"].append((label, done["path"], {"source": "augmented"}))
     return per_split
+
+
+def _where(item: Item) -> str:
+    return item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
 
 
 def _intensity_rule(items: list[Item], workers: int) -> IntensityRule:
@@ -355,14 +370,22 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         assigned = set()
     check_duplicate_content(items, assigned)
     check_split_coverage(items)
+    key = build_key(BUILDER, {"prefix": prefix, "image_size": image_size, "max_size": max_size, "seed": seed,
+                              "augment": augment, "augment_target": augment_target},
+                    ((item.image, item.label, item.split) for item in items))
     with build_lock(out):
         check_owned(out, prefix, BUILDER, plan.paths(), plan.datasets, set(dataset_info_names(out)), overwrite)
-        remove_stale_staging(out)
-        staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.building.", dir=out))
-        (staging / STAGING_MARKER).touch()
+        remove_stale_staging(out, keep=staging_name(prefix, key))
+        staging, journal = open_staging(out, prefix, key)
+        keep = False
         try:
-            per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment, augment_target,
-                                      seed, max_size, check_workers(workers))
+            try:
+                per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment,
+                                          augment_target, seed, max_size, check_workers(workers), journal)
+            except (KeyboardInterrupt, SystemExit):  # SIGINT / SIGTERM: finished images stay for the same command
+                keep = True
+                print(interrupted_note(journal), file=sys.stderr)
+                raise
             rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
             manifest = _manifest(plan, per_split, seed)
             write_manifest(out, prefix, manifest)  # before any other file: it owns them
@@ -371,7 +394,9 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
             record_hashes(out, prefix, manifest, [p for p in plan.paths() if p.endswith((".json", ".yaml"))
                                                   and p != manifest_name(prefix)])
         finally:
-            shutil.rmtree(staging)
+            journal.close()
+            if not keep:
+                shutil.rmtree(staging)
     return {d: f"{d}.json" for d in rows_of}
 
 
