@@ -137,6 +137,9 @@ def _add_data_commands(sub) -> None:
     add_vqa_data_commands(data)
 
 
+PREDICT_WORKERS = 1  # measured: BENCHMARKS.md §9b
+
+
 def _predict(ns: argparse.Namespace) -> None:
     from .eval.predict import run_predict, summary_lines
 
@@ -144,7 +147,8 @@ def _predict(ns: argparse.Namespace) -> None:
     with contextlib.redirect_stdout(sys.stderr):
         metrics = run_predict(ns.model, ns.dataset, ns.out, adapter=ns.adapter, vocab_path=ns.vocab,
                               val_dataset=ns.val_dataset, mode=ns.mode, top_k=ns.top_k, device=ns.device,
-                              batch_size=ns.batch_size, template=ns.template, overwrite=ns.overwrite)
+                              batch_size=ns.batch_size, template=ns.template, overwrite=ns.overwrite,
+                              workers=ns.workers)
     print(json.dumps(metrics, indent=2) if ns.json else "\n".join(summary_lines(metrics, ns.out)))
 
 
@@ -261,6 +265,9 @@ def _add_eval_commands(sub) -> None:
     pred.add_argument("--top-k", type=positive_int, default=3, help="classes listed per sample")
     pred.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     pred.add_argument("--batch-size", type=positive_int, default=8, help="samples per forward")
+    pred.add_argument("--workers", type=non_negative_int, default=PREDICT_WORKERS,
+                      help="DataLoader processes that decode and encode the next batches while the model runs "
+                           "(0: in this process; BENCHMARKS.md §9b)")
     pred.add_argument("--template", default=None,
                       help="LF template; default: the one saved with the AttTok run (else qwen2_vl); another one "
                            "than the saved is an error")

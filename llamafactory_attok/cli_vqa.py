@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .data.build_manifest import refuse_other_builds_files
 from .errors import AttTokError
+from .extras import require
 from .safe_paths import build_lock, dataset_name, output_file, refuse_same_as_input
 
 SHOWN_SKIPS = 20
@@ -96,6 +97,7 @@ def _extract(ns: argparse.Namespace, rows: list[dict], out: Path):
                                       single_modality=ns.single_modality, default_modality=ns.modality), "fields"
     if not (ns.base_url and ns.model):
         raise AttTokError("vqa-attributes needs --base-url and --model (the LLM workflow), or --from-fields")
+    require(("openai",), "eval", "attok data vqa-attributes with an LLM (--base-url)")
     from openai import OpenAI
 
     from .data.vqa_attributes import KeywordLLM, ReplyCache, extract_attributes
@@ -209,6 +211,7 @@ def _judge(ns: argparse.Namespace, protocol: str):
     """The judge of one protocol (its own prompt and cache file), or None without ``--judge-base-url``."""
     if not ns.judge_base_url:
         return None
+    require(("openai",), "eval", "the LLM judge (--judge-base-url)")
     from openai import OpenAI
 
     from .eval.vqa import DEFAULT_PROMPT, MEDEVALKIT_PROMPT, Judge

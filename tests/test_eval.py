@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,11 +107,29 @@ def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_
     assert json.loads((tmp_path / "p.metrics.json").read_text())["accuracy"] == 1.0
     assert metrics["confusion"] == [[8, 0], [0, 8]]  # rows = truth, columns = prediction, per_class order
     assert (tmp_path / "p.confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a DataLoader worker encoding the next batches changes nothing but the speed
+    run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "w.jsonl"), adapter=str(out),
+                val_dataset=str(val), top_k=2, batch_size=5, workers=1)
+    assert (tmp_path / "w.jsonl").read_text() == (tmp_path / "p.jsonl").read_text()
     vanilla = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "v.jsonl"), mode="likelihood")
     assert vanilla["samples"] == 16 and 0.0 <= vanilla["accuracy"] <= 1.0
     assert sum(map(sum, vanilla["confusion"])) == 16 and (tmp_path / "v.confusion.png").is_file()
     with pytest.raises(AttTokError, match="no attribute vocabulary"):
         run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "x.jsonl"))
+
+
+def test_an_encoding_error_in_a_dataloader_worker_is_raised_as_itself():
+    """Not wrapped in torch's "Caught AttTokError in DataLoader worker process 0" text: it names the sample."""
+    from llamafactory_attok.eval.attribute_classifier import Sample, encoded_batches
+
+    class Unfittable:
+        def encode(self, example, stop_ids):
+            raise AttTokError("the image cannot be fitted")
+
+    samples = [Sample(0, Path("x.png"), "q", None, dataset="d.json")]
+    with pytest.raises(AttTokError) as error:
+        list(encoded_batches(Unfittable(), samples, set(), batch_size=1, workers=1))
+    assert str(error.value) == "d.json: sample 0: the image cannot be fitted"
 
 
 def test_confusion_png_rows_truth_columns_prediction(tmp_path, monkeypatch):

@@ -58,3 +58,31 @@ def test_installing_the_plugin_here_changes_nothing_installed(tmp_path):
     installs = [(item["metadata"]["name"], item["metadata"]["version"]) for item in json.loads(report.read_text())
                 ["install"]]
     assert [name for name, _ in installs] == ["llamafactory-attok"], installs
+
+
+EVAL_EXTRA = {"scikit-learn", "openai", "jieba", "nltk", "rouge-chinese"}
+
+
+def test_a_training_only_install_leaves_the_evaluation_extra_out():
+    """The plugin's own dependencies stay what training needs; scoring / judge / LF's generation metrics are the
+    `eval` extra, which `make setup` (the `dev` extra) installs."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert not EVAL_EXTRA & set(_requirements())
+    assert {Requirement(line).name for line in project["optional-dependencies"]["eval"]} == EVAL_EXTRA
+    assert "llamafactory-attok[eval]" in project["optional-dependencies"]["dev"]
+
+
+def test_a_command_that_needs_the_extra_names_it(tmp_path):
+    """Without scikit-learn (hidden from the import system), `attok eval classify` and `attok predict` stop with an
+    error naming the extra, not an ImportError traceback."""
+    script = ("import sys; sys.modules['sklearn'] = None\n"
+              "from llamafactory_attok.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    for argv in (["eval", "classify", "--predictions", "p.jsonl", "--dataset", "d.json", "--out", "s.json"],
+                 ["predict", "--model", "m", "--dataset", "d.json", "--out", "o.jsonl"]):
+        result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=tmp_path,
+                                timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "needs scikit-learn, which a training-only install leaves out: install the optional extra with " \
+               "`pip install 'llamafactory-attok[eval]'`" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,14 +181,56 @@ def encode_sample(encoder: PromptEncoder, sample: Sample, stop_ids: set[int] | N
         raise AttTokError(f"{sample.dataset}: sample {sample.index}: {type(err).__name__}: {err}") from err
 
 
-@torch.no_grad()
-def first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
-                         device: str = "cpu", template: str | None = None,
-                         default_system: str | None = None,
-                         show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position.
+@dataclass
+class _EncodingFailed:
+    """An :class:`AttTokError` of a DataLoader worker, carried back as a value: raised in the main process with its
+    own message (the worker's would be wrapped in torch's "Caught … in DataLoader worker" text)."""
 
-    Each input is the sample's training prompt (LF's template and mm plugin) cut right before its attribute token.
+    message: str
+
+
+class _EncodedSamples(torch.utils.data.Dataset):
+    """The samples' training prompts, encoded (image decoding and LF's mm plugin) by DataLoader workers."""
+
+    def __init__(self, encoder: PromptEncoder, samples: list[Sample], stop: set[int]) -> None:
+        self.encoder, self.samples, self.stop = encoder, samples, stop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> EncodedPrompt | _EncodingFailed:
+        sample = self.samples[index]
+        try:
+            return encode_sample(self.encoder, sample, self.stop if sample.label_token else None)
+        except AttTokError as err:
+            return _EncodingFailed(str(err))
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def encoded_batches(encoder: PromptEncoder, samples: list[Sample], stop: set[int], batch_size: int,
+                    workers: int = 0) -> Iterator[list[EncodedPrompt]]:
+    """The samples' prompts in batches of ``batch_size``, in order; with ``workers`` > 0 encoded by that many
+    DataLoader processes while the model runs on the previous batches (BENCHMARKS.md §9b)."""
+    loader = torch.utils.data.DataLoader(_EncodedSamples(encoder, samples, stop), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=_as_list)
+    for batch in loader:
+        failed = next((item for item in batch if isinstance(item, _EncodingFailed)), None)
+        if failed is not None:
+            raise AttTokError(failed.message)
+        yield batch
+
+
+@torch.no_grad()
+def iter_first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
+                              device: str = "cpu", template: str | None = None, default_system: str | None = None,
+                              workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch: (B, K) attribute-token logits and (B, d) final hidden states at the first answer position.
+
+    Each input is the sample's training prompt (LF's template and mm plugin) cut right before its attribute token;
+    ``workers`` DataLoader processes encode the next batches while this one runs.
     """
     from ..attach import base_model_of
 
@@ -196,19 +239,25 @@ def first_answer_outputs(model, processor, samples: list[Sample], token_ids: lis
     head = base_model_of(model).get_output_embeddings()
     captured = {}
     handle = head.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
-    stop = set(token_ids)
-    logits, hidden = [], []
     try:
-        starts = range(0, len(samples), batch_size)
-        for start in progress(starts, desc="one-forward", unit="batch") if show_progress else starts:
-            batch = samples[start:start + batch_size]
-            encoded = [encode_sample(encoder, s, stop if s.label_token else None) for s in batch]
+        for encoded in encoded_batches(encoder, samples, set(token_ids), batch_size, workers):
             out = model(**encoder.batch(encoded, device, model))
-            logits.append(out.logits[:, -1, token_ids].float().cpu())
-            hidden.append(captured["hidden"][:, -1].float().cpu())
+            yield out.logits[:, -1, token_ids].float().cpu(), captured["hidden"][:, -1].float().cpu()
     finally:
         handle.remove()
-    return torch.cat(logits), torch.cat(hidden)
+
+
+def first_answer_outputs(model, processor, samples: list[Sample], token_ids: list[int], batch_size: int = 8,
+                         device: str = "cpu", template: str | None = None,
+                         default_system: str | None = None, show_progress: bool = True,
+                         workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) attribute-token logits and (N, d) final hidden states at the first answer position (see
+    :func:`iter_first_answer_outputs`)."""
+    batches = iter_first_answer_outputs(model, processor, samples, token_ids, batch_size, device, template,
+                                        default_system, workers)
+    total = -(-len(samples) // batch_size)
+    outputs = list(progress(batches, desc="one-forward", unit="batch", total=total) if show_progress else batches)
+    return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
 
 
 def attribute_probabilities(model, processor, samples: list[Sample], token_ids: list[int],

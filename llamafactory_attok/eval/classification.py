@@ -18,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from ..data.lf_format import read_json, read_jsonl
 from ..errors import AttTokError
+from ..extras import missing_extra
 from ..vocab import AttributeVocab, tokens_in_text
 from .normalize import class_tokens, normalize, parse_class
+
+try:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+except ImportError as err:  # the `eval` extra
+    raise missing_extra("scikit-learn", "eval", "scoring (attok eval classify)") from err
 
 PREDICTION_KEYS = ("predict", "label")
 LISTED_IDS = 50  # disagree_ids / multi_token_ids list at most this many sample ids (the counts are complete)

@@ -11,16 +11,10 @@ import sys
 from pathlib import Path
 
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 from ..data.lf_format import write_atomic
 from ..errors import AttTokError
+from ..extras import missing_extra
 from ..progress import progress
 from ..safe_paths import output_file, refuse_same_as_input, same_file
 from ..state import find_saved
@@ -36,6 +30,17 @@ from .attribute_classifier import (
     read_samples_skipping,
     retrieval_scores,
 )
+
+try:
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+except ImportError as err:  # the `eval` extra
+    raise missing_extra("scikit-learn", "eval", "attok predict") from err
 
 
 def resolve_vocab(model_path: str, adapter: str | None, vocab_path: str | None) -> AttributeVocab:
