@@ -32,8 +32,11 @@ KEY_FILE = ".attok-build-key"
 
 
 def file_digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "blake2b").hexdigest()
+    digest = hashlib.blake2b()
+    with open(path, "rb") as handle:  # hashlib.file_digest is Python 3.11+; the package supports 3.10
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _source_identity(image: Image.Image | Path) -> list:
