@@ -58,25 +58,43 @@ def test_tiny_model_command_builds_a_model_lf_loads(tmp_path):
     assert load_tokenizer(model_args)["processor"] is not None  # LF's loader finds its processor
 
 
+PACKAGE = Path(__file__).resolve().parent.parent / "llamafactory_attok"
+
+
+def _imports(path: Path, top_level_only: bool = False) -> set[str]:
+    """The absolute module names ``path`` imports (relative imports resolved against its package)."""
+    import ast
+
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = f"{base}.{node.module}" if node.level and node.module else (base if node.level else node.module)
+            found |= {module, *(f"{module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
 def test_test_scaffolding_stays_out_of_the_production_path():
     """Only the `tiny-model` / `sample-data` commands and the tiny package itself import ``llamafactory_attok.tiny``;
     the demo lives outside the package."""
-    import ast
-
-    package = Path(__file__).resolve().parent.parent / "llamafactory_attok"
-    assert not (package / "demo.py").exists()
-    offenders = []
-    for path in package.rglob("*.py"):
-        if path.parent.name == "tiny" or path.name == "cli.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            stripped = [n.lstrip(".") for n in names]
-            if any(n.startswith(("llamafactory_attok.tiny", "tiny")) for n in stripped):
-                offenders.append(str(path.relative_to(package)))
+    assert not (PACKAGE / "demo.py").exists()
+    offenders = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                 if path.parent.name != "tiny" and path.name != "cli.py"
+                 and any(n.startswith("llamafactory_attok.tiny") for n in _imports(path))]
     assert not offenders, offenders
+
+
+def test_only_the_hook_imports_the_patch_package_and_the_run_policy_stands_without_it():
+    """One door: outside ``lf_patches/`` only the startup hook (and ``apply()``) import it, so nothing else can
+    form an import cycle with it; the run policy imports neither it nor LLaMA-Factory at module level."""
+    importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                       if path.parent.name != "lf_patches"
+                       and any(n.startswith("llamafactory_attok.lf_patches") for n in _imports(path)))
+    assert importers == ["__init__.py", "_boot.py"]
+    policy = _imports(PACKAGE / "run_policy.py", top_level_only=True)
+    assert not [n for n in policy if n.startswith(("llamafactory_attok.lf_patches", "llamafactory."))], policy

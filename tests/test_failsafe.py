@@ -12,11 +12,10 @@ import torch
 from conftest import base_args, cli_env, log_history, train_cli, write_yaml
 from lf_inprocess import disabled_adapter_loads, run_sft
 
-from llamafactory_attok import lf_patches
+from llamafactory_attok import lf_patches, run_policy
 from llamafactory_attok.compat import REFUSED
 from llamafactory_attok.errors import AttTokError
 from llamafactory_attok.lf_patches import adapter as lf_adapter
-from llamafactory_attok.lf_patches import parser as lf_parser
 from llamafactory_attok.lf_patches import workflow as lf_workflow
 from llamafactory_attok.state import atomic_write_bytes
 
@@ -398,5 +397,5 @@ def test_invalid_saved_arguments_name_the_config_file(tmp_path):
               type("FinetuningArguments", (), {"finetuning_type": "lora"})())
     with pytest.raises(AttTokError, match=f"{tmp_path / 'attok_config.json'}: saved AttTok arguments are invalid: "
                                           "attok_acc_gamma must be a finite number"):
-        lf_parser.build_context({}, parsed)
+        run_policy.build_context({}, parsed)
     assert saved is not None
