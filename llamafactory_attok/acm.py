@@ -45,10 +45,12 @@ def acm_loss(
 
 
 class ACMProjection(nn.Module):
-    """θ of Eq. 8: one Linear d→d shared by anchors and book entries, initialised to the identity."""
+    """θ of Eq. 8: one Linear d→d shared by anchors and book entries, initialised to the identity; ``tau``: the
+    temperature of Eq. 9, held here as ACC holds γ and the books hold μ (each module carries its own constants)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, tau: float = 1.0) -> None:
         super().__init__()
+        self.tau = tau
         self.attok_theta = nn.Linear(dim, dim)
         with torch.no_grad():
             self.attok_theta.weight.copy_(torch.eye(dim))

@@ -54,7 +54,7 @@ class AttTokModule(nn.Module):
         self.token_ids = list(token_ids)
         self.books = AttributeBooks(keyword_init, momentum=args.attok_ema)
         self.acc = ACCAdapter(dim, args.attok_acc_gamma, generator) if args.attok_acc else None
-        self.acm = ACMProjection(dim) if args.attok_acm else None
+        self.acm = ACMProjection(dim, args.attok_tau) if args.attok_acm else None
         self.plan: BatchPlan | None = None
         self.family: VisionFamily | None = None  # set by attach()
         self.expects_trainer = False  # a training run: every training forward must come through the AttTok trainer

@@ -218,16 +218,17 @@ def _check_figures(ns: argparse.Namespace, targets: dict[str, Path]) -> None:
 def _eval_figures(ns: argparse.Namespace) -> None:
     from .eval.analysis import acc_map_figure, collect, similarity_figure, tsne_figure
     from .eval.attribute_classifier import check_device, check_model_folders, load_model_for_inference, read_samples
-    from .eval.predict import resolve_template, resolve_vocab, vocab_token_ids
+    from .eval.predict import resolve_template, resolve_vocab, saved_run, vocab_token_ids
 
     out = Path(ns.out_dir)
     targets = {name: out / f"{name}.png" for name in FIGURES}
     _check_figures(ns, targets)
     check_device(ns.device)
     check_model_folders(ns.model, ns.adapter)
-    template, default_system = resolve_template(ns.model, ns.adapter, ns.template)
+    saved = saved_run(ns.model, ns.adapter)
+    template, default_system = resolve_template(saved, ns.template)
     model, _, processor = load_model_for_inference(ns.model, ns.adapter, template)
-    vocab = resolve_vocab(ns.model, ns.adapter, ns.vocab)
+    vocab = resolve_vocab(saved, ns.vocab, ns.adapter or ns.model)
     samples = read_samples(ns.dataset)
     labels = [vocab.tokens.index(s.label_token) for s in samples]
     token_ids = vocab_token_ids(processor.tokenizer, vocab, ns.adapter or ns.model)

@@ -45,7 +45,7 @@ def acm_term(module, plan: BatchPlan, device) -> torch.Tensor:
         anchors = books.new_zeros(0, books.shape[-1])
     else:
         anchors = plan.hidden[plan.anchor_batch, plan.anchor_pos]
-    return acm_loss(anchors, plan.anchor_classes, books, valid, module.acm, module.args.attok_tau)
+    return acm_loss(anchors, plan.anchor_classes, books, valid, module.acm, module.acm.tau)
 
 
 def update_prototypes(module, plan: BatchPlan, device) -> None:

@@ -304,16 +304,16 @@ def test_predict_skips_missing_images_by_id_and_keeps_rows_scored_before_a_crash
 
 
 def test_predict_refuses_a_template_other_than_the_trained_one(tmp_path):
-    from llamafactory_attok.eval.predict import resolve_template
+    from llamafactory_attok.eval.predict import resolve_template, saved_run
 
     (tmp_path / "attok_config.json").write_text(json.dumps({"args": {}, "token_ids": [1], "template": "qwen2_vl",
                                                             "default_system": "Be brief."}))
     (tmp_path / "attok_vocab.yaml").write_text('"<|fundus_no_dr|>": no DR\n')
     (tmp_path / "attok_state.safetensors").write_bytes(b"")
-    assert resolve_template(str(tmp_path), None, None) == ("qwen2_vl", "Be brief.")
+    assert resolve_template(saved_run(str(tmp_path), None), None) == ("qwen2_vl", "Be brief.")
     with pytest.raises(AttTokError, match="--template gemma3 differs from the template .qwen2_vl. that"):
-        resolve_template(str(tmp_path), None, "gemma3")
-    assert resolve_template(str(tmp_path / "nothing"), None, None) == ("qwen2_vl", None)
+        resolve_template(saved_run(str(tmp_path), None), "gemma3")
+    assert resolve_template(saved_run(str(tmp_path / "nothing"), None), None) == ("qwen2_vl", None)
 
 
 def test_unreadable_image_names_sample_and_path(tmp_path):

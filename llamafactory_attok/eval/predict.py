@@ -24,6 +24,7 @@ from .attribute_classifier import (
     check_device,
     check_model_folders,
     first_answer_outputs,
+    iter_first_answer_outputs,
     likelihood_scores,
     load_model_for_inference,
     read_samples,
@@ -43,12 +44,18 @@ except ImportError as err:  # the `eval` extra
     raise missing_extra("scikit-learn", "eval", "attok predict") from err
 
 
-def resolve_vocab(model_path: str, adapter: str | None, vocab_path: str | None) -> AttributeVocab:
+def saved_run(model_path: str, adapter: str | None):
+    """The AttTok run saved with the model or adapter (read once; :func:`resolve_template` and
+    :func:`resolve_vocab` take it), or None for a vanilla model."""
+    return find_saved([model_path, adapter])
+
+
+def resolve_vocab(saved, vocab_path: str | None, model: str) -> AttributeVocab:
+    """``vocab_path``'s vocabulary, else the one saved with the model (``saved``: :func:`saved_run`)."""
     if vocab_path:
         return load_vocab(vocab_path)
-    saved = find_saved([model_path, adapter])
     if saved is None:
-        raise AttTokError(f"no attribute vocabulary: {adapter or model_path} holds no attok_vocab.yaml and no --vocab "
+        raise AttTokError(f"no attribute vocabulary: {model} holds no attok_vocab.yaml and no --vocab "
                           "was given (for a vanilla model use --mode likelihood)")
     return saved.vocab
 
@@ -130,10 +137,10 @@ def confusion_png(truth: list[int], predicted: list[int], names: list[str], out:
     return confusion
 
 
-def resolve_template(model_path: str, adapter: str | None, template: str | None) -> tuple[str, str | None]:
-    """(template, default_system) the model was trained with (saved in ``attok_config.json``); a ``template``
-    that differs from the saved one is an error naming both. Without a saved one: ``template`` or qwen2_vl."""
-    saved = find_saved([model_path, adapter])
+def resolve_template(saved, template: str | None) -> tuple[str, str | None]:
+    """(template, default_system) the model was trained with (saved in ``attok_config.json``; ``saved``:
+    :func:`saved_run`); a ``template`` that differs from the saved one is an error naming both. Without a saved
+    one: ``template`` or qwen2_vl."""
     config = saved.config if saved is not None else {}
     trained = config.get("template")
     if template and trained and template != trained:
@@ -178,13 +185,15 @@ def _rows(samples, probs, truth, names, top_k, retrieval) -> list[dict]:
 
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
                 val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
-                batch_size: int = 8, template: str | None = None, overwrite: bool = False) -> dict:
+                batch_size: int = 8, template: str | None = None, overwrite: bool = False,
+                workers: int = 0) -> dict:
     """Class probabilities per sample; the datasets are checked before the model is loaded.
 
     Prompts are the training prompts (LF's template; by default the one saved with the model). A sample whose
     image is missing or unreadable is reported by id on stderr, skipped and counted (``skipped``). Writes ``out``
     (JSONL, rows appended as they are scored), ``<out>.confusion.png`` and, last, ``<out>.metrics.json`` (with
-    ``per_class`` and ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``)."""
+    ``per_class`` and ``confusion``, rows = truth, columns = prediction, in the order of ``per_class``).
+    ``workers``: DataLoader processes that decode and encode the next batches while the model runs."""
     _check_request(out, {"--dataset": dataset, "--val-dataset": val_dataset, "--vocab": vocab_path,
                          "--model": model_path, "--adapter": adapter}, mode, top_k, batch_size, overwrite, device)
     samples, skipped = read_samples_skipping(dataset, require_token=mode == "attribute")
@@ -193,9 +202,10 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     if not samples:
         raise AttTokError(f"{dataset}: every sample was skipped (missing or unreadable images); nothing to score")
     val = read_samples(val_dataset) if val_dataset and mode == "attribute" else None
-    template, default_system = resolve_template(model_path, adapter, template)
+    saved = saved_run(model_path, adapter)
+    template, default_system = resolve_template(saved, template)
     if mode == "attribute":
-        vocab = resolve_vocab(model_path, adapter, vocab_path)
+        vocab = resolve_vocab(saved, vocab_path, adapter or model_path)
         for part in (samples, val or []):
             unknown = [s.index for s in part if s.label_token not in vocab.tokens]
             if unknown:
@@ -214,18 +224,20 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     if mode == "attribute":
         token_ids = vocab_token_ids(processor.tokenizer, vocab, adapter or model_path)
         if val:
-            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, **kwargs)
+            val_logits, _ = first_answer_outputs(model, processor, val, token_ids, batch_size, workers=workers,
+                                                 **kwargs)
             temperature = calibrate_temperature(val_logits, torch.tensor([vocab.tokens.index(s.label_token)
                                                                            for s in val]))
     writer = _RowWriter(out)
     predicted: list[int] = []
     retrieved: list[int] | None = [] if mode == "attribute" else None
     starts = range(0, len(samples), batch_size)
+    outputs = iter_first_answer_outputs(model, processor, samples, token_ids, batch_size, workers=workers,
+                                        **kwargs) if mode == "attribute" else None
     for start in progress(starts, desc=f"predict ({len(samples)} images)", unit="batch"):
         chunk, chunk_truth = samples[start:start + batch_size], truth[start:start + batch_size]
-        if mode == "attribute":
-            logits, hidden = first_answer_outputs(model, processor, chunk, token_ids, batch_size,
-                                                  show_progress=False, **kwargs)
+        if outputs is not None:
+            logits, hidden = next(outputs)
             probs = torch.softmax(logits / temperature, dim=-1)
             retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
             retrieved += retrieval
