@@ -1,4 +1,4 @@
-"""Forward FLOPs of AttTok vs vanilla at the real Qwen2.5-VL-7B dimensions (issue: BENCHMARKS.md §1).
+"""Forward FLOPs of AttTok vs vanilla at the real Qwen2.5-VL-7B dimensions (BENCHMARKS.md §1).
 
 Method: torch's FlopCounterMode counts a real forward (bf16 CPU tensors, uninitialised weights: values do not
 change FLOPs) of Qwen2.5-VL built at full width (LLM d=3584, vision 1280) but with few layers; per-layer costs are

@@ -1,5 +1,5 @@
 """`python -m bench.generation_agreement`: on the model `make demo` trains, does generation start with the
-one-forward prediction? (issue 21; BENCHMARKS §5b)
+one-forward prediction? (BENCHMARKS §5b)
 
 For every test image of the demo's RetinaMNIST sample: the one-forward top-1 attribute token (what `attok predict`
 reads, LF's SFT collator with the training positions) against the first token LF writes by greedy ``do_predict``

@@ -1,4 +1,4 @@
-"""One prepared GPU check of the whole CUDA path at real dimensions (issue 15; BENCHMARKS.md §6).
+"""One prepared GPU check of the whole CUDA path at real dimensions (BENCHMARKS.md §6).
 
 Builds a randomly initialised model from a published config (default: Qwen2.5-VL-7B-Instruct,
 ``bench/configs/qwen2_5_vl_7b_config.json``) directly on the GPU in bf16 and saves it; then, for each DeepSpeed

@@ -10,7 +10,7 @@ memory is the peak of allocated tensor bytes over training (:mod:`bench.memory_t
 
 - ``vanilla``: LF as shipped;
 - ``attok``: AttTok with the row-sparse trainable-token forward (``llamafactory_attok.sparse_rows``);
-- ``attok-dense``: AttTok with PEFT 0.18's own forward (the "before" of issue 23).
+- ``attok-dense``: AttTok with PEFT 0.18's own forward (before the row-sparse forward).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Does AttTok help, or do its confounds? The CPU-scale experiment, v2 (BENCHMARKS.md §4, issue 24).
+"""Does AttTok help, or do its confounds? The CPU-scale experiment, v2 (BENCHMARKS.md §4).
 
 v1 (`bench_results/science/`, superseded) decoded with the wrong positions, had no control for AttTok's K trainable
 rows, warm-started only one answer form, used seeds of one base model as replicates, kept no per-image predictions and

@@ -1,4 +1,4 @@
-"""One run of the science experiment in its own process: train, score, store every image's prediction (issue 24).
+"""One run of the science experiment in its own process: train, score, store every image's prediction.
 
 ``python -m bench.science_run JOB.json`` reads the job written by ``bench.science`` and writes ``<out>/run.json``
 (atomically, last): the one-forward prediction of every scored image (AttTok arms: the attribute token with the
@@ -126,7 +126,7 @@ def generative(job: dict, run: Path) -> dict:
     args = {**lf_common(job["data_dir"], str(run / "model"), out, job["seed"]), "do_predict": True,
             "predict_with_generate": True, "finetuning_type": "full", "eval_dataset": job["datasets"]["test"],
             "max_new_tokens": 16, "do_sample": False, "per_device_eval_batch_size": 32, "skip_special_tokens": False,
-            "attok_training_positions": True}  # both arms decode with the training positions (issue 21)
+            "attok_training_positions": True}  # both arms decode with the training positions
     run_exp(args)
     names = [[c] for c in job["classes"]]
     parsed = [parse_class(p["predict"], names) for p in read_predictions(out / "generated_predictions.jsonl")]

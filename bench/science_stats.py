@@ -1,4 +1,4 @@
-"""Statistics of the science experiment (§4, issue 24): tests over images and over independent replicates.
+"""Statistics of the science experiment (§4): tests over images and over independent replicates.
 
 Every function takes per-image correctness vectors (1 = right, 0 = wrong or unparseable) of the **same test images in
 the same order**, so every comparison is paired by image.

@@ -1,8 +1,8 @@
-"""Bad input, round 3 (issue 22): every `attok` command refuses to lose data, to write outside --out, to read input
-silently wrong, or to crash with a raw error — the message names the file / line / sample / option and the fix.
+"""Every `attok` command refuses to lose data, to write outside --out, to read input silently wrong, or to crash
+with a raw error — the message names the file / line / sample / option and the fix.
 
-Test names carry the issue's item number (``test_02_…`` is item 2). Everything runs in-process (`main([...])` or
-the builders), so the CLI's own argument handling is exercised without launching a process.
+Everything runs in-process (`main([...])` or the builders), so the CLI's own argument handling is exercised without
+launching a process.
 """
 
 import json
@@ -76,7 +76,7 @@ def _err(capsys) -> str:
 
 # --- lose data -------------------------------------------------------------------------------------------------
 
-def test_02_tiny_model_refuses_an_existing_folder_without_overwrite(tmp_path, capsys):
+def test_tiny_model_refuses_an_existing_folder_without_overwrite(tmp_path, capsys):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text('{"mine": true}')
@@ -114,7 +114,7 @@ def test_tiny_model_overwrite_never_wipes_a_folder_with_the_users_files(tmp_path
     assert _snapshot(tiny) == before
 
 
-def test_03_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp_path, capsys):
+def test_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp_path, capsys):
     out = tmp_path / "data"
     assert main(["sample-data", str(out), "--per-class-train", "1", "--per-class-test", "1"]) == 0
     (out / "retina_vocab.yaml").write_text('"<|fundus_no_dr|>": "my edited keyword"\n')
@@ -130,7 +130,7 @@ def test_03_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp
     assert not (tmp_path / "d2").exists()
 
 
-def test_03_sample_data_npz_option_scales_float_images(tmp_path):
+def test_sample_data_npz_option_scales_float_images(tmp_path):
     npz = tmp_path / "float.npz"
     arrays = {}
     for split in ("train", "val", "test"):
@@ -143,7 +143,7 @@ def test_03_sample_data_npz_option_scales_float_images(tmp_path):
 
 
 @pytest.mark.parametrize("spelling", ["same", "dotted", "symlink"])
-def test_04_predict_refuses_to_write_over_its_dataset(tmp_path, capsys, spelling):
+def test_predict_refuses_to_write_over_its_dataset(tmp_path, capsys, spelling):
     dataset = tmp_path / "data" / "x.json"
     dataset.parent.mkdir()
     dataset.write_text("[]")
@@ -161,7 +161,7 @@ def test_04_predict_refuses_to_write_over_its_dataset(tmp_path, capsys, spelling
         run_predict(str(tmp_path / "model"), str(dataset), str(tmp_path))
 
 
-def test_05_eval_classify_refuses_to_write_over_its_predictions(tmp_path, capsys):
+def test_eval_classify_refuses_to_write_over_its_predictions(tmp_path, capsys):
     predictions = tmp_path / "p.jsonl"
     predictions.write_text('{"predict": "a", "label": "a"}\n')
     dataset = tmp_path / "d.json"
@@ -195,7 +195,7 @@ def test_general_no_command_writes_into_what_the_user_has(tmp_path, capsys):
     assert "cx_vocab.yaml is the same file as --class-map" in _err(capsys) and class_map.read_text() == CLASS_MAP
 
 
-def test_06_builds_of_one_folder_exclude_each_other_and_the_last_wins_whole(tmp_path, monkeypatch):
+def test_builds_of_one_folder_exclude_each_other_and_the_last_wins_whole(tmp_path, monkeypatch):
     root = _folder(tmp_path / "src", counts=(8, 8))
     real_write_json = classify.write_json
 
@@ -228,7 +228,7 @@ def test_06_builds_of_one_folder_exclude_each_other_and_the_last_wins_whole(tmp_
     assert sorted(sources_of) == sorted(str(p) for p in root.rglob("*.png"))  # each image once: one build, whole
 
 
-def test_06_a_build_waits_for_the_lock_of_its_folder(tmp_path, capsys):
+def test_a_build_waits_for_the_lock_of_its_folder(tmp_path, capsys):
     root = _folder(tmp_path / "src")
     out = tmp_path / "out"
     done = threading.Event()
@@ -249,12 +249,12 @@ BAD_NAMES = ["../../vq", "a/b", "a\\b", "..", ".hidden", "", " ", "x..y"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_07_dataset_names_stay_inside_out(name):
+def test_dataset_names_stay_inside_out(name):
     with pytest.raises(AttTokError, match=r"--name .*; a dataset name becomes file names inside --out"):
         dataset_name(name)
 
 
-def test_07_every_builder_refuses_an_escaping_name(tmp_path, capsys):
+def test_every_builder_refuses_an_escaping_name(tmp_path, capsys):
     out = tmp_path / "trav" / "a" / "b"
     rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "yes"}],
              "images": ["i.png"], "modality": "CT", "location": "Lung"}]
@@ -278,7 +278,7 @@ def test_07_every_builder_refuses_an_escaping_name(tmp_path, capsys):
 
 # --- silent ----------------------------------------------------------------------------------------------------
 
-def test_09_duplicate_csv_rows_are_kept_once_with_a_warning(tmp_path, capsys):
+def test_duplicate_csv_rows_are_kept_once_with_a_warning(tmp_path, capsys):
     root = _folder(tmp_path / "src")
     rows = [(str(p.relative_to(tmp_path)), p.parent.name) for p in sorted(root.rglob("*.png"))]
     table = _csv(tmp_path / "labels.csv", rows + rows[:3] + [("./" + rows[0][0], rows[0][1])])
@@ -289,7 +289,7 @@ def test_09_duplicate_csv_rows_are_kept_once_with_a_warning(tmp_path, capsys):
     assert "4 duplicate row(s) (an image listed again with the same label) kept once: " in _err(capsys)
 
 
-def test_09_one_image_under_two_labels_or_in_two_splits_is_refused_naming_both_lines(tmp_path):
+def test_one_image_under_two_labels_or_in_two_splits_is_refused_naming_both_lines(tmp_path):
     root = _folder(tmp_path / "src")
     rows = [(str(p.relative_to(tmp_path)), p.parent.name) for p in sorted(root.rglob("*.png"))]
     table = _csv(tmp_path / "labels.csv", [*rows, (rows[0][0], "pneumonia")])
@@ -309,7 +309,7 @@ def _built_pixels(out: Path) -> np.ndarray:
     return np.concatenate([np.asarray(Image.open(p)).ravel() for p in sorted((out / "cx_images").rglob("*.png"))])
 
 
-def test_10_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     ramp = (np.arange(32 * 32).reshape(32, 32) * 4).astype(np.uint16)  # 0 .. 4092: a 12-bit image in 16 bits
     Image.fromarray(ramp).save(tmp_path / "a.png")
     Image.fromarray(ramp[::-1]).save(tmp_path / "b.png")
@@ -323,7 +323,7 @@ def test_10_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert (pixels == 255).mean() < 0.01 and 120 < pixels.mean() < 135  # the ramp's mid grey, not white
 
 
-def test_10_float_npz_images_are_scaled_and_out_of_range_ones_refused(tmp_path):
+def test_float_npz_images_are_scaled_and_out_of_range_ones_refused(tmp_path):
     arrays = {}
     for split in ("train", "val", "test"):
         arrays[f"{split}_images"] = np.linspace(0, 1, 2 * 28 * 28).reshape(2, 28, 28).astype(np.float32)
@@ -340,7 +340,7 @@ def test_10_float_npz_images_are_scaled_and_out_of_range_ones_refused(tmp_path):
         list(sources.from_npz(tmp_path / "wide.npz"))
 
 
-def test_11_hidden_folders_and_files_are_no_classes(tmp_path, capsys):
+def test_hidden_folders_and_files_are_no_classes(tmp_path, capsys):
     root = _folder(tmp_path / "src")
     _png(root / ".ipynb_checkpoints" / "0-checkpoint.png")
     (root / "normal" / "._0.png").write_bytes(b"AppleDouble")
@@ -353,7 +353,7 @@ def test_11_hidden_folders_and_files_are_no_classes(tmp_path, capsys):
     (["--val-ratio", "0.7", "--test-ratio", "0.7"], "--val-ratio 0.7 + --test-ratio 0.7 = 1.4: the sum must be below"),
     (["--val-ratio", "0.5", "--test-ratio", "0.5"], "= 1: the sum must be below 1"),
 ])
-def test_12_ratios_that_leave_no_training_split_are_refused(tmp_path, capsys, options, message):
+def test_ratios_that_leave_no_training_split_are_refused(tmp_path, capsys, options, message):
     argv = ["data", "classify", str(_folder(tmp_path / "src")), "--format", "folder", "--out", str(tmp_path / "out"),
             "--name", "cx", "--modality", "xray", *options]
     assert main(argv) == 2
@@ -362,7 +362,7 @@ def test_12_ratios_that_leave_no_training_split_are_refused(tmp_path, capsys, op
 
 @pytest.mark.parametrize("option", [["--image-size", "0"], ["--image-size", "-3"], ["--val-ratio", "1"],
                                     ["--test-ratio", "-0.1"], ["--augment-target", "0"]])
-def test_12_bad_numbers_are_refused_by_the_parser(tmp_path, capsys, option):
+def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as exit_:
         main(["data", "classify", "src", "--format", "folder", "--out", str(tmp_path / "o"), "--name", "cx", *option])
     assert exit_.value.code == 2 and f"argument {option[0]}" in _err(capsys)
@@ -370,7 +370,7 @@ def test_12_bad_numbers_are_refused_by_the_parser(tmp_path, capsys, option):
         build_classification([], None, tmp_path / "o", "cx", image_size=0)
 
 
-def test_12_a_class_too_small_for_the_split_is_named_with_its_counts(tmp_path, capsys):
+def test_a_class_too_small_for_the_split_is_named_with_its_counts(tmp_path, capsys):
     build_classification(list(sources.from_image_folder(_folder(tmp_path / "src", counts=(10, 1)))),
                          _class_map(tmp_path), tmp_path / "out", "cx", augment=False)
     err = _err(capsys)
@@ -378,7 +378,7 @@ def test_12_a_class_too_small_for_the_split_is_named_with_its_counts(tmp_path, c
     assert "'pneumonia' (1 image(s): train 1, val 0, test 0)" in err and "'normal'" not in err
 
 
-def test_13_empty_vqa_answers_are_refused_or_skipped_by_qid(tmp_path, capsys):
+def test_empty_vqa_answers_are_refused_or_skipped_by_qid(tmp_path, capsys):
     rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": a}],
              "images": ["i.png"], "qid": q, "modality": "CT", "location": "Lung"} for q, a in ((7, "yes"), (8, " "))]
     (tmp_path / "in.json").write_text(json.dumps(rows))
@@ -400,13 +400,13 @@ def test_13_empty_vqa_answers_are_refused_or_skipped_by_qid(tmp_path, capsys):
 @pytest.mark.parametrize("verdict", [paper_verdict, medevalkit_verdict])
 @pytest.mark.parametrize("prediction", ["", "  ", "<|ct_lung|>", "?!"])
 @pytest.mark.parametrize(("answer", "closed"), [("lung", False), ("yes", True), ("肺", False)])
-def test_13_an_empty_prediction_is_wrong_whatever_the_judge_says(verdict, prediction, answer, closed):
+def test_an_empty_prediction_is_wrong_whatever_the_judge_says(verdict, prediction, answer, closed):
     asked = []
     result = verdict(VqaItem(0, "q", answer, prediction, closed), lambda item, pred: asked.append(pred) or True)
     assert not result.correct and not asked
 
 
-def test_13_a_chinese_answer_is_scored_and_an_empty_reference_refused(tmp_path, capsys):
+def test_a_chinese_answer_is_scored_and_an_empty_reference_refused(tmp_path, capsys):
     rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": a}],
              "images": ["i.png"], "answer_type": "open"} for a in ("肺", "<|ct_lung|> ")]
     (tmp_path / "d.json").write_text(json.dumps(rows[:1]))
@@ -423,7 +423,7 @@ def test_13_a_chinese_answer_is_scored_and_an_empty_reference_refused(tmp_path, 
 
 
 @pytest.mark.parametrize("answer", ["<|Fundus_Weird Token|> w", "<| fundus_a |> a", "<|fundus_a|> and <|FUNDUS b|>"])
-def test_14_a_malformed_token_in_an_answer_is_refused_naming_the_sample(answer):
+def test_a_malformed_token_in_an_answer_is_refused_naming_the_sample(answer):
     vocab = vocab_from_mapping({"<|fundus_a|>": "a"}, "v.yaml")
     with pytest.raises(AttTokError, match=r"d.json: sample 3: attribute token .* breaks the naming rule"):
         check_data_tokens([("d.json: sample 3", answer)], vocab, known_special={"<|im_end|>"})
@@ -433,14 +433,14 @@ def test_14_a_malformed_token_in_an_answer_is_refused_naming_the_sample(answer):
 
 
 @pytest.mark.parametrize("keyword", ["<|im_end|>", "lung <|endoftext|>", "<image> lung", "</s>", "<start_of_turn>"])
-def test_15_special_tokens_as_keywords_are_refused_naming_file_and_line(tmp_path, keyword):
+def test_special_tokens_as_keywords_are_refused_naming_file_and_line(tmp_path, keyword):
     path = tmp_path / "vocab.yaml"
     path.write_text(f'"<|ct_liver|>": liver\n"<|ct_lung|>": {json.dumps(keyword)}\n')
     with pytest.raises(AttTokError, match=r"vocab.yaml: line 2: the keyword .* of <\|ct_lung\|> contains .*special"):
         load_vocab(path)
 
 
-def test_15_keywords_containing_a_tokenizer_special_are_refused_with_the_tokenizer(tmp_path):
+def test_keywords_containing_a_tokenizer_special_are_refused_with_the_tokenizer(tmp_path):
     path = tmp_path / "vocab.yaml"
     path.write_text('"<|ct_liver|>": liver\n"<|ct_lung|>": "lung [CLS]"\n')
     vocab = load_vocab(path)
@@ -450,7 +450,7 @@ def test_15_keywords_containing_a_tokenizer_special_are_refused_with_the_tokeniz
         check_keywords_against(vocab, ["[CLS]", "[SEP]"])
 
 
-def test_17_report_refuses_a_file_without_metrics_and_a_run_given_twice(tmp_path, capsys):
+def test_report_refuses_a_file_without_metrics_and_a_run_given_twice(tmp_path, capsys):
     (tmp_path / "empty.json").write_text("{}")
     (tmp_path / "a.json").write_text('{"accuracy": 0.5}')
     (tmp_path / "b.json").write_text('{"accuracy": 0.7}')
@@ -471,7 +471,7 @@ def test_17_report_refuses_a_file_without_metrics_and_a_run_given_twice(tmp_path
 # --- raw crashes -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["0", "-2"])
-def test_21_predict_batch_size_below_one_is_refused_before_anything_is_written(tmp_path, capsys, value):
+def test_predict_batch_size_below_one_is_refused_before_anything_is_written(tmp_path, capsys, value):
     out = tmp_path / "p.jsonl"
     with pytest.raises(SystemExit) as exit_:
         main(["predict", "--model", "m", "--dataset", "d.json", "--out", str(out), "--batch-size", value])
@@ -481,7 +481,7 @@ def test_21_predict_batch_size_below_one_is_refused_before_anything_is_written(t
     assert list(tmp_path.iterdir()) == []
 
 
-def test_21_a_vocabulary_token_the_model_lacks_is_named_with_the_vocab_file(tmp_path):
+def test_a_vocabulary_token_the_model_lacks_is_named_with_the_vocab_file(tmp_path):
     path = tmp_path / "vocab.yaml"
     path.write_text('"<|ct_liver|>": liver\n"<|ct_lung|>": lung\n')
     tokenizer = build_tiny_tokenizer()
@@ -494,7 +494,7 @@ def test_21_a_vocabulary_token_the_model_lacks_is_named_with_the_vocab_file(tmp_
         ["<|ct_liver|>", "<|ct_lung|>"])
 
 
-def test_21_predict_with_a_vocabulary_the_model_lacks_names_token_and_file(tmp_path):
+def test_predict_with_a_vocabulary_the_model_lacks_names_token_and_file(tmp_path):
     model = build_tiny_model(tmp_path / "model")
     _png(tmp_path / "a.png")
     rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "<|ct_lung|> x"}],
@@ -518,7 +518,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def test_22_a_huge_csv_image_is_refused_naming_the_csv_line(tmp_path):
+def test_a_huge_csv_image_is_refused_naming_the_csv_line(tmp_path):
     _png(tmp_path / "ok.png")
     _png(tmp_path / "ok2.png", seed=1)
     _png_header_only(tmp_path / "huge.png", 15000, 15000)
@@ -530,7 +530,7 @@ def test_22_a_huge_csv_image_is_refused_naming_the_csv_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_22_broken_npz_files_are_named(tmp_path):
+def test_broken_npz_files_are_named(tmp_path):
     arrays = {f"{s}_{k}": np.zeros((3, 28, 28), np.uint8) if k == "images" else np.zeros((3, 1), np.int64)
               for s in ("train", "val", "test") for k in ("images", "labels")}
     arrays["val_labels"] = np.zeros((2, 1), np.int64)

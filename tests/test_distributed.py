@@ -36,7 +36,7 @@ def train_on_two_ranks(tmp, args, through_lf_cli: bool = True):
     """Launch on two ranks; relaunched once (into a fresh output folder) when a rank aborts at interpreter exit
     after the run finished and saved (``terminate called without an active exception``, a C++ thread destroyed at
     teardown: seen on both ZeRO-3 LoRA launches of one full-suite run on 2026-12-07 and in none of four others, and
-    once on LF main in the issue's compatibility run; an open defect, see docs/distributed.md). Any other failure,
+    once on LF main in a compatibility run; an open defect, see docs/distributed.md). Any other failure,
     or the abort twice, fails the test."""
     result = _launch_on_two_ranks(tmp, args, through_lf_cli)
     out = Path(args["output_dir"])

@@ -1,5 +1,5 @@
 """`attok eval classify` of AttTok generations: scored by the first attribute token and by the text, with their
-agreement (issue 13, item 6). Hand-written generations; no model."""
+agreement. Hand-written generations; no model."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the prepared GPU check (issue 15), dry-run on the CPU so that it cannot rot unnoticed.
+"""bench/gpu_check.py, the prepared GPU check, dry-run on the CPU so that it cannot rot unnoticed.
 
 The real run needs a CUDA machine (BENCHMARKS.md §6); here the same runner runs end to end at tiny dims (the
 published config scaled down), DeepSpeed on one gloo rank, and every check it makes must pass. One dry run (ZeRO-2

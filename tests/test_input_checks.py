@@ -1,4 +1,4 @@
-"""Input that used to build or run silently wrong, crash raw or delete nothing-but-cleanup: each case gives a clear
+"""Input that could build or run silently wrong, or crash raw: each case gives a clear
 error (naming the file, line, sample or option and the fix), a warning with counts, or correct behaviour.
 
 Everything in-process (`main([...])`, the builders, LF's parser); the preemption of saves is in
@@ -469,7 +469,7 @@ def test_inputs_of_the_wrong_kind_are_named_with_the_right_one(tmp_path, capsys)
         build_report({"a@1": bad}, tmp_path / "r.md")
 
 
-def test_second_sweep_cases_of_the_same_classes(tmp_path, capsys):
+def test_relabel_name_clash_duplicate_header_fifo_and_sizes_are_named(tmp_path, capsys):
     """--relabel over edited files, a --name that collides with --vanilla's prefix, a duplicated CSV header, sizes
     beyond any image, a FIFO as the CSV, a typo'd --augment-target, sample-data over the user's own images folder."""
     import os

@@ -1,5 +1,5 @@
 """A training run never writes over what it reads, one run per output folder, resume only continues, and every
-refusal names the key and the fix (issue 22: items 1, 8, 16, 18, 19, 20, 23). In-process through LF's parser."""
+refusal names the key and the fix. In-process through LF's parser."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_resuming_a_vanilla_checkpoint_with_attok_is_refused(tmp_path):
         refuse_changed_resume(tmp_path, load_vocab(vocab), [400], {})
 
 
-# ---- the hostile sweep of this round: inference, export, predict outputs ------------------------------------
+# ---- inference, export and predict outputs -------------------------------------------------------------------
 
 
 def _infer_args(args: dict):

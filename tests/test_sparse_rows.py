@@ -1,4 +1,4 @@
-"""The row-sparse trainable-token forward (issue 23) gives PEFT's results without V×d copies: same logits and Δ
+"""The row-sparse trainable-token forward gives PEFT's results without V×d copies: same logits and Δ
 gradients on untied, tied (Qwen2-VL-2B style) and scaled-embedding (Gemma-3) heads, and the same per-step losses in
 an LF LoRA run; PEFT's saved format is untouched."""
 
