@@ -14,13 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench_results"
 
 STEPS = [
-    ("startup", ["-m", "bench.startup", "--runs", "60"]),
-    ("flops", ["-m", "bench.flops"]),
-    ("flops_families", ["-m", "bench.flops_families"]),
-    ("params_memory", ["-m", "bench.params_memory"]),
-    ("step_time", ["-m", "bench.step_time", "--steps", "60", "--rss"]),
-    ("throughput", ["-m", "bench.throughput"]),
-    ("accuracy", ["-m", "bench.accuracy", "--out", str(OUT / "accuracy")]),
+    ("startup", ["-m", "bench.cost.startup", "--runs", "60"]),
+    ("flops", ["-m", "bench.cost.flops"]),
+    ("flops_families", ["-m", "bench.cost.flops_families"]),
+    ("params_memory", ["-m", "bench.cost.params_memory"]),
+    ("step_time", ["-m", "bench.cost.step_time", "--steps", "60", "--rss"]),
+    ("throughput", ["-m", "bench.cost.throughput"]),
+    ("accuracy", ["-m", "bench.quality.accuracy", "--out", str(OUT / "accuracy")]),
 ]
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.science import ARMS, Dataset, control_rows, import_dataset, strip_attribute_token, warm_rows
-from bench.science_params import changed_elements
-from bench.science_report import report
-from bench.science_stats import bootstrap_interval, included, mcnemar, replicate_test
+from bench.science.common import ARMS
+from bench.science.datasets import Dataset, control_rows, import_dataset, strip_attribute_token, warm_rows
+from bench.science.params import changed_elements
+from bench.science.report import report
+from bench.science.stats import bootstrap_interval, included, mcnemar, replicate_test
 
 
 def test_changed_elements_counts_per_group_and_new_rows(tmp_path):
@@ -109,7 +110,7 @@ def test_csv_dataset_imports_with_vanilla_rows_and_warm_forms(tmp_path):
 def test_arms_get_the_same_recipe_apart_from_what_they_add(tmp_path, monkeypatch):
     """The jobs of one (replicate, seed) differ only in the AttTok keys, the control rows and the answers' dataset;
     every LLM layer trains, embed / head / tower / merger stay frozen (freeze tuning)."""
-    import bench.science_run as science_run
+    import bench.science.run as science_run
 
     seen = {}
     monkeypatch.setattr("llamafactory.train.tuner.run_exp", lambda args, callbacks=None: seen.__setitem__(
@@ -164,7 +165,8 @@ def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
 def test_out_folder_rules(tmp_path):
     """--out: new, empty or an earlier output (resumed); a foreign folder, the dataset's folder or one around it is
     refused; --overwrite removes only an earlier output."""
-    from bench.science import Experiment, check_out
+    from bench.science.cli import check_out
+    from bench.science.experiment import Experiment
 
     check_out(tmp_path / "new", False, None)
     foreign = tmp_path / "mine"
@@ -198,7 +200,7 @@ def test_class_rows_control_keeps_lf_trainable_layers_and_trains_only_its_rows(t
     added, and after a step and the merge only the K rows of embed and head moved (plain modules, as LF saves)."""
     from transformers import AutoModelForImageTextToText
 
-    from bench.science_run import ClassRowsCallback
+    from bench.science.run import ClassRowsCallback
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"])
     for name, param in model.named_parameters():  # what LF's freeze tuning leaves trainable: the LLM layers
@@ -224,7 +226,7 @@ def test_class_rows_control_keeps_lf_trainable_layers_and_trains_only_its_rows(t
 
 
 def test_inclusion_is_stored_only_when_every_vanilla_run_exists(tmp_path):
-    from bench.science import Experiment
+    from bench.science.experiment import Experiment
 
     exp = Experiment(tmp_path / "out")
     exp.results["datasets"]["d"] = {"val_labels": ["a"] * 6 + ["b"] * 4, "truth": {"test": [0, 1]}}
@@ -247,7 +249,7 @@ def test_inclusion_is_stored_only_when_every_vanilla_run_exists(tmp_path):
     (["--lr", "0"], "--lr must be > 0"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, message, capsys):
-    from bench.science import main
+    from bench.science.cli import main
 
     with pytest.raises(SystemExit):
         main(["run", *argv])

@@ -53,7 +53,8 @@ def test_cpu_recipe_trains(tiny_models, tmp_path, monkeypatch):
 
 def test_gpu_smoke_skips_cleanly_without_a_local_model(tmp_path):
     env = {**os.environ, "MODEL_DIR": str(tmp_path / "nothing")}
-    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_smoke.sh")], env=env, capture_output=True, text=True)
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu" / "smoke.sh")], env=env, capture_output=True,
+                            text=True)
     assert_ok(result)
     assert result.stdout.startswith("SKIP: no local 7B-class model")
 

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the prepared GPU check, dry-run on the CPU so that it cannot rot unnoticed.
+"""bench/gpu/check.py, the prepared GPU check, dry-run on the CPU so that it cannot rot unnoticed.
 
 The real run needs a CUDA machine (BENCHMARKS.md §6); here the same runner runs end to end at tiny dims (the
 published config scaled down), DeepSpeed on one gloo rank, and every check it makes must pass. One dry run (ZeRO-2
@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import REPO
 
-import bench.gpu_check as gpu_check
+import bench.gpu.check as gpu_check
 from bench.gpu import jobs
 from bench.gpu.common import CONFIGS, error_line
 from bench.gpu.model import model_config
@@ -77,7 +77,7 @@ def dry_run(tmp_path_factory) -> tuple[int, dict, dict]:
 
 
 def test_published_configs_have_the_published_sizes():
-    """The JSON configs in bench/configs build exactly the published models (meta device: no memory)."""
+    """The JSON configs in bench/gpu/configs build exactly the published models (meta device: no memory)."""
     from transformers import AutoModelForImageTextToText
 
     from llamafactory_attok.tiny import build_tiny_tokenizer
@@ -98,14 +98,14 @@ def test_published_configs_have_the_published_sizes():
 
 
 def test_budget_exhaustion_is_recorded_not_fatal(tmp_path):
-    """Run as bench/gpu_check.sh runs it (a script): with no time left for training, every arm is recorded as
+    """Run as bench/gpu/check.sh runs it (a script): with no time left for training, every arm is recorded as
     skipped in its JSON line, the summary line and results.json say why, exit 1. (The model folder is reused: a
     config.json is all the runner looks for before the skipped phases.)"""
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     out = tmp_path / "gpu_check"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--out", str(out),
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "check.py"), "--dry-run", "--out", str(out),
                              "--model-dir", str(model), "--budget-s", "30", "--stages", "2"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]

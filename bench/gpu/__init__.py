@@ -1,4 +1,4 @@
-"""The prepared GPU check (``bench/gpu_check.py``, BENCHMARKS.md §6), in parts.
+"""The prepared GPU check (``bench/gpu/check.py``, BENCHMARKS.md §6), in parts.
 
 - :mod:`bench.gpu.common`: paths, constants and small helpers (dtypes, hashing, the environment, JSON files);
 - :mod:`bench.gpu.model`: the randomly initialised model built from a published config (or its tiny scaling);

@@ -13,7 +13,7 @@ from typing import Any
 from llamafactory_attok.state import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parent.parent.parent
-CONFIGS = REPO / "bench" / "configs"
+CONFIGS = REPO / "bench" / "gpu" / "configs"
 DEFAULT_CONFIG = CONFIGS / "qwen2_5_vl_7b_config.json"
 DATA = REPO / "data"
 VOCAB = DATA / "retina_vocab.yaml"

@@ -10,7 +10,7 @@ overhead dominates; ``--width`` / ``--layers`` widen / deepen its LLM and ``--im
 merges 2 × 2 patches of 14 px: 112 px = 16 visual tokens, the processor's pixel ceiling) for a step where compute
 dominates, e.g. ``--width 256 --layers 4 --image-size 112``.
 
-    python -m bench.step_time [--steps 60] [--rss] [--width 64] [--layers 2] [--image-size 56]
+    python -m bench.cost.step_time [--steps 60] [--rss] [--width 64] [--layers 2] [--image-size 56]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from llamafactory_attok.tiny.specs import WIDTH
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IGNORE = -100
 LAYERS = 2  # the tiny model's LLM depth
 IMAGE_SIZE = 56  # RetinaMNIST's own size: 4 × 4 patches of 14 px, 4 visual tokens after the 2 × 2 merge
@@ -149,7 +149,7 @@ def alternate(steps: int, width: int = WIDTH, layers: int = LAYERS, image_size: 
 
 
 def rss_of(arm: str, steps: int, width: int = WIDTH, layers: int = LAYERS, image_size: int = IMAGE_SIZE) -> float:
-    code = (f"import bench.step_time as b, resource, torch, tempfile, pathlib;"
+    code = (f"import bench.cost.step_time as b, resource, torch, tempfile, pathlib;"
             f"d = tempfile.mkdtemp(); v, a, m, ids, bs = b.build_arms(pathlib.Path(d), only='{arm}', width={width},"
             f" layers={layers}, image_size={image_size});"
             f"s = b.make_step({'v' if arm == 'vanilla' else 'a'}, {'None' if arm == 'vanilla' else 'm'}, ids);"

@@ -1,4 +1,4 @@
-"""`python -m bench.memory`: peak memory of one AttTok and one vanilla LoRA training run at Qwen2.5-VL-7B's
+"""`python -m bench.cost.memory`: peak memory of one AttTok and one vanilla LoRA training run at Qwen2.5-VL-7B's
 vocabulary and width (152,064 × 3,584, bf16), on CPU, each arm in a fresh process (BENCHMARKS §6b).
 
 The model keeps the published config's embedding, head and layer dimensions but only ``--layers`` LLM layers and a
@@ -6,7 +6,7 @@ two-block vision tower: AttTok's overhead (attribute rows of embed and head, ACC
 number of LLM layers, so it is measured here and added to the vanilla peak of the 7B GPU run (§6a, 24.40 GiB).
 Each arm runs ``examples/attok_lora.yaml`` / ``vanilla_lora.yaml`` (LoRA r16 on every LLM linear, tower frozen,
 AdamW) through LLaMA-Factory's own ``run_exp`` for ``--steps`` optimizer steps, batch 1, one 56² RetinaMNIST image;
-memory is the peak of allocated tensor bytes over training (:mod:`bench.memory_tracker`). Arms:
+memory is the peak of allocated tensor bytes over training (:mod:`bench.cost.memory_tracker`). Arms:
 
 - ``vanilla``: LF as shipped;
 - ``attok``: AttTok with the row-sparse trainable-token forward (``llamafactory_attok.sparse_rows``);
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "bench" / "configs" / "qwen2_5_vl_7b_config.json"
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "bench" / "gpu" / "configs" / "qwen2_5_vl_7b_config.json"
 GPU_VANILLA_PEAK_GIB = 24.40  # BENCHMARKS §6a: vanilla LoRA r16, ZeRO-2, H200, Qwen2.5-VL-7B dimensions
 GPU_ATTOK_PEAK_GIB = 27.34  # the same run, AttTok, before the row-sparse forward
 ARMS = ("vanilla", "attok-dense", "attok")
@@ -79,7 +79,7 @@ def child(job: dict) -> None:
     from llamafactory.train.tuner import run_exp
     from transformers import TrainerCallback
 
-    from bench.memory_tracker import LiveTensorBytes
+    from bench.cost.memory_tracker import LiveTensorBytes
 
     if job["arm"] == "attok-dense":  # PEFT's own forward: the "before"
         import llamafactory_attok.lf_patches.loader as loader
@@ -114,7 +114,7 @@ def run_arm(arm: str, model_dir: Path, work: Path, steps: int) -> dict:
     job = {"arm": arm, "args": recipe(arm, model_dir, work / arm, steps), "result": str(work / f"{arm}.json")}
     path = work / f"{arm}.job.json"
     path.write_text(json.dumps(job))
-    env_cmd = [sys.executable, "-m", "bench.memory", "--child", str(path)]
+    env_cmd = [sys.executable, "-m", "bench.cost.memory", "--child", str(path)]
     done = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"arm {arm} failed:\n{done.stderr[-4000:]}")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {arm: run_arm(arm, model_dir, work, ns.steps) for arm in ns.arms.split(",")}
     k = len([ln for ln in (REPO / "data" / "retina_vocab.yaml").read_text().splitlines() if ln.startswith('"')])
     expected = formula(k, model["hidden_size"], model["vocab_rows"])
-    report = {"command": "python -m bench.memory " + " ".join(argv or sys.argv[1:]), "model": model,
+    report = {"command": "python -m bench.cost.memory " + " ".join(argv or sys.argv[1:]), "model": model,
               "steps": ns.steps, "arms": results, "formula": expected}
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""`python -m bench.generation_agreement`: on the model `make demo` trains, does generation start with the
+"""`python -m bench.quality.generation_agreement`: on the model `make demo` trains, does generation start with the
 one-forward prediction? (BENCHMARKS §5b)
 
 For every test image of the demo's RetinaMNIST sample: the one-forward top-1 attribute token (what `attok predict`
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "outputs" / "demo" / "attok"
 DATA = REPO / "data"
 TEST = "retina_attok_test"
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for arm in ("fixed", "lf-positions"):
-        subprocess.run([sys.executable, "-m", "bench.generation_agreement", "--child", arm, "--work", str(work)],
-                       cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "bench.quality.generation_agreement", "--child", arm, "--work",
+                        str(work)], cwd=REPO, check=True)
         results.append(json.loads((work / f"{arm}.json").read_text()))
     Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     Path(ns.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -8,7 +8,7 @@ training (book keys/values projected in every forward, the paper's ≈13 + 0.16�
 inference (projections reused; see ACCAdapter._project_books). Input: one 224×224 image (256 patches → 64 visual
 tokens after the merger) and a 24-token question.
 
-    python -m bench.flops [--k 7 113 1000]
+    python -m bench.cost.flops [--k 7 113 1000]
 """
 
 from __future__ import annotations

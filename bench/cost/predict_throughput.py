@@ -9,7 +9,7 @@ synthetic 600×450 JPEGs (seeded, the size of a dermoscopy photo), batch 8. Meas
 - ``attok predict`` (:func:`~llamafactory_attok.eval.attribute_classifier.first_answer_outputs`, LF's template and
   mm plugin, the attribute logits and hidden state read) with 0, 1, … ``--max-workers`` DataLoader workers.
 
-    python -m bench.predict_throughput [--n 256] [--max-workers 2]
+    python -m bench.cost.predict_throughput [--n 256] [--max-workers 2]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.throughput import build
+from bench.cost.throughput import build
 from llamafactory_attok.eval.attribute_classifier import (
     encoded_batches,
     first_answer_outputs,
@@ -33,7 +33,7 @@ from llamafactory_attok.eval.attribute_classifier import (
 )
 from llamafactory_attok.tiny import chat_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_dataset(folder: Path, n: int, seed: int = 0) -> Path:

@@ -2,7 +2,7 @@
 (BENCHMARKS.md §5). Tiny Qwen2-VL with attribute tokens and ACC (untrained: speed does not depend on the weights),
 CPU, batch 8, greedy generation of `--max-new-tokens` (enough for "<|token|> class name").
 
-    python -m bench.throughput [--max-new-tokens 12]
+    python -m bench.cost.throughput [--max-new-tokens 12]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 from llamafactory_attok.eval.attribute_classifier import first_answer_outputs, read_samples
 from llamafactory_attok.tiny import chat_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def build(workdir: Path):

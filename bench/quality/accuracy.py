@@ -4,7 +4,7 @@ answers), tokens only, +ACC, +ACM, +both (Fig. 3). Every arm gets the same recip
 are scored by the one-forward attribute classifier and by retrieval (Table 6); vanilla by class-name likelihood (its
 fair one-forward counterpart). Datasets are built by `attok data classify` from the MedMNIST files in data/sources.
 
-    python -m bench.accuracy [--datasets retina pneumonia] [--formats open close] [--towers frozen trainable]
+    python -m bench.quality.accuracy [--datasets retina pneumonia] [--formats open close] [--towers frozen trainable]
                              [--seeds 1 2 3] [--per-class 40] [--epochs 4] --out bench_results/accuracy
 """
 
@@ -14,15 +14,15 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.medmnist import CLASS_MAPS as MEDMNIST
-from bench.medmnist import COMPONENTS
+from bench.science.medmnist import CLASS_MAPS as MEDMNIST
+from bench.science.medmnist import COMPONENTS
 from llamafactory_attok.data import sources
 from llamafactory_attok.data.classify import build_classification
 from llamafactory_attok.eval.classification import mean_std
 from llamafactory_attok.eval.predict import run_predict
 from llamafactory_attok.tiny import build_tiny_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLASS_MAPS = {name: MEDMNIST[name] for name in ("retina", "pneumonia")}
 ARMS = {"vanilla": None, **COMPONENTS}  # name -> attok keys (None: vanilla, token-free answers)
 

@@ -1,14 +1,14 @@
 """ACC's forward-FLOP overhead on the other families' real dimensions (BENCHMARKS.md §1b): MedGemma-4B (Gemma-3)
 with one 896² image (256 visual tokens) and Qwen3-VL-8B with one 224² image (49 visual tokens).
 
-Same method as :mod:`bench.flops`: torch's FlopCounterMode over a real forward of the model built at full width
+Same method as :mod:`bench.cost.flops`: torch's FlopCounterMode over a real forward of the model built at full width
 (bf16 CPU tensors, uninitialised weights) with 1 and 2 LLM layers and 1 and 2 vision layers; the per-layer
 differences are scaled to the published depths. ACC is counted on the same number of visual tokens in the order
 AttTok's training forward picks (:class:`~llamafactory_attok.acc.ACCAdapter`), and with the books projected in
 every forward (the paper's accounting). The dimensions are written out below (from the models' published
 config.json files; nothing is downloaded).
 
-    python -m bench.flops_families [--k 7 113 1000]
+    python -m bench.cost.flops_families [--k 7 113 1000]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.flops import forward_flops
+from bench.cost.flops import forward_flops
 from llamafactory_attok.acc import ACCAdapter
 
 TEXT_TOKENS = 24

@@ -2,7 +2,7 @@
 `llamafactory_attok.pth` / `.start` files moved aside (restored afterwards), alternated so both arms see the same
 machine load.
 
-    python -m bench.startup [--runs 60]
+    python -m bench.cost.startup [--runs 60]
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A few AttTok LoRA steps on a real 7B-class model if one is present locally; skips cleanly otherwise.
-#   MODEL_DIR=/models/Qwen2.5-VL-7B-Instruct bash bench/gpu_smoke.sh
-#   MODEL_DIR=/models/medgemma-4b-it TEMPLATE=gemma3 bash bench/gpu_smoke.sh     # any supported family
+#   MODEL_DIR=/models/Qwen2.5-VL-7B-Instruct bash bench/gpu/smoke.sh
+#   MODEL_DIR=/models/medgemma-4b-it TEMPLATE=gemma3 bash bench/gpu/smoke.sh     # any supported family
 TEMPLATE="${TEMPLATE:-qwen2_vl}"
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 MODEL_DIR="${MODEL_DIR:-}"
 if [ -z "$MODEL_DIR" ] || [ ! -f "$MODEL_DIR/config.json" ]; then
   echo "SKIP: no local 7B-class model (set MODEL_DIR to a model folder with config.json, TEMPLATE to its LF template)"

@@ -1,6 +1,6 @@
 """One run of the science experiment in its own process: train, score, store every image's prediction.
 
-``python -m bench.science_run JOB.json`` reads the job written by ``bench.science`` and writes ``<out>/run.json``
+``python -m bench.science.run JOB.json`` reads the job written by ``bench.science`` and writes ``<out>/run.json``
 (atomically, last): the one-forward prediction of every scored image (AttTok arms: the attribute token with the
 highest probability; vanilla arms: the class name with the highest likelihood), the generative prediction of every test
 image (LF ``do_predict``, greedy, with the training positions, parsed by `attok eval classify`'s rules; −1 =
@@ -137,7 +137,7 @@ def generative(job: dict, run: Path) -> dict:
 
 
 def main(job_path: str) -> None:
-    from bench.science_params import changed_elements
+    from bench.science.params import changed_elements
 
     job = json.loads(Path(job_path).read_text())
     run = Path(job["out"])

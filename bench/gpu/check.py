@@ -1,7 +1,7 @@
 """One prepared GPU check of the whole CUDA path at real dimensions (BENCHMARKS.md §6).
 
 Builds a randomly initialised model from a published config (default: Qwen2.5-VL-7B-Instruct,
-``bench/configs/qwen2_5_vl_7b_config.json``) directly on the GPU in bf16 and saves it; then, for each DeepSpeed
+``bench/gpu/configs/qwen2_5_vl_7b_config.json``) directly on the GPU in bf16 and saves it; then, for each DeepSpeed
 ZeRO stage (2, then 3) trains AttTok and vanilla LoRA r16 (the ``examples/attok_lora.yaml`` /
 ``examples/vanilla_lora.yaml`` recipes, one GPU) for ``--steps`` optimizer steps on the RetinaMNIST sample in
 ``data/`` at 448² through LLaMA-Factory's ``run_exp`` (what ``llamafactory-cli train`` runs on one device; a
@@ -34,9 +34,9 @@ byte-level BPE with Qwen's special tokens), its ids written into the config; the
 (151665 tokens). The image processor is pinned to exactly 448² (min = max pixels), so LF training, LF generation
 and the one-forward classifier all see 256 visual tokens per image.
 
-    bash bench/gpu_check.sh                        # on the device: install wheelhouse/, then this script
-    python bench/gpu_check.py --out outputs/gpu_check [--config bench/configs/qwen2_vl_2b_config.json]
-    python bench/gpu_check.py --dry-run --out /tmp/gpu_check_dry      # or: python -m bench.gpu_check ...
+    bash bench/gpu/check.sh                        # on the device: install wheelhouse/, then this script
+    python bench/gpu/check.py --out outputs/gpu_check [--config bench/gpu/configs/qwen2_vl_2b_config.json]
+    python bench/gpu/check.py --dry-run --out /tmp/gpu_check_dry      # or: python -m bench.gpu.check ...
 
 The parts live in :mod:`bench.gpu` (runner, child jobs, probes, model); this module is the command line.
 """
@@ -49,8 +49,8 @@ import sys
 import time
 from pathlib import Path
 
-if not __package__:  # run as a script (bench/gpu_check.sh): make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if not __package__:  # run as a script (bench/gpu/check.sh): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.gpu.common import ARMS, CONFIGS, DEFAULT_CONFIG, REPO, environment  # noqa: E402
 from bench.gpu.model import build_model, model_config  # noqa: E402

@@ -5,7 +5,7 @@ Counts come from the real modules (ACCAdapter, ACMProjection, AttributeBooks) bu
 `trainable_token_indices` stores (K per layer; verified on the tiny model by the saved adapter). AdamW keeps two fp32
 moments per trainable parameter (8 bytes); mixed precision adds a 4-byte fp32 master copy under DeepSpeed.
 
-    python -m bench.params_memory [--k 7 113 1000]
+    python -m bench.cost.params_memory [--k 7 113 1000]
 """
 
 from __future__ import annotations

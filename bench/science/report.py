@@ -7,7 +7,7 @@ import statistics
 
 import numpy as np
 
-from bench.science_stats import INCLUSION_RULE, bootstrap_interval, included, mcnemar, replicate_test
+from bench.science.stats import INCLUSION_RULE, bootstrap_interval, included, mcnemar, replicate_test
 
 COMPARISONS = (("attok", "vanilla"), ("attok", "class_rows"), ("class_rows", "vanilla"), ("tokens", "vanilla"),
                ("+ACC", "vanilla"), ("+ACM", "vanilla"), ("attok", "tokens"))

@@ -13,7 +13,7 @@ where the fundus is nearly rotation-symmetric), so SimCLR is the default.
 The linear probe says how much the tower sees: logistic regression (scikit-learn) on the mean visual token of each
 training image, scored on val, for the random tower and the pretrained one, next to the val majority rate.
 
-    python -m bench.science_tower MODEL TRAIN.json VAL.json OUT [--steps 300] [--seed 1] [--objective simclr]
+    python -m bench.science.tower MODEL TRAIN.json VAL.json OUT [--steps 300] [--seed 1] [--objective simclr]
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""cost benchmarks (bench/README.md)."""

@@ -1,0 +1,1 @@
+"""data benchmarks (bench/README.md)."""

@@ -1,0 +1,1 @@
+"""quality benchmarks (bench/README.md)."""
