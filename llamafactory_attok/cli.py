@@ -107,7 +107,8 @@ def _add_data_commands(sub) -> None:
     cls.add_argument("--image-col", default="image", help="CSV column with image paths (relative to the CSV)")
     cls.add_argument("--label-col", default="label", help="CSV column with the class label")
     cls.add_argument("--split-col", default=None,
-                     help="CSV column with train/val/test; none: a seeded stratified split")
+                     help="CSV column with train/val/test; none: a seeded stratified split (train/test only: "
+                          "--val-ratio of each class's training images become val)")
     cls.add_argument("--image-size", type=positive_int, default=112,
                      help="images whose shorter side is below this are upscaled to it (aspect ratio kept)")
     cls.add_argument("--max-size", type=positive_int, default=None,
@@ -115,7 +116,8 @@ def _add_data_commands(sub) -> None:
                           "given: no limit; e.g. 1024 keeps Qwen2.5-VL's visual tokens per image bounded)")
     cls.add_argument("--seed", type=int, default=42, help="seed of the split, the option order and augmentation")
     cls.add_argument("--val-ratio", type=_ratio, default=0.1,
-                     help="val share per class when the source has no split (val + test below 1)")
+                     help="val share per class when the source has no split (val + test below 1), or of the "
+                          "training images when its split has no val (0: none)")
     cls.add_argument("--test-ratio", type=_ratio, default=0.2,
                      help="test share per class when the source has no split (val + test below 1)")
     cls.add_argument("--no-augment", action="store_true", help="no offline class balancing of the training split")

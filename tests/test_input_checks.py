@@ -552,3 +552,24 @@ def test_files_written_beside_out_are_never_replaced_without_overwrite(tmp_path,
                  str(tmp_path / "s.json")]) == 2
     assert "--out's confusion figure" in capsys.readouterr().err
     assert (tmp_path / "s.confusion.png").read_text() == "mine"
+
+
+def test_a_source_split_without_val_gets_one_carved_from_train_per_class(tmp_path, capsys):
+    """A CSV whose split column says only train / test: --val-ratio of each class's training images become val
+    (seeded, said on stderr); the test split is the source's; --val-ratio 0 keeps the source's splits."""
+    images = _images(tmp_path, 40)
+    rows = [(p, ("a", "b")[i % 2]) for i, p in enumerate(images)]
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,diagnosis,split\n" + "".join(f"{p},{label},{'test' if i < 8 else 'train'}\n"
+                                                          for i, (p, label) in enumerate(rows)))
+    assert _classify(tmp_path, csv_path, "--split-col", "split", "--val-ratio", "0.25") == 0
+    assert "the source has no val split: 8 of its training images (0.25 of each class, seeded) became the val split" \
+        in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "out" / "cx_build.json").read_text())
+    splits = {}
+    for image in manifest["images"]:
+        splits.setdefault(image["split"], []).append(image["label"])
+    assert sorted(splits["val"]) == ["a"] * 4 + ["b"] * 4 and len(splits["test"]) == 8 and len(splits["train"]) == 24
+    assert _classify(tmp_path, csv_path, "--split-col", "split", "--val-ratio", "0", "--overwrite") == 0
+    assert "became the val split" not in capsys.readouterr().err
+    assert not (tmp_path / "out" / "cx_open_val.json").exists()

@@ -189,6 +189,28 @@ def stratified_split(items: list[Item], val_ratio: float, test_ratio: float, see
     return items
 
 
+def carve_val(items: list[Item], val_ratio: float, seed: int) -> set[int]:
+    """A source with its own split but no val split (e.g. a CSV whose split column says only train / test): move a
+    seeded ``val_ratio`` of each class's training images into val, said on stderr; return their indices. The test
+    split is never touched (its images stay unseen)."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        if item.split == "train":
+            by_label[item.label].append(index)
+    carved: set[int] = set()
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        carved |= set(group[:round(len(group) * val_ratio)])
+    for index in carved:
+        items[index].split = "val"
+    print(f"attok: the source has no val split: {len(carved)} of its training images ({val_ratio:g} of each class, "
+          "seeded) became the val split; the test split is as the source has it (--val-ratio 0 keeps the source's "
+          "splits unchanged)", file=sys.stderr)
+    return carved
+
+
 def _question(kind: str, modality: str, specs: list[ClassSpec], rng: random.Random) -> str:
     if kind == "open":
         return OPEN_QUESTION.format(modality=modality)
@@ -366,6 +388,8 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     if any(item.split is None for item in items):
         assigned = {index for index, item in enumerate(items) if item.split is None}
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)
+    elif val_ratio > 0 and not any(item.split == "val" for item in items):
+        assigned = carve_val(items, val_ratio, seed)
     else:
         assigned = set()
     check_duplicate_content(items, assigned)
