@@ -64,8 +64,9 @@ class Journal:
 
     def __init__(self, staging: Path) -> None:
         self.staging = staging
-        self.entries: dict[str, dict] = {}
+        self.entries: dict[str, dict] = {}  # what an earlier run finished (new images are not kept: memory flat in N)
         self.rejected = 0
+        self.finished = 0
         path = staging / JOURNAL
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -89,13 +90,15 @@ class Journal:
     def get(self, ident: str) -> dict | None:
         return self.entries.get(ident)
 
-    def record(self, ident: str, path: str, **info: Any) -> None:
-        """Journal one finished image (its file is already in place): ``path`` relative to the staging folder."""
+    def record(self, ident: str, path: str, **info: Any) -> dict:
+        """Journal one finished image (its file is already in place): ``path`` relative to the staging folder;
+        returns its entry."""
         file = self.staging / path
         entry = {"id": ident, "path": path, "bytes": file.stat().st_size, "digest": file_digest(file), **info}
         self._handle.write(json.dumps(entry) + "\n")
         self._handle.flush()
-        self.entries[ident] = entry
+        self.finished += 1
+        return entry
 
     def close(self) -> None:
         self._handle.close()
@@ -120,5 +123,6 @@ def open_staging(out: Path, prefix: str, key: str) -> tuple[Path, Journal]:
 
 
 def interrupted_note(journal: Journal) -> str:
-    return (f"attok: interrupted; {len(journal.entries)} finished image(s) kept in {journal.staging} — run the same "
+    return (f"attok: interrupted; {len(journal.entries) + journal.finished} finished image(s) kept in "
+            f"{journal.staging} — run the same "
             "command again to resume from them (any other build of this folder removes them)")

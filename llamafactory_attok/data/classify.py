@@ -285,8 +285,7 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
         for label, *_, stem in progress(plan, total=to_make, desc="augment"):
             done = journal.get(f"augmented {stem}")
             if done is None:
-                journal.record(f"augmented {stem}", next(made))
-                done = journal.get(f"augmented {stem}")
+                done = journal.record(f"augmented {stem}", next(made))
             per_split["train"].append((label, done["path"], {"source": "augmented"}))
     return per_split
 
