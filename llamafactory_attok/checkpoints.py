@@ -7,6 +7,16 @@ for its own step, and AttTok's files and the weights are there too. A SIGTERM / 
 during the save leaves a folder without them: auto-resume then takes the last complete checkpoint and says which
 incomplete one it skipped; an explicit ``resume_from_checkpoint`` of an incomplete one is refused, naming what is
 missing.
+
+"There" means readable, not only present: every weight file's header is checked (a safetensors header that parses
+and whose tensors fit in the file; a torch ``.bin`` / ``.pt`` zip whose central directory reads), so a file cut by a
+full disk, or left empty, makes the checkpoint incomplete instead of failing deep in PEFT or torch. A checkpoint is
+also only *resumable* with its optimizer and scheduler (``optimizer.pt`` and ``scheduler.pt``, or DeepSpeed's
+``global_step<N>`` folder): a final output folder or a ``save_only_model`` checkpoint resumed would restart both,
+warm-up included, in the middle of a run — refused, naming what to do instead (:data:`NOT_RESUMABLE`).
+
+:func:`remove_stale_temp_files` removes the hidden temp files (``.attok_state.safetensors.XXXX``) a SIGKILL during an
+atomic write leaves behind.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 from .filenames import ATTOK_FILES
@@ -22,6 +34,35 @@ TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
                 "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _STEP = re.compile(r"^checkpoint-(\d+)$")
+OPTIMIZER, SCHEDULER = "optimizer.pt", "scheduler.pt"
+NOT_RESUMABLE = "not resumable"  # the prefix of the problems that only concern the optimizer / scheduler
+_STALE_TEMP = re.compile(r"^\.attok_[a-z_]+\.(safetensors|json|yaml)\.[A-Za-z0-9_]{6,}$")
+
+
+def file_problem(path: Path) -> str | None:
+    """Why the weight / optimizer file ``path`` cannot be read (None: its header reads), without loading it."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return f"{path.name} is empty"
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                if len(head) < 8:
+                    return f"{path.name} is cut short"
+                (length,) = struct.unpack("<Q", head)
+                if length > size - 8:
+                    return f"{path.name} is cut short (header of {length} bytes in a file of {size})"
+                header = json.loads(handle.read(length))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            if ends and max(ends) > size - 8 - length:
+                return f"{path.name} is cut short (its tensors need {max(ends) + 8 + length} bytes, it has {size})"
+        elif path.suffix in (".bin", ".pt", ".pth"):
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, struct.error) as err:
+        return f"{path.name} unreadable ({type(err).__name__})"
+    return None
 
 
 def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
@@ -32,6 +73,7 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
     problems = [f"{name} missing" for name in ATTOK_FILES if not (folder / name).is_file()]
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         problems.append(f"model weights missing (none of {', '.join(WEIGHT_FILES[:3])}, …)")
+    weights = [folder / n for n in WEIGHT_FILES if not n.endswith(".index.json") and (folder / n).is_file()]
     index = next((folder / n for n in WEIGHT_FILES if n.endswith(".index.json") and (folder / n).is_file()), None)
     if index is not None:
         try:
@@ -40,6 +82,10 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
             problems.append(f"{index.name} unreadable")
         else:
             problems += [f"weight shard {s} missing" for s in sorted(shards) if not (folder / s).is_file()]
+            weights += [folder / s for s in sorted(shards) if (folder / s).is_file()]
+    attok_state = [folder / n for n in ATTOK_FILES if n.endswith(".safetensors") and (folder / n).is_file()]
+    problems += [p for p in map(file_problem, [*weights, *attok_state]) if p is not None]
+    problems += _resume_problems(folder)
     state = folder / TRAINER_STATE
     if not state.is_file():
         problems.append(f"{TRAINER_STATE} missing (transformers writes it last: the save did not finish)")
@@ -53,6 +99,41 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
             if match and int(match.group(1)) != step:
                 problems.append(f"{TRAINER_STATE} is for step {step}, not {match.group(1)}")
     return problems
+
+
+def _resume_problems(folder: Path) -> list[str]:
+    """What keeps ``folder`` from continuing its run exactly: the optimizer and the scheduler (DeepSpeed keeps the
+    optimizer in ``global_step<N>/``)."""
+    deepspeed = (folder / "latest").is_file() or any(folder.glob("global_step*"))
+    problems = []
+    if not deepspeed:
+        for name in (OPTIMIZER, SCHEDULER):
+            if not (folder / name).is_file():
+                problems.append(f"{NOT_RESUMABLE}: {name} missing")
+            elif (why := file_problem(folder / name)) is not None:
+                problems.append(f"{NOT_RESUMABLE}: {why}")
+    return problems
+
+
+def only_not_resumable(problems: list[str]) -> bool:
+    """The checkpoint holds complete weights and state, but no optimizer / scheduler (``save_only_model``, or a
+    final output folder)."""
+    return bool(problems) and all(p.startswith(NOT_RESUMABLE) for p in problems)
+
+
+def remove_stale_temp_files(output_dir: str | os.PathLike) -> list[Path]:
+    """The hidden temp files of AttTok's atomic writes (``.attok_state.safetensors.XXXXXXXX``) that a SIGKILL left in
+    ``output_dir`` and its checkpoints; call only while holding the run's lock (no other run writes there)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for place in (folder, *checkpoints_newest_first(folder)):
+        for path in place.iterdir():
+            if _STALE_TEMP.match(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:

@@ -16,7 +16,7 @@ import torch
 from .acm import acm_loss
 from .attach import base_model_of, load_state, module_of, save_state
 from .books import PrototypeBank, all_reduce_sums
-from .checkpoints import checkpoint_problems, last_complete_checkpoint
+from .checkpoints import checkpoint_problems, last_complete_checkpoint, only_not_resumable, remove_stale_temp_files
 from .context import AttTokContext
 from .errors import AttTokError
 from .filenames import STATE_FILE_NAME
@@ -62,6 +62,16 @@ def update_prototypes(module, plan: BatchPlan, device) -> None:
         counts = torch.zeros(bank.prototypes.shape[0], device=device)
     sums, counts = all_reduce_sums(sums.to(device), counts.to(device))
     bank.update(sums, counts)
+
+
+def not_resumable_message(checkpoint, problems: list[str]) -> str:
+    """A checkpoint with its weights but without optimizer / scheduler would restart both mid-run."""
+    missing = "; ".join(p.split(": ", 1)[1] for p in problems)
+    return (f"resume_from_checkpoint {checkpoint}: not a resumable checkpoint ({missing}): a final output folder or a "
+            "checkpoint saved with `save_only_model: true`. Resuming it would restart the optimizer and the learning-"
+            "rate schedule (warm-up again) in the middle of the run. Resume a checkpoint saved with its optimizer, or "
+            "start a new run from these weights: `adapter_name_or_path` (LoRA) or `model_name_or_path` (full / "
+            "freeze) with the same attok keys")
 
 
 class AttTokTrainerMixin:
@@ -163,6 +173,8 @@ class AttTokTrainerMixin:
         explicit = self.attok.explicit_resume
         if requested and explicit not in (None, True) and requested is not True:
             problems = checkpoint_problems(requested)
+            if only_not_resumable(problems):
+                raise AttTokError(not_resumable_message(requested, problems))
             if problems:
                 complete, _ = last_complete_checkpoint(Path(requested).parent)
                 hint = f"resume from {complete}, the last complete one" if complete else "no complete one is there"
@@ -176,6 +188,10 @@ class AttTokTrainerMixin:
             logger.warning("AttTok: skipping the incomplete checkpoint %s (%s): its save did not finish.", folder,
                            "; ".join(problems))
         if chosen is None:
+            weights_only = [(folder, problems) for folder, problems in skipped if only_not_resumable(problems)]
+            if weights_only:
+                raise AttTokError(not_resumable_message(*weights_only[0]) + " (auto-resume of output_dir "
+                                  f"{self.args.output_dir}; `overwrite_output_dir: true` starts the run over)")
             logger.warning("AttTok: no complete checkpoint in %s; training starts from step 0.", self.args.output_dir)
             return None
         if skipped:
@@ -190,6 +206,9 @@ class AttTokTrainerMixin:
             refuse_changed_resume(checkpoint, self.attok.vocab, self.attok.token_ids, self.attok.args.to_dict())
         lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()
         with lock:
+            if self.args.should_save:
+                for stale in remove_stale_temp_files(self.args.output_dir):
+                    logger.warning("AttTok: removed %s, a temp file an interrupted save left behind.", stale)
             result = super().train(resume_from_checkpoint, *args, **kwargs)
         note = acm_chance_note(self.state.log_history, len(self.attok.token_ids))
         if note is not None and self.args.should_log:

@@ -3,6 +3,7 @@ from the last complete checkpoint and ends where an uninterrupted run ends; an i
 refused, naming what is missing."""
 
 import contextlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,46 @@ def test_a_killed_save_is_skipped_and_the_rerun_ends_like_an_uninterrupted_run(p
     assert "skipping the incomplete checkpoint" in caplog.text and "checkpoint-4" in caplog.text
     assert not checkpoint_problems(out / "checkpoint-6")
     _same_final_state(uninterrupted, out)
+
+
+def test_a_damaged_weight_file_is_skipped_and_a_stale_temp_file_removed(uninterrupted, tiny_models, sample_data,
+                                                                         tmp_path, caplog):
+    """A newest checkpoint with every file present but its weights emptied (a full disk) is skipped by name instead
+    of failing deep in PEFT; the temp file a SIGKILL left during an atomic write is removed at the next start."""
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted, out)
+    (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"")
+    stale = out / "checkpoint-4" / ".attok_state.safetensors.k6wedq1l"
+    stale.write_bytes(b"half")
+    caplog.set_level("WARNING")
+    run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, **RUN, overwrite_output_dir=False))
+    assert "skipping the incomplete checkpoint" in caplog.text and "adapter_model.safetensors is empty" in caplog.text
+    assert not stale.exists() and "a temp file an interrupted save left behind" in caplog.text
+    _same_final_state(uninterrupted, out)
+
+
+def test_a_folder_without_optimizer_and_scheduler_is_not_resumed(uninterrupted, tiny_models, sample_data, tmp_path):
+    """The final output folder (or a save_only_model checkpoint) holds the weights but no optimizer / scheduler:
+    resuming it would restart both, warm-up included, mid-run — refused, saying what to do instead."""
+    args = base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True, **RUN,
+                     resume_from_checkpoint=str(uninterrupted))
+    with pytest.raises(AttTokError, match=r"not a resumable checkpoint \(optimizer.pt missing; scheduler.pt missing\)"
+                                          r".*restart the optimizer and the learning-rate schedule"):
+        run_sft(args)
+
+
+def test_cut_weight_files_are_told_apart_from_readable_ones(tmp_path):
+    from safetensors.torch import save_file
+
+    from llamafactory_attok.checkpoints import file_problem
+
+    save_file({"w": torch.ones(64, 64)}, str(tmp_path / "ok.safetensors"))
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "header.safetensors").write_bytes(data[:20])
+    torch.save({"state": {}}, tmp_path / "ok.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:100])
+    assert file_problem(tmp_path / "ok.safetensors") is None and file_problem(tmp_path / "ok.pt") is None
+    assert "cut short (its tensors need" in file_problem(tmp_path / "cut.safetensors")
+    assert "cut short (header of" in file_problem(tmp_path / "header.safetensors")
+    assert file_problem(tmp_path / "cut.pt") == "cut.pt unreadable (BadZipFile)"
