@@ -146,7 +146,7 @@ def checkpoints_newest_first(output_dir: str | os.PathLike) -> list[Path]:
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, list[str]]]]:
     """(the newest complete checkpoint of ``output_dir`` or None, the newer incomplete ones skipped with why)."""
-    skipped = []
+    skipped: list[tuple[Path, list[str]]] = []
     for checkpoint in checkpoints_newest_first(output_dir):
         problems = checkpoint_problems(checkpoint)
         if not problems:

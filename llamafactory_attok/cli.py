@@ -62,7 +62,8 @@ def _data_classify(ns: argparse.Namespace) -> None:
         items = list(sources.from_csv(src, ns.image_col, ns.label_col, ns.split_col))
     items = sources.drop_duplicates(items)  # before --max-per-class, so that repeats do not take the places
     if ns.max_per_class:
-        kept, seen = [], {}
+        kept: list[sources.Item] = []
+        seen: dict[tuple[str | None, str], int] = {}  # (split, label) -> items so far
         for item in items:
             key = (item.split, item.label)
             seen[key] = seen.get(key, 0) + 1
@@ -178,7 +179,7 @@ def _pair_list(items: list[str], flag: str) -> list[tuple[str, str]]:
     bad = [item for item in items if "=" not in item or not item.split("=", 1)[0]]
     if bad:
         raise AttTokError(f"{flag} {bad[0]!r}: expected name=value")
-    return [tuple(item.split("=", 1)) for item in items]
+    return [(name, value) for name, value in (item.split("=", 1) for item in items)]
 
 
 def _eval_report(ns: argparse.Namespace) -> None:
@@ -354,7 +355,7 @@ def path_argument(text: str) -> str:
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default; required options (no default to speak of) excepted."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         # required: no default to speak of; None: the help says what absence means; and never "(default: …)" twice
         if action.required or action.default is None or "default" in text:

@@ -72,10 +72,17 @@ class AttTokContext:
             raise AttTokError("attok: true needs `attok_vocab` or a training dataset to derive the vocabulary from.")
         return derive_vocab(self._answers(), self._known_special(tokenizer, set()))
 
+    def resolved_vocab(self) -> AttributeVocab:
+        """The vocabulary :meth:`setup_tokenizer` resolved; an error before it has run."""
+        if self.vocab is None:
+            raise AttTokError("AttTok: the attribute vocabulary is not resolved yet (setup_tokenizer has not run).")
+        return self.vocab
+
     def _check_data(self, tokenizer) -> None:
-        known = self._known_special(tokenizer, set(self.vocab.tokens))
+        vocab = self.resolved_vocab()
+        known = self._known_special(tokenizer, set(vocab.tokens))
         try:
-            self.attribute_occurrences = check_data_tokens(self._answers(), self.vocab, known)
+            self.attribute_occurrences = check_data_tokens(self._answers(), vocab, known)
         except DatasetUnreadable as err:
             if not self.args.attok_vocab:
                 raise
@@ -85,7 +92,7 @@ class AttTokContext:
         if self.attribute_occurrences == 0:
             raise AttTokError(
                 f"dataset {', '.join(self.datasets)} (in {self.dataset_dir}): zero attribute-token occurrences in the "
-                f"answers; AttTok needs answers prefixed with tokens such as {self.vocab.tokens[0]}."
+                f"answers; AttTok needs answers prefixed with tokens such as {vocab.tokens[0]}."
             )
 
     def _check_new_tokens(self, tokenizer) -> None:
@@ -93,7 +100,7 @@ class AttTokContext:
         rows would train as attribute rows. Tokens of the saved run being loaded or continued are allowed."""
         own = set(self.saved.vocab.tokens) if self.saved is not None else set()
         existing = tokenizer.get_vocab()
-        taken = [t for t in self.vocab.tokens if t in existing and t not in own]
+        taken = [t for t in self.resolved_vocab().tokens if t in existing and t not in own]
         if taken:
             raise AttTokError(
                 f"{self.args.attok_vocab}: attribute token(s) {', '.join(taken)} already exist in the tokenizer of "

@@ -22,7 +22,7 @@ def _attok_excepthook(previous):
             return
         previous(kind, value, tb)
 
-    hook.attok = True  # type: ignore[attr-defined]
+    hook.attok = True
     return hook
 
 

@@ -31,13 +31,16 @@ import copy
 import json
 import os
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from .errors import AttTokError
 from .log import get_logger
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = get_logger(__name__)
 
@@ -70,7 +73,7 @@ def _read_state_dict(files: list[str]) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def saved_conversions(model: nn.Module) -> list:
+def saved_conversions(model: PreTrainedModel) -> list:
     """The weight transforms ``save_pretrained`` reverted when it wrote this model (same choice as
     ``core_model_loading.revert_weight_conversion``): those ``from_pretrained`` used, else the registered ones."""
     from transformers.conversion_mapping import get_model_conversion_mapping
@@ -84,7 +87,7 @@ def saved_conversions(model: nn.Module) -> list:
 
 
 def convert_saved_state_dict(
-    model: nn.Module, state_dict: dict[str, torch.Tensor]
+    model: PreTrainedModel, state_dict: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Saved (original-format) keys → the model's own keys, as ``from_pretrained`` maps them.
 
@@ -137,7 +140,7 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(sorted(keys)[:SHOWN_KEYS]) + more
 
 
-def load_checkpoint_weights(model: nn.Module, folder: str) -> None:
+def load_checkpoint_weights(model: PreTrainedModel, folder: str) -> None:
     """Load a Trainer checkpoint's ``save_pretrained`` weights into ``model`` in place, every key or an error."""
     files = _weight_files(folder)
     if not files:
@@ -161,10 +164,18 @@ def load_checkpoint_weights(model: nn.Module, folder: str) -> None:
     logger.info("Restored %d weight tensors of %s from %s.", len(loaded), type(model).__name__, folder)
 
 
+class _Trainer(Protocol):
+    """What :class:`ExactResumeMixin` uses of transformers' ``Trainer``, the class it is composed with."""
+
+    model: nn.Module
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None: ...
+
+
 class ExactResumeMixin:
     """Trainer mixin: resuming a non-PEFT model really loads its checkpoint weights (see module docstring)."""
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+    def _load_from_checkpoint(self: _Trainer, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         from transformers import PreTrainedModel
         from transformers.trainer_utils import _is_peft_model
         from transformers.utils import is_sagemaker_mp_enabled
@@ -178,7 +189,7 @@ class ExactResumeMixin:
             or not isinstance(target, PreTrainedModel)
             or not _weight_files(resume_from_checkpoint)
         ):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+            cast(_Trainer, super())._load_from_checkpoint(resume_from_checkpoint, model)
             return
         logger.info("Loading model weights from %s (with transformers' key conversions).", resume_from_checkpoint)
         load_checkpoint_weights(target, resume_from_checkpoint)

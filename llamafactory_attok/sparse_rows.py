@@ -97,6 +97,8 @@ def use_sparse_rows(model) -> int:
         if isinstance(layer.base_layer, nn.Linear) and layer.base_layer.bias is not None:
             continue  # a head with a bias keeps PEFT's forward (no LM head of a supported family has one)
         if not getattr(layer, _MARK, False):
-            layer.forward = types.MethodType(_sparse_forward, layer)
+            # an instance attribute, as nn.Module.__setattr__ stores any value that is no parameter, buffer or
+            # module (spelled out: a plain assignment to a method is refused by the type checker)
+            object.__setattr__(layer, "forward", types.MethodType(_sparse_forward, layer))
             setattr(layer, _MARK, True)
     return len(layers)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
+from torch import nn
 
 from .acm import acm_loss
 from .attach import base_model_of, load_state, module_of, save_state
@@ -27,6 +29,9 @@ from .run_guards import refuse_changed_resume, run_lock
 from .schedule import acm_weight
 from .state import save_description
 from .training_notes import acm_chance_note
+
+if TYPE_CHECKING:
+    from transformers import TrainerState
 
 ROW_MASKED_TUNING = ("full", "freeze")
 LOG_KEYS = ("loss_ntp", "loss_acm", "acm_weight")
@@ -74,6 +79,46 @@ def not_resumable_message(checkpoint, problems: list[str]) -> str:
             "freeze) with the same attok keys")
 
 
+class _TrainingArgs(Protocol):
+    """What the mixin reads of the trainer's ``TrainingArguments``."""
+
+    @property
+    def output_dir(self) -> str: ...  # TrainingArguments.__post_init__ replaces None by "trainer_output"
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def should_save(self) -> bool: ...
+
+    @property
+    def should_log(self) -> bool: ...
+
+
+class _Trainer(Protocol):
+    """What the mixin uses of transformers' ``Trainer``, the class it is composed with (``lf_patches.workflow``)."""
+
+    model: nn.Module
+    args: _TrainingArgs
+    state: TrainerState
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]: ...
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None: ...
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None: ...
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None: ...
+
+
+class _AttTokTrainer(_Trainer, Protocol):
+    """A trainer with the mixin: the Trainer's parts, the run's AttTok context and the mixin's logging sums."""
+
+    attok: AttTokContext
+    _attok_totals: dict[str, float] | None
+    _attok_no_image: int
+
+
 class AttTokTrainerMixin:
     """NTP + λ·ACM, prototype updates, AttTok state saved / resumed with every checkpoint."""
 
@@ -81,8 +126,8 @@ class AttTokTrainerMixin:
 
     # ---- optimizer -------------------------------------------------------------------------------------
 
-    def get_decay_parameter_names(self, model) -> list[str]:
-        names = super().get_decay_parameter_names(model)
+    def get_decay_parameter_names(self: _AttTokTrainer, model: nn.Module) -> list[str]:
+        names = cast(_Trainer, super()).get_decay_parameter_names(model)
         if self.attok.finetuning_type not in ROW_MASKED_TUNING:
             return names
         # Decoupled weight decay would shrink rows whose gradient is masked to zero (paper A.1's "frozen" rows).
@@ -91,7 +136,7 @@ class AttTokTrainerMixin:
 
     # ---- loss ------------------------------------------------------------------------------------------
 
-    def current_acm_weight(self) -> float:
+    def current_acm_weight(self: _AttTokTrainer) -> float:
         args = self.attok.args
         return acm_weight(args.attok_acm_weight, args.attok_acm_schedule, self.state.global_step, self.state.max_steps)
 
@@ -135,7 +180,7 @@ class AttTokTrainerMixin:
 
     # ---- logging ---------------------------------------------------------------------------------------
 
-    def _attok_record(self, ntp, acm_value, weight: float, plan: BatchPlan) -> None:
+    def _attok_record(self: _AttTokTrainer, ntp, acm_value, weight: float, plan: BatchPlan) -> None:
         totals = getattr(self, "_attok_totals", None)
         if totals is None:
             totals = self._attok_totals = {"loss_ntp": 0.0, "loss_acm": 0.0, "acm_weight": 0.0, "n": 0}
@@ -151,7 +196,7 @@ class AttTokTrainerMixin:
         totals["n"] += 1
         self._attok_no_image = getattr(self, "_attok_no_image", 0) + plan.samples_with_attribute_no_image
 
-    def log(self, logs: dict, *args, **kwargs) -> None:
+    def log(self: _AttTokTrainer, logs: dict, *args, **kwargs) -> None:
         totals = getattr(self, "_attok_totals", None)
         if "loss" in logs and totals and totals["n"]:
             packed = torch.tensor([totals[k] for k in LOG_KEYS] + [totals["n"]], dtype=torch.float64)
@@ -162,7 +207,7 @@ class AttTokTrainerMixin:
             logs.update(dict(zip(LOG_KEYS, values, strict=True)))
             logs["attok_samples_without_image"] = self._attok_no_image
             self._attok_totals = None
-        super().log(logs, *args, **kwargs)
+        cast(_Trainer, super()).log(logs, *args, **kwargs)
 
     # ---- save / resume ---------------------------------------------------------------------------------
 
@@ -215,18 +260,18 @@ class AttTokTrainerMixin:
             logger.info(note)
         return result
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
+    def save_model(self: _AttTokTrainer, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        cast(_Trainer, super()).save_model(output_dir, _internal_call)
         folder = Path(output_dir or self.args.output_dir)
         module = module_of(self.model)
         if module is not None:
             save_state(module, folder / STATE_FILE_NAME, self.args.should_save)
         if self.args.should_save:
             description = {**self.attok.description(), "global_step": self.state.global_step}
-            save_description(folder, self.attok.vocab, description)
+            save_description(folder, self.attok.resolved_vocab(), description)
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
+    def _load_optimizer_and_scheduler(self: _AttTokTrainer, checkpoint: str | None) -> None:
+        cast(_Trainer, super())._load_optimizer_and_scheduler(checkpoint)
         module = module_of(self.model)
         if checkpoint is not None and module is not None:
             load_state(module, Path(checkpoint) / STATE_FILE_NAME)  # missing / unreadable: an error naming it

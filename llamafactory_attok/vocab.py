@@ -11,6 +11,7 @@ derived from the answers of the training data (see :func:`derive_vocab`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -160,7 +161,7 @@ def check_keywords_against(vocab: AttributeVocab, special_tokens: Iterable[str])
                               "Write the keyword as plain words.")
 
 
-def read_text(path: str | Path) -> str:
+def read_text(path: str | os.PathLike[str]) -> str:
     """The UTF-8 text of ``path``; a missing or non-UTF-8 file is an :class:`AttTokError` naming it."""
     path = Path(path)
     if path.is_dir():

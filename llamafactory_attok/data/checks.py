@@ -80,7 +80,7 @@ def check_duplicate_content(items: list[Item], assigned_by_us: set[int]) -> None
 
 def check_split_coverage(items: list[Item]) -> None:
     """A class absent from a split that exists (val or test) is named in a warning: its scores there are empty."""
-    by_split: dict[str, Counter] = defaultdict(Counter)
+    by_split: dict[str | None, Counter] = defaultdict(Counter)
     for item in items:
         by_split[item.split][item.label] += 1
     labels = sorted({item.label for item in items})

@@ -101,16 +101,17 @@ def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict
     """
     path = Path(path)
     try:
-        raw = load_text_yaml(read_text(path), str(path), "class label") if raw is None else raw
+        parsed = load_text_yaml(read_text(path), str(path), "class label") if raw is None else raw
     except yaml.YAMLError as err:
         raise AttTokError(f"{path}: malformed class map: {err}") from err
-    if not isinstance(raw, dict) or "modality" not in raw or not isinstance(raw.get("classes"), dict):
+    if not isinstance(parsed, dict) or "modality" not in parsed or not isinstance(parsed.get("classes"), dict):
         raise AttTokError(f"{path}: a class map needs `modality:` and a `classes:` mapping label -> name")
-    modality = plain_text(str(raw["modality"]).strip(), "the modality", str(path))
+    modality = plain_text(str(parsed["modality"]).strip(), "the modality", str(path))
     if not modality:
         raise AttTokError(f"{path}: `modality:` is empty; name the imaging modality (e.g. fundus, xray)")
-    specs, tokens = {}, {}
-    for label, value in raw["classes"].items():
+    specs: dict[str, ClassSpec] = {}
+    tokens: dict[str, object] = {}  # token -> the label that gives it
+    for label, value in parsed["classes"].items():
         entry = {"name": value} if isinstance(value, str) else dict(value or {})
         if not entry.get("name"):
             raise AttTokError(f"{path}: class {label!r} needs a `name`")
@@ -247,6 +248,8 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     copied = turned = flattened = 0
     placed = ordered_map(place_task, tasks, workers, total=len(todo))
     for index, item in enumerate(progress(items, desc="images", total=len(items))):
+        if item.split is None:  # build_classification gives every split-less item one first
+            raise AttTokError(f"{_where(item)}: the image has no split")
         done = journal.get(f"image {index}")
         if done is None:
             fresh = next(placed)
@@ -362,22 +365,23 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     if class_map is None:
         if not items:
             raise AttTokError("the source has no samples; nothing to build")
-        plan = _Outputs(name, prefix, vanilla, f"{prefix}_classes.yaml")
+        derived_file = f"{prefix}_classes.yaml"
+        plan = _Outputs(name, prefix, vanilla, derived_file)
         mapping, derived_text = derive_class_map([item.label for item in items], modality or "")
         try:
-            modality, specs = load_class_map(out / plan.derived_file, raw=mapping)
+            modality, specs = load_class_map(out / derived_file, raw=mapping)
         except AttTokError as err:  # the derived map is not written yet: name the labels, not a missing file
-            why = str(err).removeprefix(f"{out / plan.derived_file}: ")
+            why = str(err).removeprefix(f"{out / derived_file}: ")
             raise AttTokError(f"the labels cannot become a class map by themselves: {why}; write a --class-map "
                               "(modality and, per label, name / keyword / concept)") from err
         codes = [label for label in mapping["classes"] if looks_like_code(label)]
         if codes:
             warn(f"labels {', '.join(codes[:8])}{' …' if len(codes) > 8 else ''} look like codes: they become the "
                  "answers and the keyword texts whose embeddings start the keyword entries of the books (Eq. 5), and "
-                 f"a code means little to the model. Give names (and keywords) in {out / plan.derived_file}, then "
+                 f"a code means little to the model. Give names (and keywords) in {out / derived_file}, then "
                  "rebuild the text only, reusing the images: the same command plus --class-map "
-                 f"{out / plan.derived_file} --relabel")
-        class_map = out / plan.derived_file
+                 f"{out / derived_file} --relabel")
+        class_map = out / derived_file
     else:
         plan = _Outputs(name, prefix, vanilla, None)
         modality, specs = load_class_map(class_map)

@@ -82,12 +82,13 @@ class Placed:
 def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_size: int,
                 max_size: int | None, rule: IntensityRule | None = None) -> Placed:
     """Write ``source`` as ``dest_stem`` plus the suffix of its format (``rule``: the dataset's intensity rule)."""
+    size: tuple[int, int] | None  # None: a file whose header could not be read
     if isinstance(source, Image.Image):
         flattened = has_transparency(source)
         image = as_rgb(source, where, rule)
         size = target_size(image.size, image_size, max_size)
         if size != image.size:
-            image = image.resize(size, Image.BICUBIC)
+            image = image.resize(size, Image.Resampling.BICUBIC)
         path = dest_stem.with_suffix(".png")
         atomic_write_bytes(path, encode(image, ".png"))
         return Placed(path, size, False, flattened=flattened)
@@ -108,7 +109,7 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
     image = open_rgb(Path(source), where, rule)  # the errors of an unreadable file, named
     size = target_size(image.size, image_size, max_size)
     if size != image.size:
-        image = image.resize(size, Image.BICUBIC)
+        image = image.resize(size, Image.Resampling.BICUBIC)
     suffix = ".jpg" if fmt == "JPEG" else ".png"
     path = dest_stem.with_suffix(suffix)
     atomic_write_bytes(path, encode(image, suffix))

@@ -14,10 +14,14 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import AttTokError
 from ..vocab import read_text
 from .images import array_to_image, array_values, disagreement_warnings, intensity_rule
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -27,7 +31,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 class Item:
     split: str | None
     label: str
-    image: object  # PIL.Image.Image or Path
+    image: Image.Image | Path | str  # a PIL image or a path (str: as a build's manifest lists it, for --relabel)
     source: str  # where it came from, for error messages
 
 
@@ -115,7 +119,8 @@ def from_image_folder(root: Path) -> Iterator[Item]:
         raise AttTokError(f"{root}: not a folder (expected root/<class>/* or root/<split>/<class>/*)")
     split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
     layout = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
-    found, hidden = 0, []
+    found = 0
+    hidden: list[Path] = []
     for split, folder in layout:
         for class_dir in sorted(p for p in _visible(list(folder.iterdir()), hidden) if p.is_dir()):
             for image in _images_in(class_dir, hidden):

@@ -21,12 +21,16 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError, field_validator
 from tqdm import tqdm
 
 from ..errors import AttTokError
 from .lf_format import attribute_token, read_json, slug, write_atomic
+
+if TYPE_CHECKING:
+    import openai  # the eval extra; imported where the keyword LLM runs
 
 NON_DISCRIMINATIVE = re.compile(
     r"\b(left|right|upper|lower|anterior|posterior|medial|lateral|bilateral|small|large|big|round|oval|"
@@ -94,7 +98,7 @@ class Failure:
 
 @dataclass
 class KeywordLLM:
-    client: object  # openai.OpenAI
+    client: openai.OpenAI
     model: str
     cache: ReplyCache
     max_attempts: int = 3

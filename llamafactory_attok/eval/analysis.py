@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..attach import base_model_of, family_of, module_of
+from ..errors import AttTokError
 from ..plan import image_means
 from .attribute_classifier import Sample, encode_sample, open_image, prompt_encoder
 from .figures import save_figure
@@ -38,12 +39,21 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
     encoder = prompt_encoder(processor, template, default_system)
     base = base_model_of(model)
     module = module_of(model)
+    if module is None:
+        raise AttTokError("the model carries no AttTok module: the analysis figures need an AttTok model")
     captured: list[torch.Tensor] = []
     family = family_of(base)
-    handle = family.feature_module(base).register_forward_hook(
-        lambda mod, args, kwargs, out: captured.append(family.read_features(out).detach().float()),
-        with_kwargs=True, prepend=True)
-    means, grids, weights = [], [], []
+
+    def capture(mod, args, kwargs, out) -> None:
+        features = family.read_features(out)
+        if features is None:
+            raise AttTokError(f"{family.name}: the vision tower's output holds no visual tokens to analyse")
+        captured.append(features.detach().float())
+
+    handle = family.feature_module(base).register_forward_hook(capture, with_kwargs=True, prepend=True)
+    means: list[torch.Tensor] = []
+    grids: list[tuple[int, int] | None] = []
+    weights: list[torch.Tensor] = []
     try:
         for start in tqdm(range(0, len(samples), batch_size), desc="features", leave=False):
             batch = samples[start:start + batch_size]
@@ -52,6 +62,8 @@ def collect(model, processor, samples: list[Sample], token_ids: list[int], batch
             model(**inputs)
             features = captured[0]
             sizes = family.image_sizes(inputs, base.config)
+            if sizes is None:
+                raise AttTokError("a batch of the analysed samples carries no images")
             books, valid = module.book_entries(features.device)
             means.extend(image_means(features, sizes).cpu())
             grids.extend(family.token_grids(inputs, sizes, base.config))
@@ -78,8 +90,10 @@ def tsne_figure(features: dict, labels: list[int], class_names: list[str], out: 
     for c in range(k):
         mask = np.asarray(labels) == c
         axis.scatter(embedded[:n][mask, 0], embedded[:n][mask, 1], s=12, color=colours[c], label=class_names[c])
-        axis.scatter(*embedded[n + c], marker="*", s=300, color=colours[c], edgecolor="black")  # a_k
-        axis.scatter(*embedded[n + k + c], marker="P", s=150, color=colours[c], edgecolor="black")  # e_ind(k)
+        axis.scatter(embedded[n + c, 0], embedded[n + c, 1], marker="*", s=300, color=colours[c],
+                     edgecolor="black")  # a_k
+        axis.scatter(embedded[n + k + c, 0], embedded[n + k + c, 1], marker="P", s=150, color=colours[c],
+                     edgecolor="black")  # e_ind(k)
     axis.set_title("t-SNE: images (dots), attribute tokens (stars), keyword embeddings (plus)")
     axis.legend(fontsize=7)
     fig.tight_layout()

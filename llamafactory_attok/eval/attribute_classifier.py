@@ -237,7 +237,7 @@ def iter_first_answer_outputs(model, processor, samples: list[Sample], token_ids
     model.to(device).eval()
     encoder = prompt_encoder(processor, template, default_system)
     head = base_model_of(model).get_output_embeddings()
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
     handle = head.register_forward_pre_hook(lambda module, args: captured.__setitem__("hidden", args[0]))
     try:
         for encoded in encoded_batches(encoder, samples, set(token_ids), batch_size, workers):

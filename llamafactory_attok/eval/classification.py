@@ -142,7 +142,7 @@ def _is_dataset(path: Path) -> bool:
 def read_predictions(path: str | Path) -> list[dict]:
     """LF's ``generated_predictions.jsonl``: one object with string ``predict`` and ``label`` per line."""
     path = Path(path)
-    rows = []
+    rows: list[dict] = []
     if path.is_file() and path.read_bytes()[:1] == b"[" and _is_dataset(path):
         raise AttTokError(f"{path}: a sharegpt dataset (a JSON array of samples with `messages`), not LF's "
                           "generated_predictions.jsonl (one JSON object with `predict` and `label` per line, written "
@@ -152,7 +152,7 @@ def read_predictions(path: str | Path) -> list[dict]:
             raise AttTokError(f"{path}: rows of `attok predict` (one forward, no generated text): their metrics "
                               "are already in <out>.metrics.json; `attok eval classify` scores LF's generated text")
         missing = [k for k in PREDICTION_KEYS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-        if missing:
+        if missing or not isinstance(row, dict):  # not a dict: every key is missing
             found = (f"got a JSON {type(row).__name__}, not an object" if not isinstance(row, dict) else
                      "; ".join(f"{k} is {'missing' if k not in row else type(row[k]).__name__}" for k in missing))
             raise AttTokError(f"{path}: line {line}: a prediction needs the string field(s) {', '.join(missing)} "

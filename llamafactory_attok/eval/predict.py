@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -183,6 +184,14 @@ def _rows(samples, probs, truth, names, top_k, retrieval) -> list[dict]:
     return rows
 
 
+class _ScoringOptions(TypedDict):
+    """The keyword arguments every scoring call of :func:`run_predict` shares."""
+
+    device: str
+    template: str | None
+    default_system: str | None
+
+
 def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None = None, vocab_path: str | None = None,
                 val_dataset: str | None = None, mode: str = "attribute", top_k: int = 3, device: str = "cpu",
                 batch_size: int = 8, template: str | None = None, overwrite: bool = False,
@@ -214,12 +223,13 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
         names = list(vocab.keywords)
         truth = [vocab.tokens.index(s.label_token) for s in samples]
     else:
-        if any(s.label is None for s in samples):
+        labels = [s.label for s in samples if s.label is not None]
+        if len(labels) < len(samples):
             raise AttTokError(f"{dataset}: likelihood scoring needs each sample's `label` (class name)")
-        names = list(dict.fromkeys(s.label for s in samples))
-        truth = [names.index(s.label) for s in samples]
+        names = list(dict.fromkeys(labels))
+        truth = [names.index(label) for label in labels]
     model, _, processor = load_model_for_inference(model_path, adapter, template)
-    kwargs = {"device": device, "template": template, "default_system": default_system}
+    kwargs: _ScoringOptions = {"device": device, "template": template, "default_system": default_system}
     temperature = 1.0
     if mode == "attribute":
         token_ids = vocab_token_ids(processor.tokenizer, vocab, adapter or model_path)
@@ -230,7 +240,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
                                                                            for s in val]))
     writer = _RowWriter(out)
     predicted: list[int] = []
-    retrieved: list[int] | None = [] if mode == "attribute" else None
+    retrieved: list[int] = []  # attribute mode: each sample's class by retrieval
     starts = range(0, len(samples), batch_size)
     outputs = iter_first_answer_outputs(model, processor, samples, token_ids, batch_size, workers=workers,
                                         **kwargs) if mode == "attribute" else None
@@ -253,7 +263,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     metrics = {"mode": mode, "template": template, "samples": len(samples), "skipped": len(skipped),
                "skipped_samples": skipped, "temperature": temperature, **_metrics(truth, predicted),
                "per_class": per_class_metrics(truth, predicted, names)}
-    if retrieved is not None:
+    if mode == "attribute":
         metrics["retrieval_accuracy"] = _metrics(truth, retrieved)["accuracy"]
     metrics["confusion"] = confusion
     write_atomic(output_paths(out)["metrics"], json.dumps(metrics, indent=2) + "\n")

@@ -37,8 +37,8 @@ def distinct_runs(pairs: list[tuple[str, str]], flag: str, names_repeat: bool = 
     """``(run, path)`` pairs in order; one run name given twice (unless ``names_repeat``: VQA runs name one file per
     dataset) or one file given twice would be dropped or counted twice: an error naming both."""
     kept: list[tuple[str, Path]] = []
-    for run, path in pairs:
-        path = Path(path)
+    for run, given in pairs:
+        path = Path(given)
         for seen_run, seen_path in kept:
             if run == seen_run and not names_repeat:
                 raise AttTokError(f"{flag} {run} is given twice ({seen_path} and {path}); name each run once "

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
@@ -20,6 +21,9 @@ from ..errors import AttTokError
 from .classification import check_alignment, read_dataset, read_predictions
 from .normalize import normalize
 from .vqa_protocols import BREAKDOWN_FIELDS, PROTOCOLS, VERDICT, VqaItem, tally
+
+if TYPE_CHECKING:
+    import openai  # the eval extra; imported where the judge runs
 
 DEFAULT_PROMPT = Path(__file__).with_name("judge_prompt.txt")
 MEDEVALKIT_PROMPT = Path(__file__).with_name("judge_prompt_medevalkit.txt")
@@ -44,7 +48,7 @@ def parse_verdict(content: str) -> bool:
 
 @dataclass
 class Judge:
-    client: object  # openai.OpenAI
+    client: openai.OpenAI
     model: str
     prompt: str
     cache_path: Path

@@ -53,7 +53,8 @@ def result_markdown(result: dict) -> str:
 def read_vqa_results(runs: list[tuple[str, Path]]) -> list[tuple[str, dict]]:
     """``(arm@seed, path)`` -> the JSON `attok eval vqa` wrote; a non-result, or a run scored twice on the same
     dataset, is an error naming the file."""
-    results, seen = [], {}
+    results: list[tuple[str, dict]] = []
+    seen: dict[tuple[str, object], Path] = {}  # (run, dataset name) -> its result file
     for run, path in runs:
         result = read_json(path)
         if not isinstance(result, dict) or not isinstance(result.get("protocols"), dict) or "name" not in result:

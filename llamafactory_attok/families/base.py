@@ -16,10 +16,15 @@ family; :meth:`VisionFamily.tied` reports it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..plan import qwen_image_sizes
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class VisionFamily:
@@ -36,9 +41,10 @@ class VisionFamily:
         """The module hooked by ACC and the prototypes (``feature_path`` from the base model)."""
         module = base
         for part in self.feature_path.split("."):
-            module = getattr(module, part, None)
-            if module is None:
+            child = getattr(module, part, None)
+            if child is None:
                 raise ValueError(f"{type(base).__name__} has no `{self.feature_path}` ({self.name} family)")
+            module = child
         return module
 
     def read_features(self, output) -> torch.Tensor | None:
@@ -75,7 +81,7 @@ class VisionFamily:
     # ---- embeddings -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def tied(model: nn.Module) -> bool:
+    def tied(model: PreTrainedModel) -> bool:
         head = model.get_output_embeddings()
         from ..rows import stored_weight
 

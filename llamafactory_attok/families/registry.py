@@ -26,7 +26,7 @@ def supported_model_types() -> tuple[str, ...]:
 def family_for(config, where: str = "attok") -> VisionFamily:
     """The family serving ``config.model_type``; unsupported → error listing the supported ones."""
     model_type = getattr(config, "model_type", None)
-    family = _BY_MODEL_TYPE.get(model_type)
+    family = _BY_MODEL_TYPE.get(model_type) if model_type is not None else None
     if family is None:
         raise AttTokError(
             f"{where}: AttTok does not support model family {model_type!r} (no supported vision tower). "

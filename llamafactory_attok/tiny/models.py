@@ -60,8 +60,10 @@ def spec_of(family: str) -> TinySpec:
 
 def build_tiny_tokenizer(vocab_size: int = 400, family: Family = "qwen2_vl"):
     """Train a byte-level BPE on the built-in corpus and wrap it as the family's fast tokenizer."""
+    # Qwen2TokenizerFast: a runtime alias of Qwen2Tokenizer (transformers 5's lazy *TokenizerFast fallback), which
+    # transformers' TYPE_CHECKING imports do not declare
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast
+    from transformers import PreTrainedTokenizerFast, Qwen2TokenizerFast  # type: ignore[attr-defined]
 
     spec = spec_of(family)
     bpe = Tokenizer(models.BPE(unk_token=None))

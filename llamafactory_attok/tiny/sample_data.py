@@ -131,7 +131,7 @@ def _write_retina_split(out: Path, npz_path: Path, data: dict, split: str, per_c
     for idx in _balanced_indices(labels, per_class):
         rel = f"retina_images/{split}_{idx:04d}.png"
         image = array_to_image(images[idx], f"{npz_path}: {split} sample {idx}")
-        write_png(out / rel, image.resize((image_size, image_size), Image.BICUBIC))
+        write_png(out / rel, image.resize((image_size, image_size), Image.Resampling.BICUBIC))
         rows_attok.append(_sample(rel, int(labels[idx]), with_tokens=True))
         rows_vanilla.append(_sample(rel, int(labels[idx]), with_tokens=False))
     written = {}

@@ -12,6 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from transformers import (
+        BaseVideoProcessor,
+        PreTrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        ProcessorMixin,
+    )
 
 WIDTH = 64  # LLM hidden size of every tiny model
 
@@ -32,15 +42,22 @@ class TinySpec:
     eos: str
     bos: str | None
     named: dict[str, str] = field(default_factory=dict)  # tokenizer attributes processors read (image_token …)
-    config: Callable = None  # (tokenizer, vocab_size, tied) -> PretrainedConfig
-    processor: Callable = None  # (tokenizer, chat_template) -> ProcessorMixin
-    prompt: Callable = None  # (question, answer_prefix, template) -> chat text with one image placeholder
+    # (tokenizer, vocab_size, tied, spec, **sizes) -> PretrainedConfig
+    config: Callable[..., PreTrainedConfig] = field(kw_only=True)
+    # (tokenizer, chat_template) -> ProcessorMixin
+    processor: Callable[[PreTrainedTokenizerBase, str], ProcessorMixin] = field(kw_only=True)
+    # (question, answer_prefix, template) -> chat text with one image placeholder
+    prompt: Callable[[str, str, str | None], str] = field(kw_only=True)
     default_tied: bool = False
-    finish: Callable | None = None  # (model) -> None: fix-ups of the random weights
+    finish: Callable[[PreTrainedModel], None] | None = None  # (model) -> None: fix-ups of the random weights
+
+
+def _id(tokenizer, token: str) -> int:
+    return tokenizer.convert_tokens_to_ids(token)
 
 
 def _ids(tokenizer, **tokens: str) -> dict[str, int]:
-    return {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in tokens.items()}
+    return {key: _id(tokenizer, tok) for key, tok in tokens.items()}
 
 
 def _text(tokenizer, vocab_size: int, tied: bool, spec: TinySpec, **extra) -> dict:
@@ -54,6 +71,22 @@ def _text(tokenizer, vocab_size: int, tied: bool, spec: TinySpec, **extra) -> di
 
 QWEN_IMAGE_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
                   "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+
+
+class _QwenImageIds(TypedDict):
+    """The ids of QWEN_IMAGE_IDS, as the keyword arguments of the Qwen-VL configs."""
+
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+
+
+def _qwen_image_ids(tokenizer) -> _QwenImageIds:
+    ids = _ids(tokenizer, **QWEN_IMAGE_IDS)
+    return _QwenImageIds(image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
+                        vision_start_token_id=ids["vision_start_token_id"],
+                        vision_end_token_id=ids["vision_end_token_id"])
 
 
 def _qwen_prompt(question: str, answer_prefix: str = "", template: str | None = None) -> str:
@@ -96,7 +129,7 @@ def _qwen2_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec, wid
     vision = {"depth": 2, "embed_dim": 32, "hidden_size": width, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
               "spatial_merge_size": 2, "temporal_patch_size": 2}
     return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
-                         **_ids(tokenizer, **QWEN_IMAGE_IDS))
+                         **_qwen_image_ids(tokenizer))
 
 
 def _qwen2_5_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
@@ -107,7 +140,7 @@ def _qwen2_5_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
               "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
               "fullatt_block_indexes": [1]}
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
-                            **_ids(tokenizer, **QWEN_IMAGE_IDS))
+                            **_qwen_image_ids(tokenizer))
 
 
 def _qwen3_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
@@ -120,22 +153,23 @@ def _qwen3_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
               "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64,
               "deepstack_visual_indexes": [0]}
     return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied,
-                         **_ids(tokenizer, **QWEN_IMAGE_IDS))
+                         **_qwen_image_ids(tokenizer))
 
 
 def _qwen_processor(cls_name: str, patch_size: int):
     def build(tokenizer, chat_template: str):
         import transformers
-        from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLVideoProcessor
+        from transformers import Qwen2VLImageProcessor, Qwen3VLVideoProcessor
 
         side = patch_size * 2
         pixels = {"min_pixels": (side * 2) ** 2, "max_pixels": (side * 4) ** 2}
         image_processor = Qwen2VLImageProcessor(patch_size=patch_size, **pixels)
         if cls_name == "Qwen3VLProcessor":
             size = {"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}
-            video_processor = Qwen3VLVideoProcessor(patch_size=patch_size, size=size)
+            video_processor: BaseVideoProcessor = Qwen3VLVideoProcessor(patch_size=patch_size, size=size)
         else:
-            video_processor = Qwen2VLVideoProcessor(**pixels)
+            # exported at runtime, but missing from transformers' TYPE_CHECKING imports (what type checkers read)
+            video_processor = transformers.Qwen2VLVideoProcessor(**pixels)  # type: ignore[attr-defined]
         cls = getattr(transformers, cls_name)
         return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                    chat_template=chat_template)
@@ -158,8 +192,9 @@ def _gemma3_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
               "image_size": 56, "patch_size": 14}
     return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=GEMMA3_TOKENS_PER_IMAGE,
                         tie_word_embeddings=tied,
-                        **_ids(tokenizer, boi_token_index="<start_of_image>", eoi_token_index="<end_of_image>",
-                               image_token_index="<image_soft_token>"))
+                        boi_token_index=_id(tokenizer, "<start_of_image>"),
+                        eoi_token_index=_id(tokenizer, "<end_of_image>"),
+                        image_token_index=_id(tokenizer, "<image_soft_token>"))
 
 
 def _gemma3_finish(model) -> None:
@@ -196,7 +231,7 @@ def _intern_vl_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": [INTERNVL_TILE, INTERNVL_TILE], "patch_size": [14, 14]}
     return InternVLConfig(vision_config=vision, text_config=text, image_seq_length=INTERNVL_TOKENS_PER_TILE,
-                          tie_word_embeddings=tied, **_ids(tokenizer, image_token_id="<IMG_CONTEXT>"))
+                          tie_word_embeddings=tied, image_token_id=_id(tokenizer, "<IMG_CONTEXT>"))
 
 
 def _intern_vl_processor(tokenizer, chat_template: str):
@@ -223,7 +258,7 @@ def _llava_config(tokenizer, vocab_size: int, tied: bool, spec: TinySpec):
               "num_attention_heads": 2, "image_size": 28, "patch_size": 14, "projection_dim": 32}
     return LlavaConfig(vision_config=vision, text_config=text, image_seq_length=4, tie_word_embeddings=tied,
                        vision_feature_layer=-2, vision_feature_select_strategy="default",
-                       **_ids(tokenizer, image_token_index="<image>"))
+                       image_token_index=_id(tokenizer, "<image>"))
 
 
 def _llava_processor(tokenizer, chat_template: str):
