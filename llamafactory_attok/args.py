@@ -17,6 +17,8 @@ from .errors import AttTokError
 ACM_SCHEDULES = ("linear", "cosine", "constant")
 
 
+TAU_MIN, TAU_MAX = 0.01, 100.0  # ACM temperature (Eq. 9): similarities in [-1, 1] → logits in [-100, 100] at most
+
 @dataclass
 class AttTokArguments:
     """Settings of the AttTok method (paper §4); saved next to every checkpoint."""
@@ -54,8 +56,10 @@ class AttTokArguments:
             raise AttTokError(f"attok_acc_gamma must be >= 0, got {self.attok_acc_gamma}.")
         if not 0.0 <= self.attok_ema < 1.0:
             raise AttTokError(f"attok_ema must be in [0, 1), got {self.attok_ema}.")
-        if self.attok_tau <= 0:
-            raise AttTokError(f"attok_tau must be > 0, got {self.attok_tau}.")
+        if not TAU_MIN <= self.attok_tau <= TAU_MAX:
+            raise AttTokError(f"attok_tau must be > 0, at least {TAU_MIN} and at most {TAU_MAX} (the paper: 1), got "
+                              f"{self.attok_tau}: cosine similarities divided by a tinier τ overflow the ACM loss "
+                              "(Eq. 9), a huger one flattens it to a constant.")
         if self.attok_acm_weight < 0:
             raise AttTokError(f"attok_acm_weight must be >= 0, got {self.attok_acm_weight}.")
         if self.attok_acm_schedule not in ACM_SCHEDULES:

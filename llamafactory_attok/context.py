@@ -6,6 +6,7 @@ Built once from the parsed arguments and attached to LF's ``model_args`` and ``f
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,8 @@ class AttTokContext:
         vocab = self.resolved_vocab()
         known = self._known_special(tokenizer, set(vocab.tokens))
         try:
-            self.attribute_occurrences = check_data_tokens(self._answers(), vocab, known)
+            per_token: Counter = Counter()
+            self.attribute_occurrences = check_data_tokens(self._answers(), vocab, known, per_token)
         except DatasetUnreadable as err:
             if not self.args.attok_vocab:
                 raise
@@ -94,6 +96,12 @@ class AttTokContext:
                 f"dataset {', '.join(self.datasets)} (in {self.dataset_dir}): zero attribute-token occurrences in the "
                 f"answers; AttTok needs answers prefixed with tokens such as {vocab.tokens[0]}."
             )
+        unused = [t for t in vocab.tokens if not per_token[t]]
+        if unused:
+            logger.warning("AttTok: %d attribute token(s) of %s appear in no training answer: %s. Their rows get no "
+                           "next-token gradient and their books no prototype (Eq. 5); they stay as initialised. "
+                           "Fine for a vocabulary shared with other datasets; else check the data or remove them.",
+                           len(unused), vocab.source, ", ".join(unused[:8]) + (" …" if len(unused) > 8 else ""))
 
     def _check_new_tokens(self, tokenizer) -> None:
         """An explicit vocabulary may not take over tokens the tokenizer already has (``<|im_end|>``, …): their

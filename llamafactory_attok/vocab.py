@@ -184,6 +184,9 @@ def read_text(path: str | os.PathLike[str]) -> str:
 def load_vocab(path: str | Path) -> AttributeVocab:
     """Read and validate a vocabulary YAML file; errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise AttTokError(f"attok_vocab: {path} is a folder; give the vocabulary YAML file itself (e.g. "
+                          f"{path / 'NAME_vocab.yaml'}).")
     if not path.is_file():
         raise AttTokError(f"attok_vocab: file {path} does not exist.")
     text = read_text(path)
@@ -244,8 +247,10 @@ def derive_vocab(answers: Iterable[tuple[str, str]], known_special: set[str]) ->
     return vocab_from_mapping(mapping, "training answers")
 
 
-def check_data_tokens(answers: Iterable[tuple[str, str]], vocab: AttributeVocab, known_special: set[str]) -> int:
-    """Count attribute occurrences; an unknown ``<|…|>`` token in an answer is an error naming the sample."""
+def check_data_tokens(answers: Iterable[tuple[str, str]], vocab: AttributeVocab, known_special: set[str],
+                      per_token: Counter | None = None) -> int:
+    """Count attribute occurrences (``per_token``, when given, gets them per token); an unknown ``<|…|>`` token in
+    an answer is an error naming the sample."""
     valid = set(vocab.tokens)
     occurrences = 0
     for where, answer in answers:
@@ -253,6 +258,8 @@ def check_data_tokens(answers: Iterable[tuple[str, str]], vocab: AttributeVocab,
         for token in tokens_in_text(answer):
             if token in valid:
                 occurrences += 1
+                if per_token is not None:
+                    per_token[token] += 1
             elif token not in known_special:
                 raise AttTokError(
                     f"{where}: attribute token {token} appears in the data but not in the attribute vocabulary "

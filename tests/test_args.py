@@ -48,6 +48,7 @@ def test_webui_dict_with_strings():
         ("attok_ema", 1.0, r"attok_ema must be in \[0, 1\)"),
         ("attok_ema", -0.5, r"attok_ema must be in \[0, 1\)"),
         ("attok_tau", 0.0, "attok_tau must be > 0"),
+        ("attok_tau", 1e-30, "attok_tau must be > 0, at least 0.01"),
         ("attok_acm_schedule", "step", "attok_acm_schedule must be one of linear, cosine, constant"),
         ("attok_acc", "maybe", "attok_acc must be true or false"),
         ("attok_tau", "warm", "attok_tau must be a number"),

@@ -573,3 +573,99 @@ def test_a_source_split_without_val_gets_one_carved_from_train_per_class(tmp_pat
     assert _classify(tmp_path, csv_path, "--split-col", "split", "--val-ratio", "0", "--overwrite") == 0
     assert "became the val split" not in capsys.readouterr().err
     assert not (tmp_path / "out" / "cx_open_val.json").exists()
+
+
+# ---- images, class maps, columns and folders no model could use -----------------------------------------------
+
+
+def test_images_no_vision_tower_can_take_are_refused_naming_them(tmp_path, capsys):
+    """A 3000×2 strip (aspect ratio 1500:1) and a 1500×10 one that --image-size would raise to 16800×112 pixels."""
+    (tmp_path / "imgs").mkdir()
+    rows = [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    for name, size in (("strip.png", (3000, 2)), ("thin.png", (1500, 10))):
+        Image.new("RGB", size).save(tmp_path / "imgs" / name)
+        csv_path = _csv(tmp_path, [*rows, (f"imgs/{name}", "a")])
+        assert _classify(tmp_path, csv_path) == 2
+        err = capsys.readouterr().err
+        if name == "strip.png":
+            assert "imgs/strip.png: an image of 3000×2 pixels (aspect ratio 1500:1)" in err, err
+        else:
+            assert "gives 16800×112 pixels, beyond 16384; pass --max-size" in err, err
+        assert not (tmp_path / "out" / "cx_build.json").exists()
+
+
+@pytest.mark.parametrize(("classes", "message"), [
+    ("  normal: [a, b]\n  pneumonia: pneumonia\n", "class 'normal': give its answer name as text"),
+    ("  normal:\n    name: normal chest\n    keywrod: clear lungs\n  pneumonia: pneumonia\n",
+     "class 'normal': unknown key `keywrod`; did you mean `keyword`?"),
+    ("  normal:\n    name: [normal]\n  pneumonia: pneumonia\n", "class 'normal': `name` must be text, got list"),
+])
+def test_class_map_values_of_the_wrong_kind_are_refused(tmp_path, capsys, classes, message):
+    rows = [(p, ("normal", "pneumonia")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    class_map = tmp_path / "classes.yaml"
+    class_map.write_text("modality: xray\nclasses:\n" + classes)
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_modality_that_is_not_text_is_refused(tmp_path, capsys):
+    rows = [(p, ("normal", "pneumonia")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    class_map = tmp_path / "classes.yaml"
+    class_map.write_text("modality: [xray]\nclasses:\n  normal: normal\n  pneumonia: pneumonia\n")
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map)) == 2
+    assert "`modality:` must be one word or phrase of text" in capsys.readouterr().err
+
+
+def test_empty_column_options_an_id_column_and_no_training_split_are_refused(tmp_path, capsys):
+    images = _images(tmp_path, 12)
+    csv_path = _csv(tmp_path, [(p, ("a", "b")[i % 2]) for i, p in enumerate(images)])
+    assert _classify(tmp_path, csv_path, "--image-col", "") == 2
+    assert "--image-col is empty: name a column of" in capsys.readouterr().err
+    assert _classify(tmp_path, csv_path, "--label-col", "path") == 2
+    assert "every one of the 12 images has a label of its own" in capsys.readouterr().err
+    assert _classify(tmp_path, csv_path, "--val-ratio", "0.5", "--test-ratio", "0.49") == 2
+    assert "no image is left for training" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_folder_counts_what_it_skips_and_reads_webp_and_gif(tmp_path, capsys):
+    root = tmp_path / "if"
+    for label in ("normal", "pneumonia"):
+        for i in range(3):
+            _png(root / label / f"{i}.png", seed=i + 10 * len(label))
+    Image.new("RGB", (16, 16), "red").save(root / "normal" / "scan.webp")
+    frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    frames[0].save(root / "pneumonia" / "anim.gif", save_all=True, append_images=frames[1:])
+    _png(root / "normal" / "sub" / "deep.png")
+    (root / "normal" / "readme.txt").write_text("notes")
+    (root / "normal" / "ct.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    assert main(["data", "classify", str(root), "--format", "folder", "--modality", "xray", "--out",
+                 str(tmp_path / "out"), "--name", "cx", "--no-augment", "--test-ratio", "0.3"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 3 entr(ies) of class folders that are not images it reads" in err
+    assert "1 are sub-folders" in err and "1 are DICOM files, which are not read" in err
+    assert "1 image(s) have several frames (animated GIF, multi-page TIFF): the first frame" in err
+    images = json.loads((tmp_path / "out" / "cx_build.json").read_text())["images"]
+    assert len(images) == 8
+
+
+def test_a_vocabulary_folder_and_a_token_no_answer_carries_are_named(tiny_models, sample_data, tmp_path, caplog,
+                                                                    monkeypatch):
+    import logging
+
+    from conftest import base_args
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+
+    with pytest.raises(AttTokError, match=rf"attok_vocab: {tmp_path} is a folder; give the vocabulary YAML file"):
+        model_args, *_ = get_train_args(base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out",
+                                                  attok=True, attok_vocab=str(tmp_path)))
+        load_tokenizer(model_args)
+    vocab = tmp_path / "v.yaml"
+    vocab.write_text((sample_data / "retina_vocab.yaml").read_text() + '"<|fundus_extra|>": extra finding\n')
+    model_args, *_ = get_train_args(base_args(tiny_models["qwen2_vl"], sample_data, tmp_path / "out", attok=True,
+                                              attok_vocab=str(vocab)))
+    monkeypatch.setattr(logging.getLogger("llamafactory_attok"), "propagate", True)  # its own handler, else
+    caplog.set_level("WARNING")
+    load_tokenizer(model_args)
+    assert f"1 attribute token(s) of {vocab} appear in no training answer: <|fundus_extra|>" in caplog.text

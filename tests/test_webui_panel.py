@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 
 import pytest
 from conftest import REPO
@@ -60,7 +61,9 @@ def test_labels_follow_the_language(engine, lang):
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("attok_acc_gamma", -0.5, "attok_acc_gamma must be >= 0, got -0.5."),
     ("attok_ema", 1.0, "attok_ema must be in [0, 1), got 1.0."),
-    ("attok_tau", 0, "attok_tau must be > 0, got 0.0."),
+    ("attok_tau", 0, "attok_tau must be > 0, at least 0.01 and at most 100.0 (the paper: 1), got 0.0: cosine "
+                     "similarities divided by a tinier τ overflow the ACM loss (Eq. 9), a huger one flattens it to a "
+                     "constant."),
     ("attok_vocab", "/nowhere/vocab.yaml", "attok_vocab: file /nowhere/vocab.yaml does not exist."),
 ])
 def test_bad_panel_values_are_the_clis_error_before_launch(engine, key, value, message):
@@ -70,7 +73,7 @@ def test_bad_panel_values_are_the_clis_error_before_launch(engine, key, value, m
     data = _data(engine, **{"train.attok_enable": True, f"train.{key}": value})
     assert engine.runner._initialize(data, True, True) == message
     if key != "attok_vocab":
-        with pytest.raises(AttTokError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        with pytest.raises(AttTokError, match=re.escape(message)):
             parse_attok_dict({"attok": True, key: value})
 
 

@@ -20,6 +20,8 @@ from .sources import SPLITS, Item, warn
 
 SHOWN = 3
 
+ONE_IMAGE_CLASSES = 10  # from this many images up, a label per image is an id column, not classes
+
 
 def check_labels(items: list[Item]) -> None:
     """Near-duplicate labels are refused; a source with one class is refused (nothing to tell apart)."""
@@ -36,6 +38,11 @@ def check_labels(items: list[Item]) -> None:
     if len(labels) == 1:
         raise AttTokError(f"the source has one class only ({next(iter(labels))!r}, {len(items)} image(s)); a "
                           "classification set needs at least two classes to tell apart")
+    if len(labels) == len(items) >= ONE_IMAGE_CLASSES:
+        shown = ", ".join(repr(label) for label in sorted(labels)[:3])
+        raise AttTokError(f"every one of the {len(items)} images has a label of its own ({shown}, …): the label "
+                          "column looks like an id or file-name column, not classes; choose the class column "
+                          "(--label-col)")
 
 
 def _digest(item: Item) -> str:

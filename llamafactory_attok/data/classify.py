@@ -51,7 +51,7 @@ from .lf_format import (
     write_vocab,
 )
 from .parallel import check_workers, ordered_map
-from .placement import check_max_size, place_task, values_task
+from .placement import MAX_SIDE, check_max_size, place_task, values_task
 from .sources import SPLITS, Item, drop_duplicates, warn
 
 OPEN_QUESTION = "<image>What is the diagnosis shown in this {modality} image?"
@@ -91,6 +91,21 @@ def plain_text(value: str, what: str, where: str) -> str:
     return value
 
 
+MAP_KEYS = ("modality", "classes")
+CLASS_KEYS = ("name", "keyword", "concept")
+
+
+def _refuse_unknown_keys(mapping: dict, known: tuple[str, ...], where: str) -> None:
+    """A misspelt key (``keywrod:``) would be ignored silently and its value lost: refused, with the nearest key."""
+    import difflib
+
+    for key in mapping:
+        if key not in known:
+            near = difflib.get_close_matches(str(key).lower(), known, n=1)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise AttTokError(f"{where}: unknown key `{key}`; {hint}the keys are {', '.join(known)}")
+
+
 def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict[str, ClassSpec]]:
     """YAML: ``modality: fundus`` and ``classes: {label: {name, keyword?, concept?}}`` (or ``label: name``).
 
@@ -106,13 +121,25 @@ def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict
         raise AttTokError(f"{path}: malformed class map: {err}") from err
     if not isinstance(parsed, dict) or "modality" not in parsed or not isinstance(parsed.get("classes"), dict):
         raise AttTokError(f"{path}: a class map needs `modality:` and a `classes:` mapping label -> name")
+    _refuse_unknown_keys(parsed, MAP_KEYS, f"{path}: top level")
+    if not isinstance(parsed["modality"], str):
+        raise AttTokError(f"{path}: `modality:` must be one word or phrase of text (e.g. fundus, xray), got "
+                          f"{type(parsed['modality']).__name__} {parsed['modality']!r}")
     modality = plain_text(str(parsed["modality"]).strip(), "the modality", str(path))
     if not modality:
         raise AttTokError(f"{path}: `modality:` is empty; name the imaging modality (e.g. fundus, xray)")
     specs: dict[str, ClassSpec] = {}
     tokens: dict[str, object] = {}  # token -> the label that gives it
     for label, value in parsed["classes"].items():
+        if not isinstance(value, (str, dict)) and value is not None:
+            raise AttTokError(f"{path}: class {label!r}: give its answer name as text (`{label}: normal chest`) or a "
+                              f"mapping with name / keyword / concept, not a {type(value).__name__} ({value!r})")
         entry = {"name": value} if isinstance(value, str) else dict(value or {})
+        _refuse_unknown_keys(entry, CLASS_KEYS, f"{path}: class {label!r}")
+        wrong = [k for k, v in entry.items() if not isinstance(v, str)]
+        if wrong:
+            raise AttTokError(f"{path}: class {label!r}: `{wrong[0]}` must be text, got "
+                              f"{type(entry[wrong[0]]).__name__} {entry[wrong[0]]!r}")
         if not entry.get("name"):
             raise AttTokError(f"{path}: class {label!r} needs a `name`")
         plain_text(str(label), "the label", f"{path}: class {label!r}")
@@ -150,7 +177,6 @@ def looks_like_code(label: str) -> bool:
     return text.isdigit() or len(text) <= 2 or (len(text) <= 6 and text.isupper() and " " not in text)
 
 
-MAX_SIDE = 16384  # pixels: beyond this no vision tower takes an image (and Pillow's resize overflows far above)
 MAX_AUGMENT_FACTOR = 20  # augmented images per training original, at most: a typo in --augment-target fills disks
 
 
@@ -245,7 +271,7 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     todo = [index for index in range(len(items)) if journal.get(f"image {index}") is None]
     tasks = ((index, items[index].image, items[index].split,
               _where(items[index]), str(root), images_dir, image_size, max_size, rule) for index in todo)
-    copied = turned = flattened = 0
+    copied = turned = flattened = first_frames = 0
     placed = ordered_map(place_task, tasks, workers, total=len(todo))
     for index, item in enumerate(progress(items, desc="images", total=len(items))):
         if item.split is None:  # build_classification gives every split-less item one first
@@ -254,9 +280,10 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
         if done is None:
             fresh = next(placed)
             done = {"path": str(fresh.path), "copied": fresh.copied, "turned": fresh.turned,
-                    "flattened": fresh.flattened}
+                    "flattened": fresh.flattened, "first_frame": fresh.first_frame}
             journal.record(f"image {index}", **done)
         copied, turned, flattened = copied + done["copied"], turned + done["turned"], flattened + done["flattened"]
+        first_frames += done.get("first_frame", False)
         per_split[item.split].append((item.label, done["path"], {"source": item.source}))
         if item.split == "train":
             train_files[item.label].append(root / done["path"])
@@ -266,6 +293,9 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     if turned:
         warn(f"{turned} image(s) carry an EXIF orientation: written turned upright, as image viewers show them "
              "(LLaMA-Factory itself would read them sideways)")
+    if first_frames:
+        warn(f"{first_frames} image(s) have several frames (animated GIF, multi-page TIFF): the first frame of each "
+             "was written; split them into one image per frame if the others matter")
     if flattened:
         warn(f"{flattened} image(s) have transparency: composited over black (their alpha channel is not dropped, "
              "which would show whatever colour the transparent pixels hold)")
@@ -395,6 +425,10 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         assigned = carve_val(items, val_ratio, seed)
     else:
         assigned = set()
+    if not any(item.split == "train" for item in items):
+        raise AttTokError(f"no image is left for training (the source's split, or --val-ratio {val_ratio} / "
+                          f"--test-ratio {test_ratio}, puts every image into val or test): lower the ratios or give "
+                          "the source a train split")
     check_duplicate_content(items, assigned)
     check_split_coverage(items)
     key = build_key(BUILDER, {"prefix": prefix, "image_size": image_size, "max_size": max_size, "seed": seed,

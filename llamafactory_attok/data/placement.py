@@ -40,6 +40,21 @@ COPYABLE_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 COPYABLE_MODES = ("RGB", "L")
 PNG_LEVEL = 1
 JPEG_QUALITY = 95
+MAX_ASPECT = 200  # Qwen2-VL's processor (smart_resize) refuses images more than 200 times longer than wide
+MAX_SIDE = 16384  # pixels: beyond this no vision tower takes an image (and Pillow's resize overflows far above)
+
+
+def check_shape(size: tuple[int, int], written: tuple[int, int], where: str) -> None:
+    """An image no vision tower can take is refused naming it: an aspect ratio above :data:`MAX_ASPECT` (a 3000×2
+    strip), or a written size beyond :data:`MAX_SIDE` (a thin strip raised to ``--image-size`` on its short side)."""
+    ratio = max(size) / max(1, min(size))
+    if ratio > MAX_ASPECT:
+        raise AttTokError(f"{where}: an image of {size[0]}×{size[1]} pixels (aspect ratio {ratio:.0f}:1); vision "
+                          f"towers such as Qwen2-VL's refuse ratios above {MAX_ASPECT}:1. Crop it, or leave it out")
+    if max(written) > MAX_SIDE:
+        raise AttTokError(f"{where}: raising the shorter side of this {size[0]}×{size[1]} image to --image-size "
+                          f"gives {written[0]}×{written[1]} pixels, beyond {MAX_SIDE}; pass --max-size (e.g. 1024) "
+                          "or a smaller --image-size")
 
 
 def target_size(size: tuple[int, int], image_size: int, max_size: int | None) -> tuple[int, int]:
@@ -77,6 +92,7 @@ class Placed:
     copied: bool
     turned: bool = False
     flattened: bool = False
+    first_frame: bool = False  # an animated GIF / multi-page TIFF: its first frame was written
 
 
 def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_size: int,
@@ -87,6 +103,7 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
         flattened = has_transparency(source)
         image = as_rgb(source, where, rule)
         size = target_size(image.size, image_size, max_size)
+        check_shape(image.size, size, where)
         if size != image.size:
             image = image.resize(size, Image.Resampling.BICUBIC)
         path = dest_stem.with_suffix(".png")
@@ -96,9 +113,12 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
         with Image.open(source) as header:  # lazy: format, mode, size, EXIF and transparency without the pixels
             fmt, mode, size = header.format, header.mode, header.size
             turned, flattened = needs_turning(header), has_transparency(header)
+            first_frame = getattr(header, "n_frames", 1) > 1
     except IMAGE_ERRORS:
-        fmt, mode, size, turned, flattened = None, None, None, False, False
-    plain = mode in COPYABLE_MODES and not turned and not flattened
+        fmt, mode, size, turned, flattened, first_frame = None, None, None, False, False, False
+    plain = mode in COPYABLE_MODES and not turned and not flattened and not first_frame
+    if size is not None:
+        check_shape(size, target_size(size, image_size, max_size), where)
     if fmt in COPYABLE_FORMATS and plain and size is not None:
         if target_size(size, image_size, max_size) == size:
             path = dest_stem.with_suffix(COPYABLE_FORMATS[fmt])
@@ -113,12 +133,12 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
     suffix = ".jpg" if fmt == "JPEG" else ".png"
     path = dest_stem.with_suffix(suffix)
     atomic_write_bytes(path, encode(image, suffix))
-    return Placed(path, size, False, turned, flattened)
+    return Placed(path, size, False, turned, flattened, first_frame)
 
 
 def check_max_size(max_size: int | None, image_size: int) -> None:
-    if max_size is not None and max_size > 16384:
-        raise AttTokError(f"--max-size {max_size}: at most 16384 pixels (the longer side)")
+    if max_size is not None and max_size > MAX_SIDE:
+        raise AttTokError(f"--max-size {max_size}: at most {MAX_SIDE} pixels (the longer side)")
     if max_size is not None and max_size < image_size:
         raise AttTokError(f"--max-size {max_size} is below --image-size {image_size}: an image cannot have its "
                           "shorter side raised to one and its longer side lowered to the other")

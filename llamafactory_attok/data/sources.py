@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 from ..errors import AttTokError
 from ..vocab import read_text
-from .images import array_to_image, array_values, disagreement_warnings, intensity_rule
+from .images import array_to_image, array_values, disagreement_warnings, intensity_rule, is_dicom
 
 if TYPE_CHECKING:
     from PIL import Image
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # what a CSV build reads too
 
 
 @dataclass
@@ -109,8 +109,25 @@ def _visible(entries: list[Path], hidden: list[Path]) -> list[Path]:
     return [p for p in entries if not p.name.startswith(".")]
 
 
-def _images_in(folder: Path, hidden: list[Path]) -> list[Path]:
-    return sorted(p for p in _visible(list(folder.iterdir()), hidden) if p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_in(folder: Path, hidden: list[Path], skipped: list[Path]) -> list[Path]:
+    """The images of a class folder; sub-folders and files of other kinds go to ``skipped`` (counted, never silent)."""
+    entries = _visible(list(folder.iterdir()), hidden)
+    skipped += [p for p in entries if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES]
+    return sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _skipped_note(root: Path, skipped: list[Path]) -> str:
+    folders = [p for p in skipped if p.is_dir()]
+    dicom = [p for p in skipped if p.is_file() and is_dicom(p)]
+    shown = ", ".join(str(p.relative_to(root)) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+    note = (f"{root}: skipped {len(skipped)} entr(ies) of class folders that are not images it reads "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}): {shown}")
+    if folders:
+        note += f"; {len(folders)} are sub-folders (classes are the folders right under the root or the split)"
+    if dicom:
+        note += (f"; {len(dicom)} are DICOM files, which are not read: convert them to PNG first (pydicom + Pillow, "
+                 "keeping 16-bit values)")
+    return note
 
 
 def from_image_folder(root: Path) -> Iterator[Item]:
@@ -121,14 +138,17 @@ def from_image_folder(root: Path) -> Iterator[Item]:
     layout = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
     found = 0
     hidden: list[Path] = []
+    skipped: list[Path] = []
     for split, folder in layout:
         for class_dir in sorted(p for p in _visible(list(folder.iterdir()), hidden) if p.is_dir()):
-            for image in _images_in(class_dir, hidden):
+            for image in _images_in(class_dir, hidden, skipped):
                 found += 1
                 yield Item(split, class_dir.name, image, str(image))
     if hidden:
         shown = ", ".join(str(p.relative_to(root)) for p in hidden[:5]) + (" …" if len(hidden) > 5 else "")
         warn(f"{root}: skipped {len(hidden)} hidden folder(s)/file(s) (name starting with a dot): {shown}")
+    if skipped:
+        warn(_skipped_note(root, skipped))
     if not found:
         raise AttTokError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in root/<class>/ or "
                           "root/<split>/<class>/")
@@ -146,6 +166,9 @@ def from_csv(path: Path, image_col: str, label_col: str, split_col: str | None) 
         raise AttTokError(f"{path}: not a regular file (a device or a pipe); give the CSV file itself")
     if not path.is_file():
         raise AttTokError(f"{path}: file does not exist")
+    for option, column in (("--image-col", image_col), ("--label-col", label_col), ("--split-col", split_col)):
+        if column is not None and not column.strip():
+            raise AttTokError(f"{option} is empty: name a column of {path}'s header")
     text = read_text(path)
     handle = io.StringIO(text.removeprefix("\ufeff"), newline="")  # a BOM (Excel's UTF-8 CSV) is not a column name
     reader = csv.DictReader(handle)
