@@ -140,7 +140,7 @@ def _add_data_commands(sub) -> None:
     add_vqa_data_commands(data)
 
 
-PREDICT_WORKERS = 1  # measured: BENCHMARKS.md §9b
+PREDICT_WORKERS = 0  # measured on CPU: workers do not pay there (BENCHMARKS.md §9b)
 
 
 def _predict(ns: argparse.Namespace) -> None:
