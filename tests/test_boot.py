@@ -98,3 +98,32 @@ def test_only_the_hook_imports_the_patch_package_and_the_run_policy_stands_witho
     assert importers == ["__init__.py", "_boot.py"]
     policy = _imports(PACKAGE / "run_policy.py", top_level_only=True)
     assert not [n for n in policy if n.startswith(("llamafactory_attok.lf_patches", "llamafactory."))], policy
+
+
+def test_tests_that_start_llamafactory_are_marked_slow():
+    """`make test-fast` (-m "not slow") leaves out every test that starts an LF process: a test calling
+    ``train_cli``, or naming ``llamafactory-cli`` / ``torchrun`` or Python code that imports LF as a string (the
+    command of a new process), sits under ``@pytest.mark.slow`` or in a module with ``pytestmark = ...slow``."""
+    import ast
+    import re
+
+    command = re.compile(r"(^|/)(llamafactory-cli|torchrun)$")  # the first word of a command list
+    lf_code = re.compile(r"\b(from llamafactory[. ]|import llamafactory\b)")  # Python code run by a new process
+    unmarked = []
+    for path in sorted((PACKAGE.parent / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_slow = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+                          and "slow" in ast.unparse(n.value) for n in tree.body)
+        for node in tree.body:
+            if module_slow or not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+                continue
+            if any("slow" in ast.unparse(d) for d in node.decorator_list) or node.name == "test_" + "tests_that_" \
+                    "start_llamafactory_are_marked_slow":
+                continue
+            strings = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+            heads = [n.elts[0].value for n in ast.walk(node) if isinstance(n, ast.List) and n.elts
+                     and isinstance(n.elts[0], ast.Constant) and isinstance(n.elts[0].value, str)]
+            calls = {n.func.id for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+            if "train_cli" in calls or any(map(command.search, heads)) or any(map(lf_code.search, strings)):
+                unmarked.append(f"{path.name}::{node.name}")
+    assert not unmarked, unmarked

@@ -75,6 +75,7 @@ def test_attok_disable_spellings(value, setting, monkeypatch):
     assert _boot.disable_setting() == setting
 
 
+@pytest.mark.slow
 def test_attok_keys_under_attok_disable_name_the_variable(tmp_path):
     code = "from llamafactory.hparams import get_train_args\nget_train_args({'attok': True, 'stage': 'sft'})"
     result = run_cli(["python", "-c", code], cwd=tmp_path, ATTOK_DISABLE="maybe")
