@@ -267,7 +267,7 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
     interrupted run of the same build vouches for are reused (:mod:`.build_journal`)."""
     per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
     train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
-    rule = _intensity_rule(items, workers)
+    rule = _intensity_rule(items)
     todo = [index for index in range(len(items)) if journal.get(f"image {index}") is None]
     tasks = ((index, items[index].image, items[index].split,
               _where(items[index]), str(root), images_dir, image_size, max_size, rule) for index in todo)
@@ -327,11 +327,12 @@ def _where(item: Item) -> str:
     return item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
 
 
-def _intensity_rule(items: list[Item], workers: int) -> IntensityRule:
+def _intensity_rule(items: list[Item]) -> IntensityRule:
     """How the dataset's pixel values become 8 bits, decided once from every source image (:mod:`.images`): only
-    high-bit-depth files are decoded for it (their header says which)."""
+    high-bit-depth files are decoded for it (their header says which); in this process, since reading ~10⁴ headers
+    takes well under a second, less than starting worker processes."""
     files = [item.image for item in items if isinstance(item.image, Path)]
-    values = ordered_map(values_task, iter(files), workers, total=len(files))
+    values = map(values_task, files)
     rule, disagree = intensity_rule(values)
     for note in disagreement_warnings("the source images", rule, disagree):
         warn(note)
