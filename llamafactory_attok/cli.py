@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command, non_negative_int, number, positive_int
 from .errors import AttTokError
-from .safe_paths import new_output_path, output_file, refuse_same_as_input
+from .safe_paths import new_output_path, output_file, refuse_same_as_input, refuse_symlinks
 
 DESCRIPTION = ("attok: helpers around LLaMA-Factory for AttTok — build datasets with attribute tokens, tiny offline "
                "models, one-forward prediction, evaluation and reports. Training itself is `llamafactory-cli train` "
@@ -193,8 +193,8 @@ def _eval_report(ns: argparse.Namespace) -> None:
     train_dirs = distinct_runs(_pair_list(ns.train_dir, "--train-dir"), "--train-dir")
     out = Path(ns.out)
     curves = out.with_name(out.stem + "_curves.png")
-    inputs = {f"{flag} {run}={path}": path for flag, pairs in (("--run", runs), ("--vqa", vqa_runs))
-              for run, path in pairs}
+    flags = (("--run", runs), ("--vqa", vqa_runs), ("--train-dir", train_dirs))  # a train dir is a folder: the
+    inputs = {f"{flag} {run}={path}": path for flag, pairs in flags for run, path in pairs}  # report stays out of it
     refuse_same_as_input([out, curves], inputs)
     output_file(out, "--out", ns.overwrite)
     if train_dirs:
@@ -210,6 +210,7 @@ def _check_figures(ns: argparse.Namespace, targets: dict[str, Path]) -> None:
     """No figure replaces an input, and none replaces an earlier file without --overwrite."""
     refuse_same_as_input(targets.values(), {"--model": ns.model, "--adapter": ns.adapter, "--dataset": ns.dataset,
                                             "--vocab": ns.vocab})
+    refuse_symlinks(targets.values(), "figure")
     if Path(ns.out_dir).exists() and not Path(ns.out_dir).is_dir():
         raise AttTokError(f"--out-dir {ns.out_dir} is a file, not a folder")
     existing = [str(p) for p in targets.values() if p.exists()]

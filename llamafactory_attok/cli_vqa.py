@@ -12,7 +12,7 @@ from pathlib import Path
 from .data.build_manifest import refuse_other_builds_files
 from .errors import AttTokError
 from .extras import require
-from .safe_paths import build_lock, dataset_name, output_file, refuse_same_as_input
+from .safe_paths import build_lock, dataset_name, output_file, refuse_same_as_input, refuse_symlink, refuse_symlinks
 
 SHOWN_SKIPS = 20
 
@@ -109,21 +109,41 @@ def _extract(ns: argparse.Namespace, rows: list[dict], out: Path):
                               single_modality=ns.single_modality, default_modality=ns.modality), ns.model
 
 
+VQA_ATTRIBUTES = "attok data vqa-attributes"
+
+
 def _data_vqa_attributes(ns: argparse.Namespace) -> int:
-    from .data.lf_format import check_free_names, dataset_entry, merge_dataset_info, read_json, write_json, write_vocab
+    """Like every builder, it owns what it writes through ``<name>_build.json`` (:mod:`.data.build_manifest`):
+    ``--overwrite`` replaces only an earlier vqa-attributes build of the same name. The LLM reply cache is reused
+    on purpose (an interrupted run resumes), so it is written before the manifest and not among the owned files."""
+    from .data.build_manifest import OWN_FILES, check_owned, manifest_name, record_hashes, write_manifest
+    from .data.lf_format import (
+        dataset_entry,
+        dataset_info_names,
+        merge_dataset_info,
+        read_json,
+        write_json,
+        write_vocab,
+    )
     from .data.vqa_attributes import check_rows
 
     src, out = Path(ns.input), Path(ns.out)
     name = dataset_name(ns.name)
-    files = [f"{name}.json", f"{name}_vocab.yaml", f"{name}_report.json", f"{name}_llm_cache.json"]
-    refuse_same_as_input([out / f for f in [*files, "dataset_info.json"]], {"input": src})
+    files = [f"{name}.json", f"{name}_vocab.yaml", f"{name}_report.json", manifest_name(name)]
+    cache = f"{name}_llm_cache.json"
+    refuse_same_as_input([out / f for f in [*files, cache, "dataset_info.json"]], {"input": src})
     with build_lock(out):
-        check_free_names(out, [name], ns.overwrite, paths=files[:3])  # the LLM cache (files[3]) is reused on purpose
-        refuse_other_builds_files(out, files[:3])
+        refuse_symlink(out / cache)
+        refuse_other_builds_files(out, files, own=manifest_name(name))
+        check_owned(out, name, VQA_ATTRIBUTES, files, [name], set(dataset_info_names(out)), ns.overwrite,
+                    foreign_advice=OWN_FILES, edited_advice="")
         rows = check_rows(read_json(src), src)
         result, source = _extract(ns, rows, out)
+        manifest = {"builder": VQA_ATTRIBUTES, "name": name, "files": files, "datasets": [name]}
+        write_manifest(out, name, manifest)  # before any file it owns
         write_json(out / f"{name}_report.json", result.report)
         if not result.vocab:
+            record_hashes(out, name, manifest, files[:3])
             print(f"no attribute survived extraction; see {out / (name + '_report.json')}", file=sys.stderr)
             return 1
         for row in result.rows:  # keep images resolvable from the output folder
@@ -131,6 +151,7 @@ def _data_vqa_attributes(ns: argparse.Namespace) -> int:
         write_json(out / f"{name}.json", result.rows)
         write_vocab(out / f"{name}_vocab.yaml", result.vocab, f"attributes of {src.name} extracted by {source}")
         merge_dataset_info(out, {name: dataset_entry(f"{name}.json")}, overwrite=ns.overwrite)
+        record_hashes(out, name, manifest, files[:3])
     failures = result.report["failures"]
     print(f"{len(result.vocab)} attribute tokens, {result.report['samples_with_attributes']}/{len(rows)} samples "
           f"tagged, {result.report['calls']} LLM calls, {len(failures)} failures (report: {name}_report.json)")
@@ -241,6 +262,7 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
               "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
     refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
     output_file(out, "--out", ns.overwrite)
+    refuse_symlinks([_cache_path(out, p) for p in PROTOCOLS], "the judge's reply cache")
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)
     result = score_vqa(ns.predictions, ns.dataset, {p: _judge(ns, p) for p in protocols}, name=ns.name)
     write_json(ns.out, result)

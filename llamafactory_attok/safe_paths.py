@@ -2,6 +2,8 @@
 
 - an output is never one of the command's inputs (the same path, or a path resolving to the same file:
   ``data/x.json`` and ``./data/../data/x.json``, a symlink or a hard link), so no input is replaced by a result;
+- an output is never a symbolic link (:func:`refuse_symlink`): a write would replace the link by a file, leaving
+  its target stale, and a folder written as a whole would replace the link;
 - a folder a command creates as a whole (``attok tiny-model``) is refused when it already holds anything, unless
   ``--overwrite``;
 - dataset names become file names inside ``--out``: they may not leave it (no path separator, no ``..``, no
@@ -55,10 +57,26 @@ def refuse_same_as_input(outputs: Iterable[PathLike], inputs: Mapping[str, PathL
                                   "folders it reads; choose an output path outside it")
 
 
-def output_file(path: PathLike, option: str, overwrite: bool) -> Path:
-    """A file the command writes: refused when it is a folder, or when it exists (unless ``overwrite``). Call it
-    after :func:`refuse_same_as_input`, whose message says more when the file is an input."""
+def refuse_symlink(path: PathLike, option: str = "output") -> None:
+    """No command writes through or replaces a symbolic link it did not create (the link would become a file or a
+    folder of its own, and whatever else reads its target would stay stale): refused, naming link and target."""
     path = Path(path)
+    if path.is_symlink():
+        raise AttTokError(f"{option} {path} is a symbolic link to {os.readlink(path)}: attok never writes through or "
+                          f"replaces a link; pass the target's real path ({path.resolve()}) or remove the link")
+
+
+def refuse_symlinks(paths: Iterable[PathLike], option: str = "output") -> None:
+    """:func:`refuse_symlink` for each of ``paths``."""
+    for path in paths:
+        refuse_symlink(path, option)
+
+
+def output_file(path: PathLike, option: str, overwrite: bool) -> Path:
+    """A file the command writes: refused when it is a symbolic link or a folder, or when it exists (unless
+    ``overwrite``). Call it after :func:`refuse_same_as_input`, whose message says more when the file is an input."""
+    path = Path(path)
+    refuse_symlink(path, option)
     if path.is_dir():
         raise AttTokError(f"{option} {path} is a folder; give the path of the file to write")
     if path.exists() and not overwrite:
@@ -67,9 +85,10 @@ def output_file(path: PathLike, option: str, overwrite: bool) -> Path:
 
 
 def new_output_path(path: PathLike, overwrite: bool, option: str) -> Path:
-    """A folder the command writes as a whole: refused when it is a file, or a folder with anything in it
-    (unless ``overwrite``); an empty folder is fine."""
+    """A folder the command writes as a whole: refused when it is a symbolic link or a file, or a folder with
+    anything in it (unless ``overwrite``); an empty folder is fine."""
     path = Path(path)
+    refuse_symlink(path, option)
     if path.exists() and not path.is_dir():
         raise AttTokError(f"{option} {path} is a file, not a folder; choose a folder path")
     if overwrite and path.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):

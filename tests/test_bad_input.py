@@ -115,16 +115,31 @@ def test_tiny_model_overwrite_never_wipes_a_folder_with_the_users_files(tmp_path
 
 
 def test_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp_path, capsys):
+    """--overwrite replaces only what an earlier sample-data build wrote (retina_build.json) and nobody edited since;
+    the user's own retina_vocab.yaml or dataset entry is refused with or without it, and it is not suggested."""
+    small = ["--per-class-train", "1", "--per-class-test", "1"]
     out = tmp_path / "data"
-    assert main(["sample-data", str(out), "--per-class-train", "1", "--per-class-test", "1"]) == 0
+    out.mkdir()
+    (out / "retina_vocab.yaml").write_text('"<|fundus_no_dr|>": "my own keyword"\n')
+    (out / "dataset_info.json").write_text('{"retina_attok_test": {"file_name": "mine.json"}}')
+    before = _snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        assert main(["sample-data", str(out), *small, *extra]) == 2
+        err = _err(capsys)
+        assert "retina_vocab.yaml, dataset_info.json entry retina_attok_test already exist and no earlier `attok " \
+               "sample-data` build of 'retina' wrote them" in err
+        assert "--overwrite" not in err and _snapshot(out) == before
+    (out / "retina_vocab.yaml").unlink()
+    (out / "dataset_info.json").unlink()
+    assert main(["sample-data", str(out), *small]) == 0
+    assert main(["sample-data", str(out), *small]) == 2
+    assert "already exist from an earlier build of 'retina'; pass --overwrite" in _err(capsys)
+    assert main(["sample-data", str(out), *small, "--overwrite", "--npz", str(RETINA_NPZ)]) == 0
     (out / "retina_vocab.yaml").write_text('"<|fundus_no_dr|>": "my edited keyword"\n')
     before = _snapshot(out)
-    assert main(["sample-data", str(out), "--per-class-train", "1", "--per-class-test", "1"]) == 2
-    assert "already exist; pass --overwrite" in _err(capsys)
-    assert _snapshot(out) == before
-    assert main(["sample-data", str(out), "--per-class-train", "1", "--per-class-test", "1", "--overwrite",
-                 "--npz", str(RETINA_NPZ)]) == 0
-    assert "my edited keyword" not in (out / "retina_vocab.yaml").read_text()
+    for extra in ([], ["--overwrite"]):
+        assert main(["sample-data", str(out), *small, *extra]) == 2
+        assert "retina_vocab.yaml (edited since the build)" in _err(capsys) and _snapshot(out) == before
     assert main(["sample-data", str(tmp_path / "d2"), "--npz", str(out / "retina_vocab.yaml")]) == 2
     assert "retina_vocab.yaml: not a .npz archive" in _err(capsys)
     assert not (tmp_path / "d2").exists()
@@ -193,6 +208,73 @@ def test_general_no_command_writes_into_what_the_user_has(tmp_path, capsys):
     assert main(["data", "classify", str(tmp_path / "src"), "--format", "folder", "--out", str(class_map.parent),
                  "--name", "cx", "--class-map", str(class_map), "--overwrite"]) == 2
     assert "cx_vocab.yaml is the same file as --class-map" in _err(capsys) and class_map.read_text() == CLASS_MAP
+
+
+def test_relabel_never_writes_over_its_class_map(tmp_path, capsys):
+    """--relabel with the class map kept where the build writes its vocabulary: refused with or without
+    --overwrite (the normal build path refuses it the same way), the class map untouched."""
+    src, out = _folder(tmp_path / "src"), tmp_path / "o_rl"
+    argv = ["data", "classify", str(src), "--format", "folder", "--out", str(out), "--name", "t", "--no-augment"]
+    assert main([*argv, "--class-map", str(_class_map(tmp_path))]) == 0
+    class_map = out / "t_vocab.yaml"
+    class_map.write_text(CLASS_MAP.replace("normal chest", "healthy chest"))
+    for extra in ([], ["--overwrite"]):
+        assert main([*argv, "--class-map", str(class_map), "--relabel", *extra]) == 2
+        assert "t_vocab.yaml is the same file as --class-map" in _err(capsys)
+        assert class_map.read_text() == CLASS_MAP.replace("normal chest", "healthy chest")
+
+
+def test_no_command_writes_through_or_replaces_a_symbolic_link(tmp_path, capsys):
+    """A dataset_info.json, a report or an image that is a link to a shared file, and a tiny-model OUT that is a link
+    to a folder: refused naming link and target, with or without --overwrite; the link and its target stay."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "dataset_info.json").write_text('{"theirs": {"file_name": "t.json"}}')
+    out = tmp_path / "out"
+    out.mkdir()
+    link = out / "dataset_info.json"
+    link.symlink_to(shared / "dataset_info.json")
+
+    def refused(argv: list[str], path: Path, target: Path) -> None:
+        for extra in ([], ["--overwrite"]):
+            assert main([*argv, *extra]) == 2
+            err = _err(capsys)
+            assert f"{path} is a symbolic link to {target}: attok never writes through or replaces a link; pass the " \
+                   "target's real path" in err and "or remove the link" in err
+            assert path.is_symlink() and Path(os.readlink(path)) == target
+
+    refused(["data", "classify", str(_folder(tmp_path / "src")), "--format", "folder", "--out", str(out), "--name",
+             "cx", "--modality", "xray", "--no-augment"], link, shared / "dataset_info.json")
+    refused(["sample-data", str(out), "--per-class-train", "1", "--per-class-test", "1"], link,
+            shared / "dataset_info.json")
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json"]
+    assert (shared / "dataset_info.json").read_text() == '{"theirs": {"file_name": "t.json"}}'
+    rad = tmp_path / "rad"  # an image path of a VQA build that is a link
+    (rad / "VQA_RAD Image Folder").mkdir(parents=True)
+    (rad / "VQA_RAD Image Folder" / "a.jpg").write_bytes(b"A")
+    (rad / "VQA_RAD Dataset Public.json").write_text(json.dumps([{"qid": 1, "image_name": "a.jpg", "question": "q?",
+                                                                  "answer": "yes", "answer_type": "CLOSED",
+                                                                  "phrase_type": "freeform"}]))
+    build_vqa_rad(rad, tmp_path / "rad_out", "rad")
+    image = tmp_path / "rad_out" / "rad_images" / "a.jpg"
+    image.unlink()
+    image.symlink_to(shared / "a.jpg")
+    refused(["data", "vqa-rad", str(rad), "--out", str(tmp_path / "rad_out"), "--name", "rad"], image,
+            shared / "a.jpg")
+    metrics = tmp_path / "r1.metrics.json"
+    metrics.write_text('{"accuracy": 0.5}')
+    report = tmp_path / "report.md"
+    report.symlink_to(shared / "report.md")
+    refused(["eval", "report", "--run", f"attok@1={metrics}", "--out", str(report)], report, shared / "report.md")
+    assert not (shared / "report.md").exists()
+    real = tmp_path / "models" / "tiny"
+    real.mkdir(parents=True)
+    folder_link = tmp_path / "LINKDIR"
+    folder_link.symlink_to(real)
+    refused(["tiny-model", str(folder_link)], folder_link, real)
+    assert not any(real.iterdir())
+    with pytest.raises(AttTokError, match="LINKDIR is a symbolic link to"):  # the library refuses it too
+        build_tiny_model(folder_link, overwrite=True)
 
 
 def test_builds_of_one_folder_exclude_each_other_and_the_last_wins_whole(tmp_path, monkeypatch):

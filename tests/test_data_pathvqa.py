@@ -133,10 +133,43 @@ def test_collision_then_overwrite(tmp_path):
     source = pathvqa_release(tmp_path / "pvqa")
     out = tmp_path / "out"
     build_pathvqa(source, out)
-    with pytest.raises(AttTokError, match=r"datasets pathvqa_test, pathvqa_train, pathvqa_val and files "
-                                          r"pathvqa_build_report.json"):
+    with pytest.raises(AttTokError, match=r"pathvqa_images, pathvqa_train.json, pathvqa_val.json, pathvqa_test.json "
+                                          r"and \d+ more already exist from an earlier build of 'pathvqa'; pass "
+                                          r"--overwrite"):
         build_pathvqa(source, out)
     assert build_pathvqa(source, out, overwrite=True).summary()["splits"]["test"]["questions"] == len(PATH_QA["test"])
+
+
+def test_the_users_own_image_at_an_image_path_is_never_replaced(tmp_path):
+    """An image of the user's where the build would write one (not listed by pathvqa_build.json) is refused, with or
+    without overwrite; one the earlier build wrote is replaced with overwrite, unless it was edited since."""
+    source = pathvqa_release(tmp_path / "pvqa")
+    out = tmp_path / "out"
+    build_pathvqa(source, out)
+    image = out / "pathvqa_images" / "train" / "train_0001.jpg"
+    manifest = out / "pathvqa_build.json"
+    listed = json.loads(manifest.read_text())
+    listed["files"].remove("pathvqa_images/train/train_0001.jpg")  # as if the user had put it there
+    manifest.write_text(json.dumps(listed))
+    image.write_bytes(b"my own slide")
+    for overwrite in (False, True):
+        with pytest.raises(AttTokError, match=r"pathvqa_images/train/train_0001.jpg already exist and no earlier "
+                                              r"`attok data pathvqa` build of 'pathvqa' wrote them") as err:
+            build_pathvqa(source, out, overwrite=overwrite)
+        assert "--overwrite" not in str(err.value) and image.read_bytes() == b"my own slide"
+    listed["files"].append("pathvqa_images/train/train_0001.jpg")
+    manifest.write_text(json.dumps(listed))
+    with pytest.raises(AttTokError, match=r"train_0001.jpg \(edited since the build\)"):
+        build_pathvqa(source, out, overwrite=True)
+    assert image.read_bytes() == b"my own slide"
+
+
+def test_an_out_inside_the_release_folder_is_refused(tmp_path):
+    source = pathvqa_release(tmp_path / "pvqa")
+    for out in (source, source / "images" / "built"):
+        with pytest.raises(AttTokError, match=r"is the release folder .*pvqa or lies inside it"):
+            build_pathvqa(source, out, overwrite=True)
+    assert not (source / "images" / "built").exists() and not (source / "dataset_info.json").exists()
 
 
 def test_split_without_any_image_is_an_error(tmp_path):

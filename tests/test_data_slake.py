@@ -117,13 +117,60 @@ def test_bad_entries_name_file_entry_and_qid(tmp_path):
         build_slake(tmp_path / "c", tmp_path / "out")
 
 
-def test_name_collision_is_refused_before_writing_then_overwrite(tmp_path, capsys):
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_what_an_earlier_build_of_the_name_wrote(tmp_path, capsys):
+    """A rebuild needs --overwrite, which replaces only the files and dataset entries the earlier build's
+    slake_build.json lists and nobody edited since; the user's own slake_val.json or dataset entry is refused with or
+    without --overwrite, and the refusal does not suggest it."""
     entries = {"train": english_subset("train", 3), "val": english_subset("val", 1), "test": english_subset("test", 1)}
     source = slake_release(tmp_path / "src", entries)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "slake_val.json").write_text("my own validation split")
+    (out / "dataset_info.json").write_text(json.dumps({"slake_test": {"file_name": "mine.json"}}))
+    before = _files(out)
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "slake", str(source), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "slake_val.json, dataset_info.json entry slake_test already exist and no earlier `attok data slake` " \
+               "build of 'slake' wrote them" in err and "not files this command wrote" in err
+        assert "--overwrite" not in err and _files(out) == before
+    (out / "slake_val.json").unlink()
+    (out / "dataset_info.json").unlink()
     assert main(["data", "slake", str(source), "--out", str(out)]) == 0
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert set(json.loads((out / "slake_build.json").read_text())["files"]) >= {
+        "slake_images", "slake_train.json", "slake_build_report.json", "slake_images/xmlab1/source.jpg"}
+    before = _files(out)
     assert main(["data", "slake", str(source), "--out", str(out)]) == 2
-    assert "datasets slake_test, slake_train, slake_val and files slake_build_report.json" in capsys.readouterr().err
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert "already exist from an earlier build of 'slake'; pass --overwrite" in capsys.readouterr().err
+    assert _files(out) == before
     assert main(["data", "slake", str(source), "--out", str(out), "--overwrite"]) == 0
+    (out / "slake_val.json").write_text("[]\n")  # edited since the build: never replaced
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert main(["data", "slake", str(source), "--out", str(out), "--overwrite"]) == 2
+    assert "slake_val.json (edited since the build)" in capsys.readouterr().err
+    assert (out / "slake_val.json").read_text() == "[]\n"
+    (out / "slake_val.json").unlink()
+    info["slake_test"]["formatting"] = "alpaca"  # an entry edited since the build: never replaced either
+    (out / "dataset_info.json").write_text(json.dumps(info))
+    assert main(["data", "slake", str(source), "--out", str(out), "--overwrite"]) == 2
+    assert "dataset_info.json entry slake_test (edited since the build)" in capsys.readouterr().err
+
+
+def test_an_out_inside_the_release_folder_is_refused(tmp_path, capsys):
+    entries = {"train": english_subset("train", 3), "val": english_subset("val", 1), "test": english_subset("test", 1)}
+    source = slake_release(tmp_path / "Slake1.0", entries)
+    before = _files(source)
+    for out in (source, source / "built", source / "imgs"):
+        for extra in ([], ["--overwrite"]):
+            assert main(["data", "slake", str(source), "--out", str(out), *extra]) == 2
+            assert f"--out {out} is the release folder {source} or lies inside it" in capsys.readouterr().err
+    assert _files(source) == before and not (source / "built").exists()
+    kept = tmp_path / "data"  # a release kept as the images folder of the build: its files would be replaced
+    (kept / "slake_images").mkdir(parents=True)
+    (source).rename(kept / "slake_images" / "Slake1.0")
+    assert main(["data", "slake", str(kept / "slake_images" / "Slake1.0"), "--out", str(kept)]) == 2
+    assert "the build writes its images there, and the release folder" in capsys.readouterr().err

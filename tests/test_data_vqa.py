@@ -136,17 +136,33 @@ def test_vqa_rad_bad_entry_writes_nothing(tmp_path):
 
 
 def test_vqa_rad_never_overwrites_an_image_another_dataset_uses(tmp_path):
+    """An image the earlier build of the name wrote is replaced only with overwrite; an image of the user's at the
+    path the build writes (rad_images/b.jpg, which no rad_build.json lists) is refused with or without it, naming it,
+    and without suggesting --overwrite; an identical one is reused."""
     out = tmp_path / "out"
     build_vqa_rad(_fake_vqa_rad(tmp_path / "v1", [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"A"}), out, "rad")
     (out / "dataset_info.json").unlink()  # dataset names free again; the image is still used by rad_train
     before = _files_under(out)
     source = _fake_vqa_rad(tmp_path / "v2", [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"B"})
-    with pytest.raises(AttTokError, match=r"rad_images/a.jpg: already exists with other content than .*a.jpg; "
-                                          r"pass --overwrite"):
+    with pytest.raises(AttTokError, match=r"rad_images, rad_train.json, rad_test.json, rad_build.json already exist "
+                                          r"from an earlier build of 'rad'; pass --overwrite"):
         build_vqa_rad(source, out, "rad")
     assert _files_under(out) == before
-    build_vqa_rad(_fake_vqa_rad(tmp_path / "v3", [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"A"}), out, "rad")
-    assert (out / "rad_images" / "a.jpg").read_bytes() == b"A"  # identical: reused
+    (out / "rad_images" / "b.jpg").write_bytes(b"my own scan")
+    both = [{"qid": 1, "image_name": "a.jpg"}, {"qid": 2, "image_name": "b.jpg"}]
+    mine = _fake_vqa_rad(tmp_path / "v3", both, {"a.jpg": b"B", "b.jpg": b"B"})
+    for overwrite in (False, True):
+        with pytest.raises(AttTokError, match=r"rad_images/b.jpg already exist and no earlier `attok data vqa-rad` "
+                                              r"build of 'rad' wrote them") as err:
+            build_vqa_rad(mine, out, "rad", overwrite=overwrite)
+        assert "--overwrite" not in str(err.value)
+    assert _files_under(out) == {**before, "rad_images/b.jpg": b"my own scan"}
+    build_vqa_rad(source, out, "rad", overwrite=True)  # the build's own image: replaced when asked
+    assert (out / "rad_images" / "a.jpg").read_bytes() == b"B"
+    assert (out / "rad_images" / "b.jpg").read_bytes() == b"my own scan"  # not the build's, and not in its way
+    build_vqa_rad(_fake_vqa_rad(tmp_path / "v4", both, {"a.jpg": b"B", "b.jpg": b"my own scan"}), out, "rad",
+                  overwrite=True)  # identical: reused, and the build's from now on
+    assert "rad_images/b.jpg" in json.loads((out / "rad_build.json").read_text())["files"]
 
 
 def test_vqa_attributes_name_collision_is_refused_before_any_call(tmp_path, capsys):
@@ -157,7 +173,10 @@ def test_vqa_attributes_name_collision_is_refused_before_any_call(tmp_path, caps
     (out / "tagged.json").write_text("[]\n")
     data = tmp_path / "qa.json"
     data.write_text(json.dumps(_rows(ANSWERS[:1])))
-    assert main(["data", "vqa-attributes", str(data), "--out", str(out), "--name", "tagged", "--base-url",
-                 "http://127.0.0.1:9/v1", "--model", "m"]) == 2
-    assert f"{out}: files tagged.json already exist; pass --overwrite" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["tagged.json"]  # no report, no cache
+    for extra in ([], ["--overwrite"]):  # the user's own tagged.json: never replaced, --overwrite not suggested
+        assert main(["data", "vqa-attributes", str(data), "--out", str(out), "--name", "tagged", "--base-url",
+                     "http://127.0.0.1:9/v1", "--model", "m", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: tagged.json already exist and no earlier `attok data vqa-attributes` build of 'tagged' " \
+               "wrote them" in err and "--overwrite" not in err
+        assert sorted(p.name for p in out.iterdir()) == ["tagged.json"]  # no report, no cache, no manifest

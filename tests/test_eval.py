@@ -336,6 +336,29 @@ def test_report_run_without_name_is_refused(tmp_path, capsys):
     assert not (tmp_path / "r.md").exists()
 
 
+def test_report_never_writes_into_a_train_dir(tmp_path, capsys):
+    """--out (and the curves figure beside it) inside a --train-dir: a checkpoint's trainer_state.json, the training
+    log the report reads, or a new file there; refused with or without --overwrite, the folder untouched."""
+    from llamafactory_attok.cli import main
+
+    metrics = tmp_path / "runs" / "r1.metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"accuracy": 0.5}))
+    rep = tmp_path / "saves" / "rep"
+    (rep / "checkpoint-6").mkdir(parents=True)
+    (rep / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6}')
+    (rep / "trainer_log.jsonl").write_text(json.dumps({"current_steps": 1, "loss_ntp": 1.0, "loss_acm": 0.5}) + "\n")
+    before = {p: p.read_bytes() for p in rep.rglob("*") if p.is_file()}
+    argv = ["eval", "report", "--run", f"attok@1={metrics}", "--train-dir", f"a={rep}"]
+    for out in (rep / "checkpoint-6" / "trainer_state.json", rep / "trainer_log.jsonl", rep / "report.md"):
+        for extra in ([], ["--overwrite"]):
+            assert main([*argv, "--out", str(out), *extra]) == 2
+            assert f"lies inside --train-dir a={rep}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in rep.rglob("*") if p.is_file()} == before
+    assert main([*argv, "--out", str(tmp_path / "report.md")]) == 0
+    assert (tmp_path / "report_curves.png").is_file()
+
+
 def test_eval_outputs_honour_the_umask(tmp_path):
     import os
     import stat

@@ -509,7 +509,7 @@ def test_relabel_name_clash_duplicate_header_fifo_and_sizes_are_named(tmp_path, 
     mine.mkdir(parents=True)
     (mine / "train_0000.png").write_bytes(b"mine")
     for overwrite in (False, True):
-        with pytest.raises(AttTokError, match="not written by `attok sample-data`"):
+        with pytest.raises(AttTokError, match="no earlier `attok sample-data` build of 'retina' wrote them"):
             build_retina_sample(tmp_path / "s", per_class_train=1, per_class_test=1, overwrite=overwrite)
     assert (mine / "train_0000.png").read_bytes() == b"mine"
 

@@ -34,11 +34,19 @@ import yaml
 
 from ..errors import AttTokError
 from ..progress import progress
-from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, remove_stale_staging
+from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, refuse_symlinks, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import load_text_yaml, read_text, validate_token_name
 from .build_journal import Journal, build_key, interrupted_note, open_staging, staging_name
-from .build_manifest import check_owned, edited_files, manifest_name, read_manifest, record_hashes, write_manifest
+from .build_manifest import (
+    check_owned,
+    edited_entries,
+    edited_files,
+    manifest_name,
+    read_manifest,
+    record_hashes,
+    write_manifest,
+)
 from .checks import check_duplicate_content, check_labels, check_split_coverage
 from .images import IntensityRule, disagreement_warnings, intensity_rule
 from .lf_format import (
@@ -480,11 +488,15 @@ def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str
     class map (names, keywords, concepts), reusing its images as they are: nothing is decoded or encoded again.
 
     The images, their raw labels and splits come from the build's manifest; every label must be in the class map
-    and every class of the map must have images.
+    and every class of the map must have images. No file it writes may be the class map (e.g. ``--class-map
+    out/N_vocab.yaml``: the vocabulary would replace it), with or without ``overwrite``, nor a symbolic link.
     """
     out = Path(out_dir)
     dataset_name(name)
     prefix = f"{name}_vanilla" if vanilla else name
+    plan = _Outputs(name, prefix, vanilla, None)
+    outputs = [out / p for p in [*plan.paths(), "dataset_info.json"] if p != plan.images_dir]
+    refuse_same_as_input(outputs, {"--class-map": class_map})
     manifest = read_manifest(out, prefix, BUILDER)
     if manifest is None:
         raise AttTokError(f"{out}: no earlier `{BUILDER}` build of {prefix!r} with a manifest "
@@ -498,9 +510,9 @@ def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str
         per_split[entry["split"]].append((entry["label"], entry["path"], {"source": entry["source"]}))
     items = [Item(e["split"], e["label"], e["path"], e["source"]) for e in manifest["images"]]
     _check_items(items, specs, class_map)
-    plan = _Outputs(name, prefix, vanilla, None)
     with build_lock(out):
-        edited = edited_files(out, manifest, plan.paths())
+        refuse_symlinks(outputs)
+        edited = edited_files(out, manifest, plan.paths()) + edited_entries(out, manifest, plan.datasets)
         if edited and not overwrite:
             raise AttTokError(f"{out}: {', '.join(edited)}: --relabel would rewrite them; pass --overwrite to replace "
                               "your edits, or move the files away first.")

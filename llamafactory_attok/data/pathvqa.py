@@ -16,11 +16,22 @@ from pathlib import Path
 
 from ..errors import AttTokError
 from ..safe_paths import STAGING_MARKER, build_lock, remove_stale_staging
-from .lf_format import sharegpt_row, write_json
+from .lf_format import sharegpt_row
 from .pathvqa_sources import QA, from_parquet, from_release, release_file
-from .vqa_build import VQA_SPLITS, YES_NO, Skipped, VqaBuild, check_outputs_free, commit, skip_empty_answer
+from .vqa_build import (
+    VQA_SPLITS,
+    YES_NO,
+    Skipped,
+    VqaBuild,
+    VqaOutputs,
+    check_outputs,
+    check_owned_outputs,
+    commit,
+    skip_empty_answer,
+)
 
 FORMATS = ("auto", "release", "parquet")
+BUILDER = "attok data pathvqa"
 
 
 def detect_format(source: Path) -> str:
@@ -62,28 +73,30 @@ def _assemble(build: VqaBuild, records: Iterable[QA], source: Path) -> None:
 def build_pathvqa(source_dir: str | Path, out_dir: str | Path, name: str = "pathvqa", source_format: str = "auto",
                   overwrite: bool = False) -> VqaBuild:
     """Check everything, then write ``N_{train,val,test}.json``, ``N_images/``, ``N_build_report.json`` and the
-    ``dataset_info.json`` entries. Parquet images are staged in a temp folder inside ``out_dir``, removed after."""
+    ``dataset_info.json`` entries. Parquet images are staged in a temp folder inside ``out_dir``, removed after.
+    ``overwrite`` replaces only what an earlier build of ``name`` wrote (:mod:`.vqa_build`)."""
     source, out = Path(source_dir), Path(out_dir)
     if not source.is_dir():
         raise AttTokError(f"{source}: not a folder (expected the PathVQA release or its parquet export)")
     if source_format not in FORMATS:
         raise AttTokError(f"--format {source_format!r}: expected one of {', '.join(FORMATS)}")
+    plan = VqaOutputs(BUILDER, name, VQA_SPLITS)
+    check_outputs(plan, source, out)
     fmt = detect_format(source) if source_format == "auto" else source_format
-    report = f"{name}_build_report.json"
+    report = {"source": str(source), "format": fmt}
     with build_lock(out):
-        check_outputs_free(out, name, VQA_SPLITS, overwrite, extra_paths=(report,))
+        check_owned_outputs(plan, out, overwrite)
         build = VqaBuild(name)
         if fmt == "release":
             _assemble(build, from_release(source), source)
-            commit(build, out, overwrite)
+            commit(build, plan, out, overwrite, report)
         else:
             remove_stale_staging(out)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.building.", dir=out))
             (staging / STAGING_MARKER).touch()
             try:
                 _assemble(build, from_parquet(source, staging), source)
-                commit(build, out, overwrite)
+                commit(build, plan, out, overwrite, report)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        write_json(out / report, {"source": str(source), "format": fmt, **build.summary()})
     return build

@@ -20,13 +20,15 @@ from pathlib import Path
 
 from ..errors import AttTokError
 from ..safe_paths import build_lock
-from .lf_format import read_json, sharegpt_row, write_json
+from .lf_format import read_json, sharegpt_row
 from .vqa_build import (
     VQA_SPLITS,
     Skipped,
     VqaBuild,
+    VqaOutputs,
     answer_type_of,
-    check_outputs_free,
+    check_outputs,
+    check_owned_outputs,
     commit,
     relative_member,
     skip_empty_answer,
@@ -36,6 +38,7 @@ SPLIT_FILES = {"train": ("train.json",), "val": ("validate.json", "validation.js
 LANGS = ("en", "zh", "all")
 REQUIRED = ("qid", "img_name", "question", "answer", "q_lang", "answer_type")
 IMAGES = "imgs"
+BUILDER = "attok data slake"
 
 
 def split_file(source: Path, split: str) -> Path:
@@ -104,18 +107,19 @@ def _add_split(build: VqaBuild, source: Path, split: str, lang: str) -> None:
 def build_slake(source_dir: str | Path, out_dir: str | Path, name: str = "slake", lang: str = "en",
                 overwrite: bool = False) -> VqaBuild:
     """Check everything, then write ``N_{train,val,test}.json``, ``N_images/``, ``N_build_report.json`` and the
-    ``dataset_info.json`` entries; the returned build lists what was skipped."""
+    ``dataset_info.json`` entries; the returned build lists what was skipped. ``overwrite`` replaces only what an
+    earlier build of ``name`` wrote (:mod:`.vqa_build`)."""
     if lang not in LANGS:
         raise AttTokError(f"--lang {lang!r}: expected one of {', '.join(LANGS)}")
     source, out = Path(source_dir), Path(out_dir)
     if not source.is_dir():
         raise AttTokError(f"{source}: not a folder (expected the SLAKE 1.0 release folder)")
-    report = f"{name}_build_report.json"
+    plan = VqaOutputs(BUILDER, name, VQA_SPLITS)
+    check_outputs(plan, source, out)
     with build_lock(out):
-        check_outputs_free(out, name, VQA_SPLITS, overwrite, extra_paths=(report,))
+        check_owned_outputs(plan, out, overwrite)
         build = VqaBuild(name)
         for split in VQA_SPLITS:
             _add_split(build, source, split, lang)
-        commit(build, out, overwrite)
-        write_json(out / report, {"source": str(source), "lang": lang, **build.summary()})
+        commit(build, plan, out, overwrite, {"source": str(source), "lang": lang})
     return build

@@ -6,28 +6,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AttTokError
-from ..safe_paths import build_lock, dataset_name
-from .lf_format import check_free_names, read_json, sharegpt_row
+from ..safe_paths import build_lock
+from .lf_format import read_json, sharegpt_row
 from .sources import warn
-from .vqa_build import VqaBuild, answer_type_of, commit, relative_member, skip_empty_answer
+from .vqa_build import (
+    VqaBuild,
+    VqaOutputs,
+    answer_type_of,
+    check_outputs,
+    check_owned_outputs,
+    commit,
+    relative_member,
+    skip_empty_answer,
+)
 
 SPLIT_OF_PHRASE = {"freeform": "train", "para": "train", "test_freeform": "test", "test_para": "test"}
 OFFICIAL_JSON = "VQA_RAD Dataset Public.json"
 IMAGE_FOLDER = "VQA_RAD Image Folder"
 SHOWN = 10  # skipped questions listed in the warning
+BUILDER = "attok data vqa-rad"
 
 
 def build_vqa_rad(source_dir: str | Path, out_dir: str | Path, name: str = "vqa_rad",
                   overwrite: bool = False) -> dict[str, str]:
-    """Every entry is checked before anything is written; an image already in the output is reused if identical."""
+    """Every entry is checked before anything is written; an image already in the output is reused if identical.
+    ``overwrite`` replaces only what an earlier build of ``name`` wrote (:mod:`.vqa_build`)."""
     source, out = Path(source_dir), Path(out_dir)
+    plan = VqaOutputs(BUILDER, name, ("train", "test"), report=False)
+    check_outputs(plan, source, out)
     path = source / OFFICIAL_JSON
     if not path.is_file():
         raise AttTokError(f"{source}: the official {OFFICIAL_JSON!r} is missing")
     with build_lock(out):
-        check_free_names(out, [f"{dataset_name(name)}_train", f"{name}_test"], overwrite)
+        check_owned_outputs(plan, out, overwrite)
         build = _assemble(source, path, name)
-        written = commit(build, out, overwrite)
+        written = commit(build, plan, out, overwrite)
     if build.skipped:
         warn(f"{path}: skipped {len(build.skipped)} question(s): " + "; ".join(
             f"qid {s.qid}: {s.reason}" for s in build.skipped[:SHOWN]) + (" …" if len(build.skipped) > SHOWN else ""))

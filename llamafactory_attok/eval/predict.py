@@ -17,7 +17,7 @@ from ..data.lf_format import write_atomic
 from ..errors import AttTokError
 from ..extras import missing_extra
 from ..progress import progress
-from ..safe_paths import output_file, refuse_same_as_input, same_file
+from ..safe_paths import output_file, refuse_same_as_input, refuse_symlink, same_file
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
 from .attribute_classifier import (
@@ -101,6 +101,8 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     for role, path in output_paths(out).items():  # every file it writes, not only --out itself
         if role != "partial":  # its own rows in progress, kept after a crash (and replaced by the next run)
             output_file(path, "--out" if role == "rows" else f"--out's {role} file", overwrite)
+        else:
+            refuse_symlink(path, "--out's partial rows file")
     dataset, val = inputs.get("--dataset"), inputs.get("--val-dataset")
     if dataset and val and (same_file(dataset, val) or _same_bytes(dataset, val)):
         raise AttTokError(f"--val-dataset {val} is --dataset (or a copy of it): the temperature would be fitted "

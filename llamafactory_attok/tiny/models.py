@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import AttTokError
+from ..safe_paths import refuse_symlink
 from ..state import current_umask
 from .specs import MODEL_TYPE_ALIASES, QWEN_SPECIALS, SIZED_FAMILIES, SPECS, TinySpec
 
@@ -142,6 +143,7 @@ def build_tiny_model(
     from transformers import AutoModelForImageTextToText
 
     out = Path(out_dir)
+    refuse_symlink(out, "model folder")  # a link is never replaced by the folder (before the build: seconds)
     tokenizer = build_tiny_tokenizer(family=family)
     config = build_tiny_config(family, tokenizer, tied=tied, spare_rows=spare_rows, width=width, layers=layers)
     torch.manual_seed(seed)
@@ -172,8 +174,10 @@ TINY_MARKER = "attok_tiny_model.json"  # written into every tiny model folder: w
 
 def check_replaceable(out: Path) -> None:
     """``--overwrite`` replaces only a folder a tiny-model build wrote: one whose entries are all listed by its
-    marker. Anything else in it (a thesis, a data folder) is refused by name, and nothing is deleted."""
-    if not out.is_dir() or out.is_symlink() or not any(out.iterdir()):
+    marker. Anything else in it (a thesis, a data folder) is refused by name, and nothing is deleted. A symbolic
+    link is never replaced, whatever it points to."""
+    refuse_symlink(out, "OUT")
+    if not out.is_dir() or not any(out.iterdir()):
         return
     marker = out / TINY_MARKER
     try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
-from ..data.lf_format import check_free_names, dataset_entry, merge_dataset_info, write_atomic, write_png
+from ..data.build_manifest import OWN_FILES, check_owned, manifest_name, read_manifest, record_hashes, write_manifest
+from ..data.lf_format import dataset_entry, dataset_info_names, merge_dataset_info, write_atomic, write_png
 from ..errors import AttTokError
-from ..safe_paths import build_lock, refuse_same_as_input
+from ..safe_paths import build_lock, refuse_same_as_input, refuse_symlinks
 
 RETINA_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_no_dr|>", "no diabetic retinopathy"),
@@ -55,10 +55,14 @@ def _sample(image_rel: str, label: int, with_tokens: bool) -> dict:
     }
 
 
+BUILDER = "attok sample-data"
+PREFIX = "retina"  # its manifest: retina_build.json
+
+
 def _retina_outputs() -> tuple[list[str], list[str]]:
     """Dataset names and paths (relative to the output folder) that :func:`build_retina_sample` writes."""
     names = [f"retina_{kind}_{split}" for split in ("train", "test") for kind in ("attok", "vanilla")]
-    return names, ["retina_images", *(f"{n}.json" for n in names), "retina_vocab.yaml"]
+    return names, ["retina_images", *(f"{n}.json" for n in names), "retina_vocab.yaml", manifest_name(PREFIX)]
 
 
 def build_retina_sample(
@@ -72,64 +76,60 @@ def build_retina_sample(
     """Write ``retina_attok_{train,test}``, ``retina_vanilla_{train,test}`` and ``retina_vocab.yaml``.
 
     Returns the dataset names mapped to their JSON file names; ``dataset_info.json`` in ``out_dir`` is
-    merged (existing entries kept). Like the ``attok data`` builders it refuses, before writing anything, to
-    replace any of those datasets, files or the images folder (the user may have edited the vocabulary) unless
-    ``overwrite``; ``npz_path`` may not be one of them. Builds into one folder exclude each other.
+    merged (existing entries kept). Like the ``attok data`` builders it owns what it writes through
+    ``retina_build.json`` (:mod:`..data.build_manifest`): before writing anything it refuses to replace any of those
+    datasets, files or images unless an earlier sample-data build wrote them, nobody edited them since (the user may
+    have edited the vocabulary) and ``overwrite``; ``npz_path`` may not be one of them. Builds into one folder
+    exclude each other.
     """
     for option, value in (("--per-class-train", per_class_train), ("--per-class-test", per_class_test),
                           ("--image-size", image_size)):
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
-    from ..data.sources import load_npz
+    from ..data.sources import load_npz, npz_split
 
     out, npz_path = Path(out_dir), Path(npz_path)
     names, paths = _retina_outputs()
     refuse_same_as_input([out / p for p in [*paths, "dataset_info.json"]], {"--npz": npz_path})
     data = load_npz(npz_path)
+    splits = {}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        images, labels = npz_split(npz_path, data, split)
+        splits[split] = (images, labels[:, 0], _balanced_indices(labels[:, 0], per_class))
+    rels = [_image_rel(split, idx) for split, (_, _, picked) in splits.items() for idx in picked]
     with build_lock(out):
-        _refuse_foreign_images(out / "retina_images")  # before "pass --overwrite": never suggested for the user's
-        check_free_names(out, names, overwrite, paths=paths)
-        (out / "retina_images").mkdir(parents=True, exist_ok=True)
-        (out / "retina_images" / SAMPLE_MARKER).touch()
+        check_owned(out, PREFIX, BUILDER, paths, names, set(dataset_info_names(out)), overwrite,
+                    foreign_advice=OWN_FILES, edited_advice="")
+        refuse_symlinks([out / rel for rel in rels])
+        earlier = read_manifest(out, PREFIX, BUILDER) or {}
+        kept = [e["path"] for e in earlier.get("images", []) if (out / e["path"]).is_file()]  # still the build's
+        manifest = {"builder": BUILDER, "name": PREFIX, "files": paths, "datasets": names,
+                    "images_dir": "retina_images", "images": [{"path": rel} for rel in sorted({*kept, *rels})]}
+        write_manifest(out, PREFIX, manifest)  # before any other file: it owns them
         written: dict[str, str] = {}
-        for split, per_class in (("train", per_class_train), ("test", per_class_test)):
-            written.update(_write_retina_split(out, npz_path, data, split, per_class, image_size))
+        for split, (images, labels, picked) in splits.items():
+            written.update(_write_retina_split(out, npz_path, images, labels, picked, split, image_size))
         write_atomic(out / "retina_vocab.yaml", "# RetinaMNIST DR grades (CC BY 4.0, MedMNIST v2)\n"
                      + "".join(f'"{tok}": "{kw}"\n' for tok, kw in RETINA_CLASSES))
         merge_dataset_info(out, {name: dataset_entry(file) for name, file in written.items()}, overwrite=overwrite)
+        record_hashes(out, PREFIX, manifest, [p for p in paths if p.endswith((".json", ".yaml"))
+                                              and p != manifest_name(PREFIX)])
     return written
 
 
-SAMPLE_MARKER = ".attok-sample-data"  # in every retina_images/ this command wrote: only such a folder is replaced
+def _image_rel(split: str, idx: int) -> str:
+    return f"retina_images/{split}_{idx:04d}.png"
 
 
-def _refuse_foreign_images(folder: Path) -> None:
-    """--overwrite replaces the images of an earlier `attok sample-data`, never a folder of the user's (no marker)
-    or files the user added to ours."""
-    if not folder.exists():
-        return
-    if not (folder / SAMPLE_MARKER).is_file():
-        raise AttTokError(f"{folder}: not written by `attok sample-data` (no {SAMPLE_MARKER} in it): it may hold your "
-                          "own images and is never replaced; choose another folder")
-    pattern = re.compile(r"^(train|test)_\d{4}\.png$")
-    foreign = sorted(p.name for p in folder.iterdir() if p.name != SAMPLE_MARKER and not pattern.match(p.name))
-    if foreign:
-        raise AttTokError(f"{folder}: {', '.join(foreign[:3])}{' …' if len(foreign) > 3 else ''} were not written by "
-                          "`attok sample-data`; move them away, nothing was replaced")
-
-
-def _write_retina_split(out: Path, npz_path: Path, data: dict, split: str, per_class: int,
+def _write_retina_split(out: Path, npz_path: Path, images, labels, picked: list[int], split: str,
                         image_size: int) -> dict[str, str]:
     from PIL import Image  # numpy / Pillow only when images are written (`attok --help` stays fast)
 
     from ..data.images import array_to_image
-    from ..data.sources import npz_split
 
-    images, labels = npz_split(npz_path, data, split)
-    labels = labels[:, 0]
     rows_attok, rows_vanilla = [], []
-    for idx in _balanced_indices(labels, per_class):
-        rel = f"retina_images/{split}_{idx:04d}.png"
+    for idx in picked:
+        rel = _image_rel(split, idx)
         image = array_to_image(images[idx], f"{npz_path}: {split} sample {idx}")
         write_png(out / rel, image.resize((image_size, image_size), Image.Resampling.BICUBIC))
         rows_attok.append(_sample(rel, int(labels[idx]), with_tokens=True))
