@@ -53,9 +53,10 @@ os.replace = _logged_replace
 
 def launch_two_nodes(tmp: Path, args: dict, name: str, timeout: int = 900,
                      through_lf_cli: bool = True) -> tuple[str, Path]:
-    """Start node 0 and node 1 at once with the same YAML; wait for both; kill both on failure or timeout. Without
-    ``through_lf_cli`` each node runs the command LF's relaunch would run (``torchrun --nnodes 2 --node_rank N …
-    llamafactory/launcher.py x.yaml``): one LF import less per node where the relaunch is not what is proven."""
+    """Start node 0 and node 1 at once with the same YAML; wait for both; kill both on failure or timeout. With
+    ``through_lf_cli`` node 0 goes through `llamafactory-cli train` (LF's multi-node relaunch, what is proven) and
+    node 1 runs the command that relaunch runs (``torchrun --nnodes 2 --node_rank 1 … llamafactory/launcher.py
+    x.yaml``); without it both do: one LF import less per node where the relaunch is not what is proven."""
     config = write_yaml(tmp / f"{name}.yaml", args)
     hook = tmp / "hook"
     hook.mkdir(exist_ok=True)
@@ -71,7 +72,7 @@ def launch_two_nodes(tmp: Path, args: dict, name: str, timeout: int = 900,
                           MASTER_PORT=port, NPROC_PER_NODE="1", HF_DATASETS_CACHE=str(tmp / f"cache{node}"),
                           PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
                           ATTOK_TEST_WRITE_LOG=str(writes), TORCH_EXTENSIONS_DIR=str(TORCH_EXTENSIONS))
-            cmd = [str(VENV_BIN / "llamafactory-cli"), "train", str(config)] if through_lf_cli else [
+            cmd = [str(VENV_BIN / "llamafactory-cli"), "train", str(config)] if through_lf_cli and node == 0 else [
                 str(VENV_BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
                 "--master_addr", "127.0.0.1", "--master_port", port, str(LF_LAUNCHER), str(config)]
             procs.append(subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT))

@@ -152,7 +152,7 @@ def test_attok_panel_trains_saves_and_loads_without_json(webui, tiny_models, sam
     from playwright.sync_api import sync_playwright
 
     out = tmp_path / "panel_run"
-    extra = {"max_steps": 12, "bf16": False, "logging_steps": 1, "save_steps": 1000, "optim": "adamw_torch",
+    extra = {"max_steps": 8, "bf16": False, "logging_steps": 1, "save_steps": 1000, "optim": "adamw_torch",
              "report_to": "none", "preprocessing_num_workers": 1, "dataloader_num_workers": 0,
              "per_device_train_batch_size": 4}
     ARTIFACTS.mkdir(exist_ok=True)
@@ -186,12 +186,12 @@ def test_attok_panel_trains_saves_and_loads_without_json(webui, tiny_models, sam
         deadline = time.time() + 300
         while time.time() < deadline and not (out / "attok_state.safetensors").exists():
             page.wait_for_timeout(500)
-            if (out / "trainer_log.jsonl").exists() and len(trainer_log(out)) >= 8:
+            if (out / "trainer_log.jsonl").exists() and len(trainer_log(out)) >= 6:
                 page.screenshot(path=str(ARTIFACTS / "webui_attok_curves.png"))
         browser.close()
     assert (out / "attok_state.safetensors").is_file(), "training launched from the panel did not finish"
     acm = [e["loss_acm"] for e in trainer_log(out) if "loss_acm" in e]
-    assert len(acm) == 12 and all(value >= 0 for value in acm)
+    assert len(acm) == 8 and all(value >= 0 for value in acm)
     saved = json.loads((out / "attok_config.json").read_text())["args"]
     assert saved["attok"] is True and saved["attok_acc_gamma"] == 0.2
     assert saved["attok_vocab"] == str(sample_data / "retina_vocab.yaml")
