@@ -9,7 +9,8 @@ the same order**, so every comparison is paired by image.
   H0: mean Δ = 0; with 3 replicates it has 2 degrees of freedom, so only a large, consistent Δ reaches p < 0.05.
 - :func:`bootstrap_interval` — 95 % percentile interval of the mean Δ (over every replicate and seed) when the
   *images* are resampled with replacement (the same draw for every run: the pairing is kept).
-- :func:`included` — the inclusion rule, fixed before any test number was read and computed from val only.
+- :func:`included` — the inclusion rule, fixed before any v2 test number was read (v1 had already
+  shown BreastMNIST stuck at the majority with the same recipes) and computed from val only.
 """
 
 from __future__ import annotations
