@@ -159,7 +159,37 @@ def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
     assert "| attok − vanilla | generative | 2 | -0.1667 |" in text
     assert "- d, generative: attok − vanilla = -0.1667" in text
     results["runs"][0]["one_forward"]["val"]["accuracy"] = results["runs"][2]["one_forward"]["val"]["accuracy"] = 0.62
-    assert "not in the headline" in report(results) and "## Headline" not in report(results)
+    excluded = report(results)
+    assert "not in the headline" in excluded and "## Headline" not in excluded
+    # outside the inclusion rule: why, and no comparison, p-value or interval
+    assert "**Excluded: vanilla's val accuracy 0.620 against the val majority 0.600 (margin +0.020; the rule asks" in excluded
+    assert "| attok − vanilla |" not in excluded and "p=" not in excluded
+
+
+def test_report_shows_balanced_metrics_reference_rows_and_flags_one_class_answers():
+    """An arm answering the majority class for every image has accuracy = the majority rate but balanced accuracy
+    1/K and macro-F1 of one class: shown beside accuracy, with the constant and chance rows, and flagged."""
+    from bench.science.report import balanced_scores, one_class_share
+
+    truth = [1, 1, 1, 1, 0, 0]
+    assert balanced_scores([1] * 6, truth, 2) == (0.5, 0.4)  # F1: class 1 = 0.8, class 0 = 0
+    assert balanced_scores([1, 1, 1, 0, 0, -1], truth, 2) == (0.625, pytest.approx((6 / 7 + 0.5) / 2))
+    assert one_class_share([1, 1, 1, 1, 1, 0]) == 5 / 6
+    val_labels = ["a"] * 6 + ["b"] * 4
+    results = {"datasets": {"d": {"classes": ["a", "b"], "truth": {"test": truth}, "val_labels": val_labels}},
+               "towers": [], "warm": [], "repro": [], "runs": []}
+    for replicate in (1, 2):
+        results["runs"] += [_run("vanilla", replicate, 1, [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], val=0.7),
+                            _run("attok", replicate, 1, [1, 1, 1, 1, 0, 0], [1, 1, 0, 1, 0, 0])]
+    for run in results["runs"]:  # accuracy against the truth (``_run`` stores a stand-in)
+        for scorer in ("one_forward", "generative"):
+            predicted = run[scorer]["test"]["predicted"]
+            run[scorer]["test"]["accuracy"] = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    text = report(results)
+    assert "| vanilla | 2 | 0.667 ± 0.000 ⚑ 2/2 | 0.500 ± 0.000 | 0.400 ± 0.000 |" in text
+    assert "| attok | 2 | 1.000 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |" in text
+    assert "| always the majority class | — | 0.667 ⚑ | 0.500 | 0.400 |" in text
+    assert "| chance (uniform guess, expected) | — | 0.500 | 0.500 | — |" in text
 
 
 def test_out_folder_rules(tmp_path):

@@ -1,5 +1,11 @@
 """Markdown report of `bench.science` v2 results (BENCHMARKS.md §4): the tower's probe, the inclusion rule (val
-only), every arm per dataset, and the paired comparisons with their tests over images and over replicates."""
+only), every arm per dataset, and the paired comparisons with their tests over images and over replicates.
+
+Every arm is shown with **balanced accuracy and macro-F1** beside accuracy (computed from the stored per-image
+predictions; an unparseable answer counts for no class), with an "always the majority class" row and a chance row: on
+imbalanced test sets a constant answer "wins" on accuracy. An arm that puts ≥ 90 % of the test images into one class
+in a run is flagged (⚑). A dataset outside the inclusion rule gets no comparison and no p-value — only why it is
+excluded."""
 
 from __future__ import annotations
 
@@ -7,11 +13,12 @@ import statistics
 
 import numpy as np
 
-from bench.science.stats import INCLUSION_RULE, bootstrap_interval, included, mcnemar, replicate_test
+from bench.science.stats import INCLUSION_MARGIN, INCLUSION_RULE, bootstrap_interval, included, mcnemar, replicate_test
 
 COMPARISONS = (("attok", "vanilla"), ("attok", "class_rows"), ("class_rows", "vanilla"), ("tokens", "vanilla"),
                ("+ACC", "vanilla"), ("+ACM", "vanilla"), ("attok", "tokens"))
 SCORERS = (("one_forward", "one forward"), ("generative", "generative"))
+ONE_CLASS_SHARE = 0.9  # an arm answering one class for this share of the test images is flagged
 COMPARISON_ORDER = ("vanilla", "class_rows", "tokens", "+ACC", "+ACM", "attok")  # arm rows of a dataset's table
 
 
@@ -74,6 +81,50 @@ def inclusion(results: dict, dataset: str) -> dict | None:
     if not vanilla:
         return None
     return included(vanilla, results["datasets"][dataset]["val_labels"])
+
+
+def balanced_scores(predicted: list[int], truth: list[int], classes: int) -> tuple[float, float]:
+    """(balanced accuracy, macro-F1) over ``classes`` classes; a prediction outside them (−1: unparseable) is wrong
+    and counts for no class; a class never predicted has precision 0 (F1 0)."""
+    recalls, f1s = [], []
+    for c in range(classes):
+        tp = sum(p == c and t == c for p, t in zip(predicted, truth, strict=True))
+        support, chosen = truth.count(c), predicted.count(c)
+        recall = tp / support if support else 0.0
+        precision = tp / chosen if chosen else 0.0
+        recalls.append(recall)
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return float(np.mean(recalls)), float(np.mean(f1s))
+
+
+def one_class_share(predicted: list[int]) -> float:
+    """The largest share of the images given one single class."""
+    return max(predicted.count(c) for c in set(predicted)) / len(predicted)
+
+
+def _arm_scores(runs: list[dict], scorer: str, truth: list[int], classes: int) -> str:
+    """``accuracy | balanced accuracy | macro-F1`` cells (mean ± std over runs), ⚑ when runs answer one class."""
+    accuracy, balanced, macro = [], [], []
+    flagged = 0
+    for run in runs:
+        predicted = run[scorer]["test"]["predicted"]
+        accuracy.append(run[scorer]["test"]["accuracy"])
+        b, f = balanced_scores(predicted, truth, classes)
+        balanced.append(b)
+        macro.append(f)
+        flagged += one_class_share(predicted) >= ONE_CLASS_SHARE
+    flag = f" ⚑ {flagged}/{len(runs)}" if flagged else ""
+    return f"{_ms(accuracy)}{flag} | {_ms(balanced)} | {_ms(macro)}"
+
+
+def _reference_rows(truth: list[int], classes: int) -> list[str]:
+    """The scores of always answering the majority class, and of guessing uniformly at random (expected)."""
+    majority = max(range(classes), key=truth.count)
+    b, f = balanced_scores([majority] * len(truth), truth, classes)
+    cells = f"{truth.count(majority) / len(truth):.3f} ⚑ | {b:.3f} | {f:.3f}"
+    chance = f"{1 / classes:.3f} | {1 / classes:.3f} | —"
+    return [f"| always the majority class | — | {cells} | {cells} | — | — | — | — | — | — |",
+            f"| chance (uniform guess, expected) | — | {chance} | {chance} | — | — | — | — | — | — |"]
 
 
 def _span(values: list[int]) -> str:
@@ -145,19 +196,29 @@ def report(results: dict) -> str:
         status = decisions.get(dataset)
         tag = "" if status and status["included"] else " — **not in the headline** (fails the inclusion rule)"
         test = results["datasets"][dataset]["truth"]["test"]
+        classes = len(results["datasets"][dataset]["classes"])
         majority = max(test.count(c) for c in set(test)) / len(test)
-        lines += [f"## {dataset}{tag}", "", f"Test images: {len(test)} (majority rate {majority:.3f}); mean ± sample "
-                  "std over runs (replicates × seeds).", "",
-                  "| arm | runs | one forward | generative | unparseable | LLM-layer elements changed | embed/head "
-                  "warm-row elements changed | rows added | AttTok modules | tower changed |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {dataset}{tag}", "", f"Test images: {len(test)} (majority rate {majority:.3f}, chance "
+                  f"{1 / classes:.3f}); mean ± sample std over runs (replicates × seeds); ⚑ k/n: in k of n runs the "
+                  f"arm gave one class to ≥ {ONE_CLASS_SHARE:.0%} of the images.", "",
+                  "| arm | runs | one forward: accuracy | balanced accuracy | macro-F1 | generative: accuracy | "
+                  "balanced accuracy | macro-F1 | unparseable | LLM-layer elements changed | embed/head warm-row "
+                  "elements changed | rows added | AttTok modules | tower changed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm in [a for a in COMPARISON_ORDER if any(r["arm"] == a for r in runs)]:
             arm_runs = runs_of(results, dataset, arm)
-            lines.append(f"| {arm} | {len(arm_runs)} | "
-                         f"{_ms([r['one_forward']['test']['accuracy'] for r in arm_runs])} | "
-                         f"{_ms([r['generative']['test']['accuracy'] for r in arm_runs])} | "
+            lines.append(f"| {arm} | {len(arm_runs)} | {_arm_scores(arm_runs, 'one_forward', test, classes)} | "
+                         f"{_arm_scores(arm_runs, 'generative', test, classes)} | "
                          f"{statistics.mean(r['generative']['test']['unparseable'] for r in arm_runs):.1f} | "
                          f"{_changed(arm_runs)} |")
+        lines += _reference_rows(test, classes)
+        if not (status and status["included"]):
+            why = (f"vanilla's val accuracy {status['vanilla_val_accuracy']:.3f} against the val majority "
+                   f"{status['val_majority']:.3f} (margin {status['margin']:+.3f}; the rule asks at least "
+                   f"{INCLUSION_MARGIN:+.3f})" if status else "no vanilla val runs yet")
+            lines += ["", f"**Excluded: {why}.** No comparison is tested on this dataset (no p-values, no "
+                      "intervals): an arm cannot be said to beat a baseline that has not learned the task.", ""]
+            continue
         lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % bootstrap CI (images; runs fixed) | Δ per "
                   "replicate | t-test over replicates: p, 95 % CI (runs random) | McNemar p < 0.05 (arm better / "
                   "worse) | images only arm right / only baseline right |", "|---|---|---|---|---|---|---|---|---|"]
