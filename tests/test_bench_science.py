@@ -162,7 +162,8 @@ def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
     excluded = report(results)
     assert "not in the headline" in excluded and "## Headline" not in excluded
     # outside the inclusion rule: why, and no comparison, p-value or interval
-    assert "**Excluded: vanilla's val accuracy 0.620 against the val majority 0.600 (margin +0.020; the rule asks" in excluded
+    assert ("**Excluded: vanilla's val accuracy 0.620 against the val majority 0.600 (margin +0.020; the rule "
+            "asks") in excluded
     assert "| attok − vanilla |" not in excluded and "p=" not in excluded
 
 
@@ -284,3 +285,24 @@ def test_bad_arguments_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(["run", *argv])
     assert message in capsys.readouterr().err
+
+
+def test_hierarchical_interval_and_minimum_detectable_effect_against_hand_values():
+    """Two replicates with opposite Δ: an interval over replicates and images that straddles 0 and is wider than
+    the one holding the runs fixed; the MDE of Δs with sd s over n replicates is (t.975 + t.8) · s / √n."""
+    from scipy.stats import t as student
+
+    from bench.science.stats import hierarchical_interval, minimum_detectable_effect
+
+    right = [1] * 50 + [0] * 50
+    arms = [right, [0] * 100]
+    bases = [[0] * 100, right]  # replicate 1: +0.5; replicate 2: −0.5
+    low, high = hierarchical_interval(arms, bases, [1, 2])
+    _, fixed_low, fixed_high = bootstrap_interval(arms, bases)
+    assert low < -0.3 and high > 0.3 and high - low > fixed_high - fixed_low
+    same = hierarchical_interval([right, right], [[0] * 100] * 2, [1, 2])
+    assert same[0] == pytest.approx(0.5, abs=0.15) and same[1] == pytest.approx(0.5, abs=0.15)
+    deltas = [0.01, 0.03, 0.02]
+    expected = (student.ppf(0.975, 2) + student.ppf(0.8, 2)) * 0.01 / 3 ** 0.5
+    assert minimum_detectable_effect(deltas) == pytest.approx(expected)
+    assert minimum_detectable_effect([0.02, 0.02]) is None and minimum_detectable_effect([0.1]) is None

@@ -13,7 +13,16 @@ import statistics
 
 import numpy as np
 
-from bench.science.stats import INCLUSION_MARGIN, INCLUSION_RULE, bootstrap_interval, included, mcnemar, replicate_test
+from bench.science.stats import (
+    INCLUSION_MARGIN,
+    INCLUSION_RULE,
+    bootstrap_interval,
+    hierarchical_interval,
+    included,
+    mcnemar,
+    minimum_detectable_effect,
+    replicate_test,
+)
 
 COMPARISONS = (("attok", "vanilla"), ("attok", "class_rows"), ("class_rows", "vanilla"), ("tokens", "vanilla"),
                ("+ACC", "vanilla"), ("+ACM", "vanilla"), ("attok", "tokens"))
@@ -71,8 +80,10 @@ def compare(results: dict, dataset: str, arm: str, base: str, scorer: str) -> di
     per_replicate = [float(np.mean([t["delta"] for (r, _), t in zip(pairs, tests, strict=True)
                                     if r["replicate"] == rep])) for rep in replicates]
     mean, low, high = bootstrap_interval(a, z)
+    both = hierarchical_interval(a, z, [r["replicate"] for r, _ in pairs])
     return {"pairs": len(pairs), "mean": mean, "low": low, "high": high, "replicate_deltas": per_replicate,
-            "replicate_test": replicate_test(per_replicate), "mcnemar": tests}
+            "replicate_test": replicate_test(per_replicate), "mcnemar": tests, "hierarchical": both,
+            "mde": minimum_detectable_effect(per_replicate)}
 
 
 def inclusion(results: dict, dataset: str) -> dict | None:
@@ -219,9 +230,10 @@ def report(results: dict) -> str:
             lines += ["", f"**Excluded: {why}.** No comparison is tested on this dataset (no p-values, no "
                       "intervals): an arm cannot be said to beat a baseline that has not learned the task.", ""]
             continue
-        lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % bootstrap CI (images; runs fixed) | Δ per "
-                  "replicate | t-test over replicates: p, 95 % CI (runs random) | McNemar p < 0.05 (arm better / "
-                  "worse) | images only arm right / only baseline right |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % CI over replicates, then images | minimum "
+                  "detectable Δ (80 % power) | 95 % bootstrap CI (images; runs fixed) | Δ per replicate | t-test over "
+                  "replicates: p, 95 % CI (runs random) | McNemar p < 0.05 (arm better / worse) | images only arm "
+                  "right / only baseline right |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, base in COMPARISONS:
             for scorer, label in SCORERS:
                 result = compare(results, dataset, arm, base, scorer)
@@ -231,9 +243,11 @@ def report(results: dict) -> str:
                 better = sum(t["p"] < 0.05 and t["b"] > t["c"] for t in tests)
                 worse = sum(t["p"] < 0.05 and t["b"] < t["c"] for t in tests)
                 rt = result["replicate_test"]
+                h_low, h_high = result["hierarchical"]
+                mde = "—" if result["mde"] is None else f"{result['mde']:.4f}"
                 lines.append(
                     f"| {arm} − {base} | {label} | {result['pairs']} | {result['mean']:+.4f} | "
-                    f"[{result['low']:+.4f}, {result['high']:+.4f}] | "
+                    f"[{h_low:+.4f}, {h_high:+.4f}] | {mde} | [{result['low']:+.4f}, {result['high']:+.4f}] | "
                     f"{', '.join(f'{d:+.4f}' for d in result['replicate_deltas'])} | "
                     f"n={rt['n']}, {_replicates(rt)} | {better} / {worse} of {len(tests)} | "
                     f"{sum(t['b'] for t in tests)} / {sum(t['c'] for t in tests)} |")
@@ -243,8 +257,11 @@ def report(results: dict) -> str:
     if headline:
         lines += ["## Headline (datasets that pass the inclusion rule)", ""]
         for dataset, arm, base, label, r in headline:
-            lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f}; over images (runs fixed) "
-                         f"[{r['low']:+.4f}, {r['high']:+.4f}]; over replicates {_replicates(r['replicate_test'])}")
+            mde = "—" if r["mde"] is None else f"{r['mde']:.4f}"
+            lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f}; over replicates then images "
+                         f"[{r['hierarchical'][0]:+.4f}, {r['hierarchical'][1]:+.4f}], minimum detectable Δ {mde}; "
+                         f"over images (runs fixed) [{r['low']:+.4f}, {r['high']:+.4f}]; over replicates "
+                         f"{_replicates(r['replicate_test'])}")
         lines.append("")
     if results.get("repro"):
         lines += ["## Reproducibility (the same run trained again from scratch)", "",

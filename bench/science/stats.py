@@ -9,6 +9,12 @@ the same order**, so every comparison is paired by image.
   H0: mean Δ = 0; with 3 replicates it has 2 degrees of freedom, so only a large, consistent Δ reaches p < 0.05.
 - :func:`bootstrap_interval` — 95 % percentile interval of the mean Δ (over every replicate and seed) when the
   *images* are resampled with replacement (the same draw for every run: the pairing is kept).
+- :func:`hierarchical_interval` — one 95 % interval over replicates *and* images: replicates are resampled with
+  replacement, then the images (one draw shared by a draw's replicates: the test set is one sample), so neither the
+  training runs nor the test images are held fixed.
+- :func:`minimum_detectable_effect` — the smallest true Δ the replicate-level paired t-test detects with 80 % power
+  at α = 0.05 (two-sided), from the observed spread of the replicate Δs: ``(t₀.₉₇₅ + t₀.₈) · sd / √n`` with n − 1
+  degrees of freedom.
 - :func:`included` — the inclusion rule, fixed before any v2 test number was read (v1 had already
   shown BreastMNIST stuck at the majority with the same recipes) and computed from val only.
 """
@@ -70,6 +76,39 @@ def bootstrap_interval(arms: Sequence[Sequence[int]], bases: Sequence[Sequence[i
     means = per_image[samples].mean(1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(per_image.mean()), float(low), float(high)
+
+
+def hierarchical_interval(arms: Sequence[Sequence[int]], bases: Sequence[Sequence[int]],
+                          replicates: Sequence[int], *, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean Δ accuracy, resampling replicates (with their runs) and then images.
+
+    ``arms`` / ``bases``: per run pair, per-image correctness (paired); ``replicates``: the replicate of each pair."""
+    a = np.asarray(arms, dtype=float)
+    z = np.asarray(bases, dtype=float)
+    if a.shape != z.shape or a.ndim != 2 or len(replicates) != a.shape[0]:
+        raise ValueError(f"need (runs, images) arrays of one shape and a replicate per run, got {a.shape}, "
+                         f"{z.shape}, {len(replicates)}")
+    ids = sorted(set(replicates))
+    per_replicate = np.stack([(a - z)[[r == i for r in replicates]].mean(0) for i in ids])  # (replicates, images)
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(ids), size=(draws, len(ids)))
+    images = rng.integers(0, a.shape[1], size=(draws, a.shape[1]))
+    means = np.array([per_replicate[chosen[d]][:, images[d]].mean() for d in range(draws)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def minimum_detectable_effect(deltas: Sequence[float], *, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The true mean Δ the paired t-test over these replicates would detect with ``power`` (two-sided ``alpha``),
+    taking their observed standard deviation as the truth; None below 2 replicates or without spread."""
+    from scipy.stats import t as student
+
+    values = np.asarray(deltas, dtype=float)
+    if len(values) < 2 or np.all(values == values[0]):
+        return None
+    df = len(values) - 1
+    return float((student.ppf(1 - alpha / 2, df) + student.ppf(power, df)) * values.std(ddof=1)
+                 / np.sqrt(len(values)))
 
 
 def included(vanilla_val_accuracies: Sequence[float], val_labels: Sequence[str]) -> dict:
