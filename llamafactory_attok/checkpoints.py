@@ -96,7 +96,9 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
             problems.append(f"{TRAINER_STATE} unreadable ({type(err).__name__}): the save did not finish")
         else:
             match = _STEP.match(folder.name)
-            if match and int(match.group(1)) != step:
+            if not isinstance(step, int) or isinstance(step, bool):
+                problems.append(f"{TRAINER_STATE}: global_step is {step!r}, not a step number")
+            elif match and int(match.group(1)) != step:
                 problems.append(f"{TRAINER_STATE} is for step {step}, not {match.group(1)}")
     return problems
 
@@ -110,8 +112,11 @@ def _resume_problems(folder: Path) -> list[str]:
         for name in (OPTIMIZER, SCHEDULER):
             if not (folder / name).is_file():
                 problems.append(f"{NOT_RESUMABLE}: {name} missing")
-            elif (why := file_problem(folder / name)) is not None:
-                problems.append(f"{NOT_RESUMABLE}: {why}")
+    # every torch file of the save (optimizer, scheduler, scaler, each rank's RNG state) must read: one cut by a full
+    # disk or left empty would fail deep in transformers' resume (``_load_rng_state``) instead of being skipped
+    for path in sorted([*folder.glob("*.pt"), *folder.glob("*.pth")]):
+        if (why := file_problem(path)) is not None:
+            problems.append(why)
     return problems
 
 

@@ -229,14 +229,15 @@ class AttTokTrainerMixin:
         if not requested:
             return requested
         chosen, skipped = last_complete_checkpoint(self.args.output_dir)
+        weights_only = [(folder, problems) for folder, problems in skipped if only_not_resumable(problems)]
+        if chosen is None and weights_only:
+            raise AttTokError(not_resumable_message(*weights_only[0]) + " (auto-resume of output_dir "
+                              f"{self.args.output_dir}; `overwrite_output_dir: true` starts the run over)")
         for folder, problems in skipped:
-            logger.warning("AttTok: skipping the incomplete checkpoint %s (%s): its save did not finish.", folder,
-                           "; ".join(problems))
+            why = "no optimizer / scheduler to resume with" if only_not_resumable(problems) else \
+                "its save did not finish, or a file of it was damaged since"
+            logger.warning("AttTok: skipping the checkpoint %s (%s): %s.", folder, "; ".join(problems), why)
         if chosen is None:
-            weights_only = [(folder, problems) for folder, problems in skipped if only_not_resumable(problems)]
-            if weights_only:
-                raise AttTokError(not_resumable_message(*weights_only[0]) + " (auto-resume of output_dir "
-                                  f"{self.args.output_dir}; `overwrite_output_dir: true` starts the run over)")
             logger.warning("AttTok: no complete checkpoint in %s; training starts from step 0.", self.args.output_dir)
             return None
         if skipped:

@@ -85,7 +85,7 @@ def test_a_killed_save_is_skipped_and_the_rerun_ends_like_an_uninterrupted_run(p
     # the same command again: LF's auto-resume would take checkpoint-4; AttTok takes checkpoint-2 and says why
     caplog.set_level("WARNING")
     run_sft(args)
-    assert "skipping the incomplete checkpoint" in caplog.text and "checkpoint-4" in caplog.text
+    assert "skipping the checkpoint" in caplog.text and "checkpoint-4" in caplog.text
     assert not checkpoint_problems(out / "checkpoint-6")
     _same_final_state(uninterrupted, out)
 
@@ -97,11 +97,14 @@ def test_a_damaged_weight_file_is_skipped_and_a_stale_temp_file_removed(uninterr
     out = tmp_path / "out"
     shutil.copytree(uninterrupted, out)
     (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"")
+    rng = next((out / "checkpoint-6").glob("rng_state*.pth"))
+    rng.write_bytes(rng.read_bytes()[:50])  # not fsynced by transformers, and written before trainer_state.json
     stale = out / "checkpoint-4" / ".attok_state.safetensors.k6wedq1l"
     stale.write_bytes(b"half")
     caplog.set_level("WARNING")
     run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, **RUN, overwrite_output_dir=False))
-    assert "skipping the incomplete checkpoint" in caplog.text and "adapter_model.safetensors is empty" in caplog.text
+    assert "skipping the checkpoint" in caplog.text and "adapter_model.safetensors is empty" in caplog.text
+    assert f"{rng.name} unreadable (BadZipFile)" in caplog.text
     assert not stale.exists() and "a temp file an interrupted save left behind" in caplog.text
     _same_final_state(uninterrupted, out)
 
@@ -131,3 +134,7 @@ def test_cut_weight_files_are_told_apart_from_readable_ones(tmp_path):
     assert "cut short (its tensors need" in file_problem(tmp_path / "cut.safetensors")
     assert "cut short (header of" in file_problem(tmp_path / "header.safetensors")
     assert file_problem(tmp_path / "cut.pt") == "cut.pt unreadable (BadZipFile)"
+    (tmp_path / "checkpoint-6").mkdir()
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": "6"}')
+    problems = checkpoint_problems(tmp_path / "checkpoint-6")
+    assert "trainer_state.json: global_step is '6', not a step number" in problems
