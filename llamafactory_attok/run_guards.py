@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,10 +88,24 @@ def _vocab_differences(old: AttributeVocab, new: AttributeVocab) -> list[str]:
     return found
 
 
+LORA_SHAPE = ("r", "lora_alpha", "target_modules", "use_dora")  # what makes a LoRA checkpoint's tensors fit a model
+
+
+def lora_shape(config: object) -> dict:
+    """The parts of a PEFT LoRA config (an object or adapter_config.json's dict) that decide its tensors' shapes."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    shape = {key: get(key) for key in LORA_SHAPE}
+    if isinstance(shape["target_modules"], (list, set, tuple)):
+        shape["target_modules"] = sorted(shape["target_modules"])
+    return shape
+
+
 def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, token_ids: list[int],
-                          args: dict) -> None:
+                          args: dict, finetuning_type: str | None = None, lora: dict | None = None) -> None:
     """Resuming is continuing: the checkpoint's vocabulary (tokens, order, keywords), token ids and ACC / ACM
-    switches must equal this run's, else saved rows, books and optimizer state would mean other attributes."""
+    switches must equal this run's, else saved rows, books and optimizer state would mean other attributes; and its
+    fine-tuning type and LoRA shape (``lora``: :func:`lora_shape` of this run's adapter) must equal this run's, else
+    its weights do not fit the model (a raw index or size-mismatch error deep in transformers / PEFT)."""
     folder = Path(checkpoint)
     if not any((folder / name).is_file() for name in ATTOK_FILES):
         raise AttTokError(
@@ -106,8 +121,20 @@ def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, 
         before, now = saved.config["args"].get(key, True), args.get(key, True)
         if before != now:
             differences.append(f"{key}: {before} -> {now}")
+    saved_type = saved.config.get("finetuning_type")
+    if finetuning_type is not None and saved_type is not None and saved_type != finetuning_type:
+        differences.append(f"finetuning_type: {saved_type} -> {finetuning_type}")
+    adapter_config = folder / "adapter_config.json"
+    if lora is not None and adapter_config.is_file():
+        try:
+            before_shape = lora_shape(json.loads(adapter_config.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise AttTokError(f"{adapter_config}: unreadable ({type(err).__name__}); resume an intact checkpoint") \
+                from err
+        differences += [f"LoRA {key}: {before_shape[key]} -> {lora[key]}" for key in LORA_SHAPE
+                        if before_shape[key] != lora[key]]
     if differences:
         raise AttTokError(
-            f"{folder}: resuming needs the checkpoint's AttTok setup ({VOCAB_FILE_NAME}, {CONFIG_FILE_NAME}) "
-            f"unchanged, but {'; '.join(differences)}. Restore the run's vocabulary and settings, or start a new run "
-            "in another output_dir.")
+            f"{folder}: resuming needs the checkpoint's setup ({VOCAB_FILE_NAME}, {CONFIG_FILE_NAME}, the adapter's "
+            f"shape) unchanged, but {'; '.join(differences)}. Restore the run's vocabulary and settings, or start a "
+            "new run in another output_dir.")

@@ -25,7 +25,7 @@ from .filenames import STATE_FILE_NAME
 from .log import get_logger
 from .plan import BatchPlan, build_plan
 from .rows import embedding_parameter_names
-from .run_guards import refuse_changed_resume, run_lock
+from .run_guards import lora_shape, refuse_changed_resume, run_lock
 from .schedule import acm_weight
 from .state import save_description
 from .training_notes import acm_chance_note
@@ -249,7 +249,10 @@ class AttTokTrainerMixin:
         setup."""
         checkpoint = resume_from_checkpoint = self._complete_checkpoint(resume_from_checkpoint)
         if checkpoint:
-            refuse_changed_resume(checkpoint, self.attok.vocab, self.attok.token_ids, self.attok.args.to_dict())
+            peft_config = getattr(self.model, "peft_config", {}).get("default")
+            refuse_changed_resume(checkpoint, self.attok.resolved_vocab(), self.attok.token_ids,
+                                  self.attok.args.to_dict(), self.attok.finetuning_type,
+                                  lora_shape(peft_config) if peft_config is not None else None)
         lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()
         with lock:
             if self.args.should_save:

@@ -12,7 +12,7 @@ from lf_inprocess import run_sft
 
 from llamafactory_attok import _boot
 from llamafactory_attok.errors import AttTokError
-from llamafactory_attok.run_guards import refuse_changed_resume, run_lock
+from llamafactory_attok.run_guards import lora_shape, refuse_changed_resume, run_lock
 from llamafactory_attok.vocab import load_vocab
 
 
@@ -131,6 +131,23 @@ def test_resume_refuses_every_change_of_what_saved_rows_mean(checkpoint, change,
     path.write_text("".join(f'"{t}": "{k}"\n' for t, k in zip(tokens, keywords, strict=True)))
     with pytest.raises(AttTokError, match=message.replace("|", r"\|").replace("(", r"\(")):
         refuse_changed_resume(folder, load_vocab(path), saved["token_ids"][:len(tokens)], args)
+
+
+def test_resume_refuses_another_finetuning_type_or_lora_shape(checkpoint, tiny_models, sample_data):
+    """A LoRA checkpoint resumed as full fine-tuning, or with another rank, would fail deep in transformers / PEFT
+    (no weight index; size mismatch) without naming the checkpoint: refused, naming what changed."""
+    folder = checkpoint["out"] / "checkpoint-2"
+    saved = json.loads((folder / "attok_config.json").read_text())
+    vocab = load_vocab(folder / "attok_vocab.yaml")
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    with pytest.raises(AttTokError, match="finetuning_type: lora -> full"):
+        refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "full", None)
+    refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", lora_shape(adapter))  # same: ok
+    args = base_args(tiny_models["qwen2_vl"], sample_data, checkpoint["out"], attok=True,
+                     attok_vocab=str(checkpoint["vocab"]), max_steps=3, save_steps=1, overwrite_output_dir=False,
+                     lora_rank=4, resume_from_checkpoint=str(folder))
+    with pytest.raises(AttTokError, match=r"checkpoint-2: resuming needs the checkpoint's setup .* LoRA r: 8 -> 4"):
+        run_sft(args)
 
 
 def test_resuming_a_vanilla_checkpoint_with_attok_is_refused(tmp_path):
