@@ -669,3 +669,16 @@ def test_a_vocabulary_folder_and_a_token_no_answer_carries_are_named(tiny_models
     caplog.set_level("WARNING")
     load_tokenizer(model_args)
     assert f"1 attribute token(s) of {vocab} appear in no training answer: <|fundus_extra|>" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_cut_short_image_is_named_not_copied(tmp_path, capsys, suffix):
+    """A PNG / JPEG cut short (a failed download) would be copied byte for byte and fail only in training: its end
+    is checked before copying, and a file without one is decoded, which names it."""
+    rows = [(p, ("a", "b")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    whole = tmp_path / f"whole{suffix}"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 140, 3), dtype=np.uint8)).save(whole)
+    (tmp_path / "imgs" / f"cut{suffix}").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    assert _classify(tmp_path, _csv(tmp_path, [*rows, (f"imgs/cut{suffix}", "a")])) == 2
+    assert re.search(rf"labels.csv: line 10: image \S*imgs/cut\{suffix}: cannot be read as an image .*truncated",
+                     capsys.readouterr().err)

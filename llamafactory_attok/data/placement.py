@@ -95,6 +95,20 @@ class Placed:
     first_frame: bool = False  # an animated GIF / multi-page TIFF: its first frame was written
 
 
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every complete PNG
+JPEG_END = b"\xff\xd9"  # JPEG's end-of-image marker
+
+
+def ends_whole(path: Path, fmt: str) -> bool:
+    """Whether the PNG / JPEG file ``path`` ends as a complete one does (read from its last KiB: a copy is only made
+    of a file that is not cut short; one that fails is decoded instead, which names a truncated file)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - 1024))
+        tail = handle.read()
+    return tail.endswith(PNG_END) if fmt == "PNG" else JPEG_END in tail
+
+
 def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_size: int,
                 max_size: int | None, rule: IntensityRule | None = None) -> Placed:
     """Write ``source`` as ``dest_stem`` plus the suffix of its format (``rule``: the dataset's intensity rule)."""
@@ -120,7 +134,7 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
     if size is not None:
         check_shape(size, target_size(size, image_size, max_size), where)
     if fmt in COPYABLE_FORMATS and plain and size is not None:
-        if target_size(size, image_size, max_size) == size:
+        if target_size(size, image_size, max_size) == size and ends_whole(Path(source), fmt):
             path = dest_stem.with_suffix(COPYABLE_FORMATS[fmt])
             tmp = path.with_name(f".{path.name}.tmp")
             shutil.copyfile(source, tmp)
