@@ -642,7 +642,7 @@ def test_an_image_folder_counts_what_it_skips_and_reads_webp_and_gif(tmp_path, c
     assert main(["data", "classify", str(root), "--format", "folder", "--modality", "xray", "--out",
                  str(tmp_path / "out"), "--name", "cx", "--no-augment", "--test-ratio", "0.3"]) == 0
     err = capsys.readouterr().err
-    assert "skipped 3 entr(ies) of class folders that are not images it reads" in err
+    assert "skipped 3 entr(ies) that are not images of a class folder it reads" in err
     assert "1 are sub-folders" in err and "1 are DICOM files, which are not read" in err
     assert "1 image(s) have several frames (animated GIF, multi-page TIFF): the first frame" in err
     images = json.loads((tmp_path / "out" / "cx_build.json").read_text())["images"]
@@ -682,3 +682,25 @@ def test_a_cut_short_image_is_named_not_copied(tmp_path, capsys, suffix):
     assert _classify(tmp_path, _csv(tmp_path, [*rows, (f"imgs/cut{suffix}", "a")])) == 2
     assert re.search(rf"labels.csv: line 10: image \S*imgs/cut\{suffix}: cannot be read as an image .*truncated",
                      capsys.readouterr().err)
+
+
+def test_split_folders_as_public_datasets_name_them_and_what_lies_beside_them(tmp_path, capsys):
+    """root/{training,validation,Test}/<class>/ are the three splits; an extra folder and a stray file beside them
+    are counted, not dropped silently."""
+    root = tmp_path / "if"
+    for split in ("training", "validation", "Test"):
+        for label in ("normal", "pneumonia"):
+            for i in range(2):
+                _png(root / split / label / f"{i}.png", seed=i + len(label) + len(split))
+    _png(root / "extra" / "normal" / "9.png")
+    _png(root / "stray.png")
+    assert main(["data", "classify", str(root), "--format", "folder", "--modality", "xray", "--out",
+                 str(tmp_path / "out"), "--name", "cx", "--no-augment"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 entr(ies)" in err and "2 lie beside the split / class folders" in err
+    splits = [image["split"] for image in json.loads((tmp_path / "out" / "cx_build.json").read_text())["images"]]
+    assert sorted(splits) == ["test"] * 4 + ["train"] * 4 + ["val"] * 4
+    _png(root / "val" / "normal" / "0.png")
+    assert main(["data", "classify", str(root), "--format", "folder", "--modality", "xray", "--out",
+                 str(tmp_path / "out2"), "--name", "cx"]) == 2
+    assert "folders val, validation all name the val split; keep one" in capsys.readouterr().err

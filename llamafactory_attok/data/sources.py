@@ -120,27 +120,59 @@ def _skipped_note(root: Path, skipped: list[Path]) -> str:
     folders = [p for p in skipped if p.is_dir()]
     dicom = [p for p in skipped if p.is_file() and is_dicom(p)]
     shown = ", ".join(str(p.relative_to(root)) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
-    note = (f"{root}: skipped {len(skipped)} entr(ies) of class folders that are not images it reads "
+    note = (f"{root}: skipped {len(skipped)} entr(ies) that are not images of a class folder it reads "
             f"({', '.join(sorted(IMAGE_SUFFIXES))}): {shown}")
     if folders:
         note += f"; {len(folders)} are sub-folders (classes are the folders right under the root or the split)"
+    beside = [p for p in skipped if p.parent == root]
+    if beside:
+        note += (f"; {len(beside)} lie beside the split / class folders (split folders are "
+                 f"{', '.join('/'.join(names) for names in SPLIT_FOLDERS.values())}, any case)")
     if dicom:
         note += (f"; {len(dicom)} are DICOM files, which are not read: convert them to PNG first (pydicom + Pillow, "
                  "keeping 16-bit values)")
     return note
 
 
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
+                 "test": ("test", "testing")}  # folder names of each split (any case), as public datasets spell them
+
+
+def split_of_folder(name: str) -> str | None:
+    return next((split for split, names in SPLIT_FOLDERS.items() if name.lower() in names), None)
+
+
+def _layout(root: Path, hidden: list[Path], skipped: list[Path]) -> list[tuple[str | None, Path]]:
+    """(split, folder of class folders): the split folders under ``root`` (``train``, ``valid``, ``Test``, …: see
+    :data:`SPLIT_FOLDERS`), or ``root`` itself; what is beside the split folders, or a file directly under ``root``,
+    belongs to no class and goes to ``skipped``."""
+    entries = _visible(list(root.iterdir()), hidden)
+    splits = [(split, p) for p in sorted(entries) if p.is_dir() and (split := split_of_folder(p.name))]
+    named = [split for split, _ in splits]
+    twice = sorted({s for s in named if named.count(s) > 1})
+    if twice:
+        folders = [p.name for split, p in splits if split in twice]
+        raise AttTokError(f"{root}: folders {', '.join(folders)} all name the {twice[0]} split; keep one")
+    if splits:
+        skipped += [p for p in entries if (p.is_dir() and not split_of_folder(p.name)) or p.is_file()]
+        return [(split, folder) for split, folder in splits]
+    skipped += [p for p in entries if p.is_file()]
+    return [(None, root)]
+
+
 def from_image_folder(root: Path) -> Iterator[Item]:
-    """Hidden folders and files (name starting with a dot) are skipped and counted in a warning."""
+    """Hidden folders and files (name starting with a dot) are skipped and counted in a warning, as is anything
+    that belongs to no class (see :func:`_layout`, :func:`_images_in`)."""
     if not root.is_dir():
         raise AttTokError(f"{root}: not a folder (expected root/<class>/* or root/<split>/<class>/*)")
-    split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
-    layout = [(d.name, d) for d in split_dirs] if split_dirs else [(None, root)]
     found = 0
     hidden: list[Path] = []
     skipped: list[Path] = []
-    for split, folder in layout:
-        for class_dir in sorted(p for p in _visible(list(folder.iterdir()), hidden) if p.is_dir()):
+    for split, folder in _layout(root, hidden, skipped):
+        entries = _visible(list(folder.iterdir()), hidden if split is not None else [])  # the root: counted once
+        if split is not None:  # a file directly in a split folder belongs to no class (at the root: see _layout)
+            skipped += [p for p in entries if p.is_file()]
+        for class_dir in sorted(p for p in entries if p.is_dir()):
             for image in _images_in(class_dir, hidden, skipped):
                 found += 1
                 yield Item(split, class_dir.name, image, str(image))
