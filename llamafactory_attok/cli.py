@@ -222,7 +222,7 @@ def _check_figures(ns: argparse.Namespace, targets: dict[str, Path]) -> None:
 def _eval_figures(ns: argparse.Namespace) -> None:
     from .eval.analysis import acc_map_figure, collect, similarity_figure, tsne_figure
     from .eval.attribute_classifier import check_device, check_model_folders, load_model_for_inference, read_samples
-    from .eval.predict import resolve_template, resolve_vocab, saved_run, vocab_token_ids
+    from .eval.predict import class_names, resolve_template, resolve_vocab, saved_run, vocab_token_ids
 
     out = Path(ns.out_dir)
     targets = {name: out / f"{name}.png" for name in FIGURES}
@@ -238,7 +238,7 @@ def _eval_figures(ns: argparse.Namespace) -> None:
     token_ids = vocab_token_ids(processor.tokenizer, vocab, ns.adapter or ns.model)
     features = collect(model, processor, samples, token_ids, ns.batch_size, ns.device, template, default_system)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(vocab.keywords)
+    names = class_names(vocab)
     written = [tsne_figure(features, labels, names, targets["tsne"]),
                similarity_figure(features, labels, names, targets["similarity"])]
     if features["weights"]:

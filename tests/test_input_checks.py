@@ -704,3 +704,20 @@ def test_split_folders_as_public_datasets_name_them_and_what_lies_beside_them(tm
     assert main(["data", "classify", str(root), "--format", "folder", "--modality", "xray", "--out",
                  str(tmp_path / "out2"), "--name", "cx"]) == 2
     assert "folders val, validation all name the val split; keep one" in capsys.readouterr().err
+
+
+def test_two_classes_with_one_keyword_are_refused_at_build_and_kept_apart_by_predict(tmp_path, capsys):
+    """A class map giving two classes one keyword is refused (their keyword entries would start equal); a
+    vocabulary that shares a keyword on purpose (one concept, two modalities) keeps its classes apart in predict's
+    output, named by token where the keyword is shared."""
+    from llamafactory_attok.eval.predict import class_names
+
+    rows = [(p, ("cat", "dog")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    class_map = tmp_path / "classes.yaml"
+    class_map.write_text("modality: photo\nclasses:\n  cat:\n    name: cat\n    keyword: animal\n"
+                         "  dog:\n    name: dog\n    keyword: ' Animal'\n")
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map)) == 2
+    assert "classes 'cat' and 'dog' both have the keyword ' Animal'" in capsys.readouterr().err
+    vocab = vocab_from_mapping({"<|ct_abdomen|>": "abdomen", "<|mri_abdomen|>": "abdomen", "<|ct_chest|>": "chest"},
+                               "v.yaml")
+    assert class_names(vocab) == ["<|ct_abdomen|>", "<|mri_abdomen|>", "chest"]

@@ -138,6 +138,7 @@ def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict
         raise AttTokError(f"{path}: `modality:` is empty; name the imaging modality (e.g. fundus, xray)")
     specs: dict[str, ClassSpec] = {}
     tokens: dict[str, object] = {}  # token -> the label that gives it
+    keywords: dict[str, object] = {}  # keyword (case and spacing ignored) -> the label that gives it
     for label, value in parsed["classes"].items():
         if not isinstance(value, (str, dict)) and value is not None:
             raise AttTokError(f"{path}: class {label!r}: give its answer name as text (`{label}: normal chest`) or a "
@@ -160,6 +161,12 @@ def load_class_map(path: str | Path, raw: dict | None = None) -> tuple[str, dict
             raise AttTokError(f"{path}: classes {tokens[token]!r} and {label!r} both give the token {token}")
         tokens[token] = label
         keyword = str(entry.get("keyword") or entry["name"])
+        folded = " ".join(keyword.split()).casefold()
+        if folded in keywords:
+            raise AttTokError(f"{path}: classes {keywords[folded]!r} and {label!r} both have the keyword {keyword!r}: "
+                              "their keyword entries would start equal (Eq. 5) and a generated answer could not be "
+                              "told apart by it; give each class its own `keyword:`")
+        keywords[folded] = label
         specs[str(label)] = ClassSpec(str(label), str(entry["name"]), keyword, token)
     return modality, specs
 

@@ -61,6 +61,14 @@ def resolve_vocab(saved, vocab_path: str | None, model: str) -> AttributeVocab:
     return saved.vocab
 
 
+def class_names(vocab: AttributeVocab) -> list[str]:
+    """The name of each attribute token's class in predict's output: its keyword, or — where tokens share a keyword
+    (one concept in several modalities) — the token itself, so that no two classes merge into one."""
+    folded = [" ".join(k.split()).casefold() for k in vocab.keywords]
+    return [keyword if folded.count(f) == 1 else token
+            for token, keyword, f in zip(vocab.tokens, vocab.keywords, folded, strict=True)]
+
+
 def vocab_token_ids(tokenizer, vocab: AttributeVocab, model: str) -> list[int]:
     """Ids of the vocabulary's tokens in the model's tokenizer; a token it lacks is an error naming the token, the
     vocabulary file and the model (instead of a ``None`` id failing deep inside torch)."""
@@ -222,7 +230,7 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
             if unknown:
                 raise AttTokError(f"{part[0].dataset}: samples {unknown[:5]} carry tokens outside the model's "
                                   "vocabulary")
-        names = list(vocab.keywords)
+        names = class_names(vocab)
         truth = [vocab.tokens.index(s.label_token) for s in samples]
     else:
         labels = [s.label for s in samples if s.label is not None]
