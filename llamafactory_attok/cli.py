@@ -13,7 +13,13 @@ from pathlib import Path
 
 from .cli_vqa import add_vqa_data_commands, add_vqa_eval_command, non_negative_int, number, positive_int
 from .errors import AttTokError
-from .safe_paths import new_output_path, output_file, refuse_same_as_input, refuse_symlinks
+from .safe_paths import (
+    new_output_path,
+    output_file,
+    refuse_among_dataset_images,
+    refuse_same_as_input,
+    refuse_symlinks,
+)
 
 DESCRIPTION = ("attok: helpers around LLaMA-Factory for AttTok — build datasets with attribute tokens, tiny offline "
                "models, one-forward prediction, evaluation and reports. Training itself is `llamafactory-cli train` "
@@ -164,6 +170,7 @@ def _eval_classify(ns: argparse.Namespace) -> None:
     out = Path(ns.out)
     refuse_same_as_input([out, out.with_suffix(".confusion.png")],
                          {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
+    refuse_among_dataset_images([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
     output_file(out, "--out", ns.overwrite)
     output_file(out.with_suffix(".confusion.png"), "--out's confusion figure", ns.overwrite)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
@@ -210,6 +217,7 @@ def _check_figures(ns: argparse.Namespace, targets: dict[str, Path]) -> None:
     """No figure replaces an input, and none replaces an earlier file without --overwrite."""
     refuse_same_as_input(targets.values(), {"--model": ns.model, "--adapter": ns.adapter, "--dataset": ns.dataset,
                                             "--vocab": ns.vocab})
+    refuse_among_dataset_images(targets.values(), {"--dataset": ns.dataset})
     refuse_symlinks(targets.values(), "figure")
     if Path(ns.out_dir).exists() and not Path(ns.out_dir).is_dir():
         raise AttTokError(f"--out-dir {ns.out_dir} is a file, not a folder")

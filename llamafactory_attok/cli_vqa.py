@@ -12,7 +12,15 @@ from pathlib import Path
 from .data.build_manifest import refuse_other_builds_files
 from .errors import AttTokError
 from .extras import require
-from .safe_paths import build_lock, dataset_name, output_file, refuse_same_as_input, refuse_symlink, refuse_symlinks
+from .safe_paths import (
+    build_lock,
+    dataset_name,
+    output_file,
+    refuse_among_dataset_images,
+    refuse_same_as_input,
+    refuse_symlink,
+    refuse_symlinks,
+)
 
 SHOWN_SKIPS = 20
 
@@ -261,6 +269,7 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     inputs = {"--predictions": ns.predictions, "--dataset": ns.dataset, "--judge-prompt": ns.judge_prompt,
               "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
     refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
+    refuse_among_dataset_images([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
     output_file(out, "--out", ns.overwrite)
     refuse_symlinks([_cache_path(out, p) for p in PROTOCOLS], "the judge's reply cache")
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -191,3 +192,42 @@ def _still_there(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def dataset_images(dataset_json: PathLike) -> set[Path]:
+    """The image files an LF sharegpt / alpaca dataset file lists (``images``, relative to its folder), resolved;
+    empty for a file that is not such a list (the command reading it names that itself)."""
+    try:
+        rows = json.loads(Path(dataset_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    base, found = Path(dataset_json).parent, set()
+    for row in rows if isinstance(rows, list) else []:
+        images = row.get("images") if isinstance(row, dict) else None
+        for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
+            if isinstance(image, str):
+                found.add((base / image).expanduser().resolve())
+    return found
+
+
+def refuse_among_dataset_images(outputs: Iterable[PathLike], datasets: Mapping[str, PathLike | None]) -> None:
+    """No output is one of the images a dataset it reads lists (replacing one breaks the dataset), and no image
+    output (a figure, a confusion matrix) lands in a folder kept for those images, where it would pass for one of
+    them (a build's ``N_images/<split>/`` folder, an ImageFolder class); a JSON output beside the images, or any output
+    in the dataset file's own folder, is fine."""
+    for option, dataset in datasets.items():
+        if not dataset:
+            continue
+        images = dataset_images(dataset)
+        folders = {image.parent for image in images} - {Path(dataset).expanduser().resolve().parent}
+        for output in outputs:
+            path = Path(output).expanduser().resolve()
+            if path in images:
+                raise AttTokError(f"{output}: an image of {option} {dataset}; an output never replaces what a command "
+                                  "reads — choose another path")
+            if path.parent in folders and path.suffix.lower() in IMAGE_OUTPUT_SUFFIXES:
+                raise AttTokError(f"{output}: would be written into {path.parent}, a folder of {option} {dataset}'s "
+                                  "images; choose an output folder of its own")

@@ -721,3 +721,25 @@ def test_two_classes_with_one_keyword_are_refused_at_build_and_kept_apart_by_pre
     vocab = vocab_from_mapping({"<|ct_abdomen|>": "abdomen", "<|mri_abdomen|>": "abdomen", "<|ct_chest|>": "chest"},
                                "v.yaml")
     assert class_names(vocab) == ["<|ct_abdomen|>", "<|mri_abdomen|>", "chest"]
+
+
+def test_outputs_never_replace_a_dataset_image_nor_join_its_image_folder(tmp_path, capsys):
+    """predict / eval classify with --overwrite, or eval figures, pointed at an image the dataset lists (or, for an
+    image output, at a folder of its images): refused before anything is read or written."""
+    images = tmp_path / "ds" / "imgs"
+    image = _png(images / "0.png")
+    before = image.read_bytes()
+    dataset = tmp_path / "ds" / "test.json"
+    dataset.write_text(json.dumps([{"messages": [{"role": "user", "content": "<image>q"},
+                                                 {"role": "assistant", "content": "<|xray_a|> a"}],
+                                    "images": ["imgs/0.png"]}]))
+    (tmp_path / "p.jsonl").write_text("")
+    model = str(tmp_path / "m")
+    for argv in (["predict", "--model", model, "--dataset", str(dataset), "--out", str(image), "--overwrite"],
+                 ["eval", "classify", "--predictions", str(tmp_path / "p.jsonl"), "--dataset", str(dataset), "--out",
+                  str(images / "scores.json"), "--overwrite"],
+                 ["eval", "figures", "--model", model, "--dataset", str(dataset), "--out-dir", str(images)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert ("an image of --dataset" in err or "a folder of --dataset" in err), err
+    assert image.read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["0.png"]

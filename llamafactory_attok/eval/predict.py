@@ -17,7 +17,7 @@ from ..data.lf_format import write_atomic
 from ..errors import AttTokError
 from ..extras import missing_extra
 from ..progress import progress
-from ..safe_paths import output_file, refuse_same_as_input, refuse_symlink, same_file
+from ..safe_paths import output_file, refuse_among_dataset_images, refuse_same_as_input, refuse_symlink, same_file
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
 from .attribute_classifier import (
@@ -106,6 +106,8 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
     refuse_same_as_input(output_paths(out).values(), inputs)
+    refuse_among_dataset_images(output_paths(out).values(),
+                                {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
     for role, path in output_paths(out).items():  # every file it writes, not only --out itself
         if role != "partial":  # its own rows in progress, kept after a crash (and replaced by the next run)
             output_file(path, "--out" if role == "rows" else f"--out's {role} file", overwrite)
