@@ -423,6 +423,16 @@ def test_report_with_one_run_shows_n_and_no_spread_and_every_per_class_column(tm
     assert "- attok@1: [x.confusion.png](../x.confusion.png)" in text
 
 
+def test_report_refuses_runs_scored_on_different_classes(tmp_path):
+    """Two vocabularies' runs would be pooled class by class, each class row counting runs it was not in."""
+    first = _metrics_file(tmp_path / "a.metrics.json", 0.8, PER_CLASS)
+    other = {**PER_CLASS, "extra finding": next(iter(PER_CLASS.values()))}
+    second = _metrics_file(tmp_path / "b.metrics.json", 0.7, other)
+    with pytest.raises(AttTokError, match=r"runs attok@1 and attok@2 .* were scored on different classes \(extra "
+                                          r"finding in one only\)"):
+        build_report({"attok@1": first, "attok@2": second}, tmp_path / "out" / "report.md")
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ({"accuracy": 1.5}, "accuracy 1.5 is outside [0, 1]"),
     ({"accuracy": "0.8"}, "accuracy is '0.8', not a number"),

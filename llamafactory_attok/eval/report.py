@@ -154,11 +154,18 @@ def _classification_lines(runs: dict[str, Path], out: Path) -> list[str]:
         lambda: defaultdict(lambda: defaultdict(list)))
     seeds: dict[str, int] = defaultdict(int)
     supports: set[tuple[tuple[str, int], ...]] = set()
+    reference: tuple[str, frozenset[str]] | None = None  # the first run with per-class scores, and its classes
     for run, path in runs.items():
         metrics = read_metrics(path, run)
         arm = arm_of(run)
         seeds[arm] += 1
         classes = _per_class(metrics)
+        if classes:
+            reference = reference or (run, frozenset(classes))
+            if frozenset(classes) != reference[1]:
+                only = ", ".join(sorted(frozenset(classes) ^ reference[1]))
+                raise AttTokError(f"runs {reference[0]} and {run} ({path}) were scored on different classes ({only} "
+                                  "in one only): a report pools runs of one test set; report them separately")
         for name, entry in classes.items():
             for key, value in entry.items():
                 per_class[arm][name][key].append(value)
