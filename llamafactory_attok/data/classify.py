@@ -312,8 +312,8 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
         warn(f"{first_frames} image(s) have several frames (animated GIF, multi-page TIFF): the first frame of each "
              "was written; split them into one image per frame if the others matter")
     if flattened:
-        warn(f"{flattened} image(s) have transparency: composited over black (their alpha channel is not dropped, "
-             "which would show whatever colour the transparent pixels hold)")
+        warn(f"{flattened} image(s) have an alpha channel or a transparent colour: composited over black (where "
+             "they are transparent; the channel is not dropped, which would show whatever colour those pixels hold)")
     if augment and train_files:
         from .augment import augment_task, augmentation_plan, missing_count  # torch: only when augmenting
 
