@@ -263,6 +263,72 @@ def test_another_build_of_the_folder_removes_an_interrupted_builds_images(tmp_pa
     assert "removed 1 staging folder(s) left by an interrupted build" in capsys.readouterr().err
 
 
+def _built_images(tmp_path: Path, rows: list[tuple[str, str]], *extra: str) -> list[np.ndarray]:
+    """Build ``rows`` (image path relative to tmp_path, label) with --no-augment; the written images in row order."""
+    csv_path = _csv(tmp_path, rows)
+    assert _classify(tmp_path, csv_path, "--image-size", "4", "--test-ratio", "0", "--val-ratio", "0", *extra) == 0
+    manifest = json.loads((tmp_path / "out" / "cx_build.json").read_text())
+    written = {image["source"]: image["path"] for image in manifest["images"]}
+    return [np.asarray(Image.open(tmp_path / "out" / written[str(tmp_path / "labels.csv") + f": line {i + 2}"]))
+            for i in range(len(rows))]
+
+
+def test_high_bit_images_are_scaled_by_the_datasets_maximum_not_their_own(tmp_path, capsys):
+    """A 12-bit dataset (16-bit PNGs, max 4095) with one dark scan (max 200): the dark scan stays dark (200 -> 12),
+    not brightened to full range on its own; the images that disagree are counted. The same for a uint16 npz."""
+    values = [np.full((6, 6), 4095, np.uint16), np.full((6, 6), 200, np.uint16)] * 2
+    rows = []
+    for i, array in enumerate(values):
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        Image.fromarray(array).save(tmp_path / "imgs" / f"{i}.png")  # mode I;16
+        rows.append((f"imgs/{i}.png", ("a", "b")[i % 2]))
+    written = _built_images(tmp_path, rows)
+    assert [int(w.max()) for w in written] == [255, 12, 255, 12]  # 200 * 255 / 4095 = 12.45
+    assert "2 image(s) have no value above 255: every image is scaled by the dataset's maximum (4095 -> 255)" \
+        in capsys.readouterr().err
+    labels = np.array([[0], [1]] * 2)
+    np.savez(tmp_path / "x.npz", **{f"{s}_images": np.stack(values) for s in ("train", "val", "test")},
+             **{f"{s}_labels": labels for s in ("train", "val", "test")})
+    items = list(sources.from_npz(tmp_path / "x.npz"))
+    assert [int(np.asarray(item.image).max()) for item in items[:4]] == [255, 12, 255, 12]
+
+
+def test_exif_orientation_is_applied_and_transparency_composited_over_black(tmp_path, capsys):
+    """A JPEG whose EXIF says "rotate 90°" is written upright (not copied sideways); an RGBA PNG whose transparent
+    pixels hold red is composited over black, not shown red; both are counted in warnings."""
+    (tmp_path / "imgs").mkdir()
+    tall = np.zeros((8, 4, 3), np.uint8)
+    tall[:2] = 255  # a white band at the top of a 4-wide, 8-high image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": the stored pixels are sideways
+    Image.fromarray(np.ascontiguousarray(np.rot90(tall))).save(tmp_path / "imgs" / "0.jpg", exif=exif, quality=100)
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere, transparent on the left half
+    rgba[:, 3:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "imgs" / "1.png")
+    Image.fromarray(tall).save(tmp_path / "imgs" / "2.png")
+    Image.fromarray(tall).save(tmp_path / "imgs" / "3.png")
+    turned, flat, *_ = _built_images(tmp_path, [("imgs/0.jpg", "a"), ("imgs/1.png", "b"), ("imgs/2.png", "a"),
+                                                ("imgs/3.png", "b")])
+    assert turned.shape[:2] == (8, 4) and turned[:2].mean() > 200 and turned[4:].mean() < 40  # upright, band on top
+    assert flat[:, :3].max() == 0 and (flat[:, 3:, 0] == 255).all()
+    err = capsys.readouterr().err
+    assert "1 image(s) carry an EXIF orientation: written turned upright" in err
+    assert "1 image(s) have an alpha channel or a transparent colour: composited over black" in err
+
+
+def test_class_map_labels_are_read_as_the_text_written(tmp_path, capsys):
+    """YAML 1.1 reads `01:` as the number 1 and `yes:` / `no:` as booleans: a class map's labels, names and
+    keywords are the text written, so they match the CSV's labels; a label given twice is refused with its lines."""
+    rows = [(p, ("01", "yes")[i % 2]) for i, p in enumerate(_images(tmp_path))]
+    class_map = tmp_path / "classes.yaml"
+    class_map.write_text("modality: xray\nclasses:\n  01: normal chest\n  yes: pneumonia\n")
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map)) == 0, capsys.readouterr().err
+    class_map.write_text("modality: xray\nclasses:\n  01: normal chest\n  yes: no\n  01: again\n")
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--class-map", str(class_map), "--overwrite") == 2
+    assert f"{class_map}: line 5: duplicated class label '01' (first defined on line 3)" in capsys.readouterr().err
+
+
 # ---- raw or misleading crashes ---------------------------------------------------------------------------------
 
 
