@@ -28,6 +28,8 @@ from bench.gpu.common import CONFIGS, error_line
 from bench.gpu.model import model_config
 from bench.gpu.runner import child_env, run_job
 
+pytestmark = pytest.mark.second_stack  # bench code kept from rotting: run by `make test-compat` (CI's second stage)
+
 # The smallest run that still shows every field: 56² images (4 visual tokens), 2 steps of which 1 is timed, the
 # 4 training samples those steps read, 2 test images in one batch.
 SMALL = ["--image-size", "56", "--steps", "2", "--warmup-steps", "1", "--max-samples", "4", "--predict-samples", "2",

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from llamafactory_attok.attach import module_of
 from llamafactory_attok.eval.attribute_classifier import load_model_for_inference
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.second_stack]  # run by `make test-compat` (CI's second stage)
 
 ATTOK_FILES = ("attok_state.safetensors", "attok_config.json", "attok_vocab.yaml")
 SITECUSTOMIZE = '''
