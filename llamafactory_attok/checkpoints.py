@@ -91,15 +91,40 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
         problems.append(f"{TRAINER_STATE} missing (transformers writes it last: the save did not finish)")
     else:
         try:
-            step = json.loads(state.read_text(encoding="utf-8"))["global_step"]
+            saved_state = json.loads(state.read_text(encoding="utf-8"))
+            step = saved_state["global_step"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             problems.append(f"{TRAINER_STATE} unreadable ({type(err).__name__}): the save did not finish")
         else:
+            problems += _state_problems(saved_state, folder)
             match = _STEP.match(folder.name)
             if not isinstance(step, int) or isinstance(step, bool):
                 problems.append(f"{TRAINER_STATE}: global_step is {step!r}, not a step number")
             elif match and int(match.group(1)) != step:
                 problems.append(f"{TRAINER_STATE} is for step {step}, not {match.group(1)}")
+    return problems
+
+
+def _state_problems(saved_state: dict, folder: Path) -> list[str]:
+    """``trainer_state.json`` must load into this transformers' ``TrainerState`` (a field it does not know — a save
+    of another version — fails deep in transformers' resume), and AttTok's config must be of the same step (a
+    partial copy can mix AttTok files of one checkpoint into another)."""
+    import dataclasses
+
+    from transformers import TrainerState
+
+    problems = []
+    unknown = sorted(set(saved_state) - {f.name for f in dataclasses.fields(TrainerState)})
+    if unknown:
+        problems.append(f"{TRAINER_STATE} has fields this transformers does not know ({', '.join(unknown)}): saved "
+                        "by another version")
+    try:
+        attok_step = json.loads((folder / "attok_config.json").read_text(encoding="utf-8")).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        attok_step = None  # missing or unreadable: named by the checks of AttTok's files
+    if attok_step is not None and attok_step != saved_state.get("global_step"):
+        problems.append(f"attok_config.json is for step {attok_step}, not {saved_state.get('global_step')} (AttTok "
+                        "files of another checkpoint)")
     return problems
 
 

@@ -101,7 +101,8 @@ def lora_shape(config: object) -> dict:
 
 
 def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, token_ids: list[int],
-                          args: dict, finetuning_type: str | None = None, lora: dict | None = None) -> None:
+                          args: dict, finetuning_type: str | None = None, lora: dict | None = None,
+                          model_type: str | None = None) -> None:
     """Resuming is continuing: the checkpoint's vocabulary (tokens, order, keywords), token ids and ACC / ACM
     switches must equal this run's, else saved rows, books and optimizer state would mean other attributes; and its
     fine-tuning type and LoRA shape (``lora``: :func:`lora_shape` of this run's adapter) must equal this run's, else
@@ -121,6 +122,9 @@ def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, 
         before, now = saved.config["args"].get(key, True), args.get(key, True)
         if before != now:
             differences.append(f"{key}: {before} -> {now}")
+    saved_model = saved.config.get("model_type")
+    if model_type is not None and saved_model is not None and saved_model != model_type:
+        differences.append(f"base model type {saved_model} -> {model_type} (another base model)")
     saved_type = saved.config.get("finetuning_type")
     if finetuning_type is not None and saved_type is not None and saved_type != finetuning_type:
         differences.append(f"finetuning_type: {saved_type} -> {finetuning_type}")

@@ -252,7 +252,8 @@ class AttTokTrainerMixin:
             peft_config = getattr(self.model, "peft_config", {}).get("default")
             refuse_changed_resume(checkpoint, self.attok.resolved_vocab(), self.attok.token_ids,
                                   self.attok.args.to_dict(), self.attok.finetuning_type,
-                                  lora_shape(peft_config) if peft_config is not None else None)
+                                  lora_shape(peft_config) if peft_config is not None else None,
+                                  self.attok.model_type)
         lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()
         with lock:
             if self.args.should_save:

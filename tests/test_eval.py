@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,14 @@ def test_report_pools_seeds_as_mean_and_std(tmp_path):
 def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_models, sample_data, tmp_path):
     out = modality_adapter
     dataset = str(sample_data / "modality_train.json")
-    val = sample_data / "modality_val_subset.json"  # --val-dataset may not be --dataset (nor a copy of it)
-    val.write_text(json.dumps(json.loads((sample_data / "modality_train.json").read_text())[::2]))
+    val = sample_data / "modality_val_subset.json"  # --val-dataset may not be --dataset, a copy, nor share its images
+    rows = json.loads((sample_data / "modality_train.json").read_text())[::2]
+    for row in rows:  # the same pictures as other files: a stand-in validation split for the calibration
+        copy = Path("modality_val_images") / Path(row["images"][0]).name
+        (sample_data / copy).parent.mkdir(exist_ok=True)
+        shutil.copy(sample_data / row["images"][0], sample_data / copy)
+        row["images"] = [str(copy)]
+    val.write_text(json.dumps(rows))
     metrics = run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "p.jsonl"), adapter=str(out),
                           val_dataset=str(val), top_k=2, batch_size=5)
     assert metrics["accuracy"] == 1.0 and metrics["temperature"] > 0 and "retrieval_accuracy" in metrics

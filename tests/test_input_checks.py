@@ -809,3 +809,23 @@ def test_outputs_never_replace_a_dataset_image_nor_join_its_image_folder(tmp_pat
         err = capsys.readouterr().err
         assert ("an image of --dataset" in err or "a folder of --dataset" in err), err
     assert image.read_bytes() == before and sorted(p.name for p in images.iterdir()) == ["0.png"]
+
+
+def test_a_missing_npz_label_and_a_validation_split_sharing_test_images_are_refused(tmp_path, capsys):
+    """A NaN label would become a class "nan"; the close-ended twin of the test split given as --val-dataset holds
+    the test images, so the temperature would be fitted on the images it scores."""
+    images = np.zeros((3, 8, 8), np.uint8)
+    labels = np.array([[0.0], [1.0], [np.nan]])
+    np.savez(tmp_path / "x.npz", **{f"{s}_images": images for s in ("train", "val", "test")},
+             **{f"{s}_labels": labels for s in ("train", "val", "test")})
+    with pytest.raises(AttTokError, match=r"x.npz: train sample 2: label nan is not a class"):
+        list(sources.from_npz(tmp_path / "x.npz"))
+    rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "<|xray_a|> a"}],
+             "images": ["imgs/0.png"]}]
+    _png(tmp_path / "imgs" / "0.png")
+    (tmp_path / "open_test.json").write_text(json.dumps(rows))
+    rows[0]["messages"][0]["content"] = "<image>Which of a, b?"  # the close-ended question: other bytes
+    (tmp_path / "close_test.json").write_text(json.dumps(rows))
+    assert main(["predict", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "open_test.json"),
+                 "--val-dataset", str(tmp_path / "close_test.json"), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "shares 1 image(s) with --dataset" in capsys.readouterr().err

@@ -136,5 +136,11 @@ def test_cut_weight_files_are_told_apart_from_readable_ones(tmp_path):
     assert file_problem(tmp_path / "cut.pt") == "cut.pt unreadable (BadZipFile)"
     (tmp_path / "checkpoint-6").mkdir()
     (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": "6"}')
+    (tmp_path / "checkpoint-6" / "attok_config.json").write_text('{"global_step": 4}')
     problems = checkpoint_problems(tmp_path / "checkpoint-6")
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_step": 6, "future_field": 1}')
+    newer = checkpoint_problems(tmp_path / "checkpoint-6")
+    assert "trainer_state.json has fields this transformers does not know (future_field): saved by another " \
+           "version" in newer
+    assert "attok_config.json is for step 4, not 6 (AttTok files of another checkpoint)" in newer
     assert "trainer_state.json: global_step is '6', not a step number" in problems

@@ -142,6 +142,8 @@ def test_resume_refuses_another_finetuning_type_or_lora_shape(checkpoint, tiny_m
     adapter = json.loads((folder / "adapter_config.json").read_text())
     with pytest.raises(AttTokError, match="finetuning_type: lora -> full"):
         refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "full", None)
+    with pytest.raises(AttTokError, match="base model type qwen2_vl -> qwen2_5_vl"):
+        refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", None, "qwen2_5_vl")
     refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", lora_shape(adapter))  # same: ok
     args = base_args(tiny_models["qwen2_vl"], sample_data, checkpoint["out"], attok=True,
                      attok_vocab=str(checkpoint["vocab"]), max_steps=3, save_steps=1, overwrite_output_dir=False,

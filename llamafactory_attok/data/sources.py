@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -82,9 +83,13 @@ def npz_split(path: Path, data: dict, split: str) -> tuple:
     return images, labels.reshape(len(labels), -1)
 
 
-def _label_text(value) -> str:
-    """An npz label as the class-map key: integral numbers as ``"3"`` (MedMNIST), anything else as its text."""
+def _label_text(value, where: str = "") -> str:
+    """An npz label as the class-map key: integral numbers as ``"3"`` (MedMNIST), anything else as its text; a
+    missing label (NaN, ±inf) is an error naming ``where`` (it would become a class "nan")."""
     number = value.item() if hasattr(value, "item") else value
+    if isinstance(number, float) and not math.isfinite(number):
+        raise AttTokError(f"{where}: label {number} is not a class (a missing label?); remove the sample or give it "
+                          "its class")
     return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
 
@@ -100,7 +105,7 @@ def from_npz(path: Path) -> Iterator[Item]:
             where = f"{path}: {split} sample {index}"
             if label.shape[0] != 1:
                 raise AttTokError(f"{where} has {label.shape[0]} labels; one expected")
-            yield Item(split, _label_text(label[0]), array_to_image(image, where, rule), where)
+            yield Item(split, _label_text(label[0], where), array_to_image(image, where, rule), where)
 
 
 def _visible(entries: list[Path], hidden: list[Path]) -> list[Path]:

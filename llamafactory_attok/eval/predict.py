@@ -17,7 +17,14 @@ from ..data.lf_format import write_atomic
 from ..errors import AttTokError
 from ..extras import missing_extra
 from ..progress import progress
-from ..safe_paths import output_file, refuse_among_dataset_images, refuse_same_as_input, refuse_symlink, same_file
+from ..safe_paths import (
+    dataset_images,
+    output_file,
+    refuse_among_dataset_images,
+    refuse_same_as_input,
+    refuse_symlink,
+    same_file,
+)
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
 from .attribute_classifier import (
@@ -118,6 +125,11 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
         raise AttTokError(f"--val-dataset {val} is --dataset (or a copy of it): the temperature would be fitted "
                           "on the very samples it scores; give a validation split (e.g. *_open_val.json) or leave "
                           "--val-dataset out")
+    shared = dataset_images(dataset) & dataset_images(val) if dataset and val else set()
+    if shared:
+        raise AttTokError(f"--val-dataset {val} shares {len(shared)} image(s) with --dataset {dataset} (e.g. "
+                          f"{sorted(shared)[0]}; the close-ended twin of a test split holds the same images): the "
+                          "temperature would be fitted on images it then scores; give the validation split")
     if device is not None:
         check_device(device)
     check_model_folders(inputs["--model"] or "", inputs.get("--adapter"))
