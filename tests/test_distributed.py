@@ -100,6 +100,7 @@ def test_zero_on_two_cpu_ranks(family, stage, tiny_models, sample_data, mixed_ba
     assert torch.equal(module_of(trained).books.bank.prototypes.cpu(), state["bank.prototypes"])
 
 
+@pytest.mark.second_stack  # run by `make test-compat` (CI's second stage); make test keeps the ZeRO-3 LoRA launches
 @pytest.mark.parametrize("finetuning_type", ["full", "freeze"])
 def test_zero3_full_and_freeze_keep_every_other_row(finetuning_type, tiny_models, sample_data, tmp_path):
     """ZeRO-3 partitions embed/head (size 0 on each rank after zero.Init): the row mask must use the full shape.
