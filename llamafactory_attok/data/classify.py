@@ -48,7 +48,7 @@ from .build_manifest import (
     write_manifest,
 )
 from .checks import check_duplicate_content, check_labels, check_split_coverage
-from .images import IntensityRule, disagreement_warnings, intensity_rule
+from .images import IntensityRule, disagreement_warnings, file_values, intensity_rule
 from .lf_format import (
     attribute_token,
     dataset_entry,
@@ -59,7 +59,7 @@ from .lf_format import (
     write_vocab,
 )
 from .parallel import check_workers, ordered_map
-from .placement import MAX_SIDE, check_max_size, place_task, values_task
+from .placement import MAX_SIDE, check_max_size, place_task
 from .sources import SPLITS, Item, drop_duplicates, warn
 
 OPEN_QUESTION = "<image>What is the diagnosis shown in this {modality} image?"
@@ -347,7 +347,7 @@ def _intensity_rule(items: list[Item]) -> IntensityRule:
     high-bit-depth files are decoded for it (their header says which); in this process, since reading ~10⁴ headers
     takes well under a second, less than starting worker processes."""
     files = [item.image for item in items if isinstance(item.image, Path)]
-    values = map(values_task, files)
+    values = map(file_values, files)
     rule, disagree = intensity_rule(values)
     for note in disagreement_warnings("the source images", rule, disagree):
         warn(note)

@@ -18,23 +18,11 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from ..errors import AttTokError
 from ..state import atomic_write_bytes
-from .images import (
-    HIGH_BIT_MODES,
-    IMAGE_ERRORS,
-    ImageValues,
-    IntensityRule,
-    as_rgb,
-    file_values,
-    has_transparency,
-    needs_turning,
-    open_rgb,
-    values_of,
-)
+from .images import IMAGE_ERRORS, IntensityRule, as_rgb, has_transparency, needs_turning, open_rgb
 
 COPYABLE_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 COPYABLE_MODES = ("RGB", "L")
@@ -132,9 +120,9 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
         fmt, mode, size, turned, flattened, first_frame = None, None, None, False, False, False
     plain = mode in COPYABLE_MODES and not turned and not flattened and not first_frame
     if size is not None:
-        check_shape(size, target_size(size, image_size, max_size), where)
-    if fmt in COPYABLE_FORMATS and plain and size is not None:
-        if target_size(size, image_size, max_size) == size and ends_whole(Path(source), fmt):
+        written = target_size(size, image_size, max_size)
+        check_shape(size, written, where)
+        if fmt in COPYABLE_FORMATS and plain and written == size and ends_whole(Path(source), fmt):
             path = dest_stem.with_suffix(COPYABLE_FORMATS[fmt])
             tmp = path.with_name(f".{path.name}.tmp")
             shutil.copyfile(source, tmp)
@@ -168,9 +156,3 @@ def place_task(task: tuple) -> Placed:
     placed = place_image(image, where, stem, image_size, max_size, rule)
     return replace(placed, path=placed.path.relative_to(root))
 
-
-def values_task(source: Image.Image | Path) -> ImageValues:
-    """A source image's :class:`~.images.ImageValues` — a worker's task, for the dataset's intensity rule."""
-    if isinstance(source, Image.Image):
-        return values_of(np.asarray(source)) if source.mode in HIGH_BIT_MODES else ImageValues("8bit", 255.0)
-    return file_values(source)
