@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -197,20 +198,31 @@ def _still_there(fd: int, path: Path) -> bool:
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
-def dataset_images(dataset_json: PathLike) -> set[Path]:
+def dataset_images(dataset_json: PathLike) -> frozenset[Path]:
     """The image files an LF sharegpt / alpaca dataset file lists (``images``, relative to its folder), resolved;
-    empty for a file that is not such a list (the command reading it names that itself)."""
+    empty for a file that is not such a list (the command reading it names that itself). Read once per file version
+    (a command checks the same dataset against several outputs and against its validation split)."""
+    path = Path(dataset_json).expanduser().absolute()  # images are relative to the folder named, as LF reads them
     try:
-        rows = json.loads(Path(dataset_json).read_text(encoding="utf-8"))
+        stat = path.stat()
+    except OSError:
+        return frozenset()
+    return _dataset_images(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset_images(path: Path, mtime_ns: int, size: int) -> frozenset[Path]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
-    base, found = Path(dataset_json).parent, set()
+        return frozenset()
+    base, found = path.parent, set()
     for row in rows if isinstance(rows, list) else []:
         images = row.get("images") if isinstance(row, dict) else None
         for image in [images] if isinstance(images, str) else images if isinstance(images, list) else []:
             if isinstance(image, str):
                 found.add((base / image).expanduser().resolve())
-    return found
+    return frozenset(found)
 
 
 def refuse_among_dataset_images(outputs: Iterable[PathLike], datasets: Mapping[str, PathLike | None]) -> None:
