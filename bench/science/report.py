@@ -48,6 +48,10 @@ def _replicates(test: dict) -> str:
     return f"p={_p(test['p'])}, [{test['low']:+.4f}, {test['high']:+.4f}]"
 
 
+def _mde(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 def _p(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
@@ -244,10 +248,10 @@ def report(results: dict) -> str:
                 worse = sum(t["p"] < 0.05 and t["b"] < t["c"] for t in tests)
                 rt = result["replicate_test"]
                 h_low, h_high = result["hierarchical"]
-                mde = "—" if result["mde"] is None else f"{result['mde']:.4f}"
                 lines.append(
                     f"| {arm} − {base} | {label} | {result['pairs']} | {result['mean']:+.4f} | "
-                    f"[{h_low:+.4f}, {h_high:+.4f}] | {mde} | [{result['low']:+.4f}, {result['high']:+.4f}] | "
+                    f"[{h_low:+.4f}, {h_high:+.4f}] | {_mde(result['mde'])} | "
+                    f"[{result['low']:+.4f}, {result['high']:+.4f}] | "
                     f"{', '.join(f'{d:+.4f}' for d in result['replicate_deltas'])} | "
                     f"n={rt['n']}, {_replicates(rt)} | {better} / {worse} of {len(tests)} | "
                     f"{sum(t['b'] for t in tests)} / {sum(t['c'] for t in tests)} |")
@@ -257,9 +261,9 @@ def report(results: dict) -> str:
     if headline:
         lines += ["## Headline (datasets that pass the inclusion rule)", ""]
         for dataset, arm, base, label, r in headline:
-            mde = "—" if r["mde"] is None else f"{r['mde']:.4f}"
             lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f}; over replicates then images "
-                         f"[{r['hierarchical'][0]:+.4f}, {r['hierarchical'][1]:+.4f}], minimum detectable Δ {mde}; "
+                         f"[{r['hierarchical'][0]:+.4f}, {r['hierarchical'][1]:+.4f}], minimum detectable Δ "
+                         f"{_mde(r['mde'])}; "
                          f"over images (runs fixed) [{r['low']:+.4f}, {r['high']:+.4f}]; over replicates "
                          f"{_replicates(r['replicate_test'])}")
         lines.append("")
