@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,12 @@ def fsync_dir(folder: str | os.PathLike) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically and durably, with the mode a plain ``open(path, "w")`` would give.
+    """Write ``data`` to ``path`` atomically and durably (:func:`atomic_write_chunks`)."""
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_chunks(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
+    """Write the ``chunks`` to ``path`` atomically and durably, with the mode a plain ``open(path, "w")`` would give.
 
     A temp file in the same folder is written, fsynced, given mode ``0o666 & ~umask`` (``mkstemp`` creates 0600,
     which a colleague sharing the output folder could not read), renamed over ``path``, and the folder is fsynced:
@@ -49,7 +54,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())

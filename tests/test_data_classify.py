@@ -466,6 +466,39 @@ def test_augmented_images_have_their_class_originals_sizes_and_format(tmp_path):
     assert originals["nv"] == {((60, 45), ".jpg")} and "nv" not in augmented  # the largest class needs none
 
 
+def test_the_crop_draws_torchvision_random_resized_crop_parameters():
+    """The Pillow crop + flip (no torch in the build's workers) samples as torchvision's RandomResizedCrop with the
+    same scale and ratio: the same distribution of area share, aspect ratio and position (4,000 draws each)."""
+    import random
+
+    import torch
+    from torchvision.transforms import v2
+
+    from llamafactory_attok.data.augment import RATIO_SPREAD, SCALE, crop_box
+
+    width, height, n = 600, 450, 4000
+    rng = random.Random(0)
+    ours = [crop_box(width, height, rng) for _ in range(n)]
+    aspect = width / height
+    transform = v2.RandomResizedCrop((height, width), scale=SCALE,
+                                     ratio=(RATIO_SPREAD[0] * aspect, RATIO_SPREAD[1] * aspect))
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    theirs = [(p["left"], p["top"], p["width"], p["height"]) for p in (transform.make_params([image])
+                                                                       for _ in range(n))]
+
+    def summary(boxes):
+        area = torch.tensor([w * h / (width * height) for _, _, w, h in boxes])
+        ratio = torch.tensor([w / h / aspect for _, _, w, h in boxes])
+        left = torch.tensor([x / max(1, width - w) for x, _, w, _ in boxes])
+        return area.mean(), area.std(), ratio.mean(), ratio.std(), left.mean()
+
+    for a, b in zip(summary(ours), summary(theirs), strict=True):
+        assert abs(float(a) - float(b)) < 0.02, (summary(ours), summary(theirs))
+    assert all(0 <= x and 0 <= y and x + w <= width and y + h <= height for x, y, w, h in ours)
+    assert min(w * h for _, _, w, h in ours) >= SCALE[0] * width * height * 0.98
+
+
 def test_one_worker_and_two_write_the_same_files_byte_for_byte(tmp_path, monkeypatch):
     from llamafactory_attok.data import parallel
 

@@ -1,4 +1,4 @@
-"""`python -m bench.data.build`: how fast `attok data classify` builds a real-size image set (BENCHMARKS.md §8).
+"""`python -m bench.data.build`: how fast `attok data classify` builds a real-size image set (BENCHMARKS.md §9).
 
 For each N (default 2,000 and 8,000), a seeded synthetic CSV of N JPEG photos at 600×450 (smooth colour fields
 with grain, quality 90, decoding about as slowly as a real dermoscopy photo; four classes at 40 / 30 / 20 / 10 %),

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from ..errors import AttTokError
 from ..safe_paths import refuse_symlinks
-from ..state import atomic_write_bytes
-from .lf_format import read_json
+from .lf_format import read_json, write_json
 
 CLASSIFY_FOREIGN = ("source images among them — and are never replaced or deleted (move them away, or pass an edited "
                     "class map back with --class-map)")
@@ -54,12 +53,17 @@ def read_manifest(out: Path, prefix: str, builder: str) -> dict | None:
 
 
 def write_manifest(out: Path, prefix: str, manifest: dict) -> None:
-    body = {"version": MANIFEST_VERSION, **manifest}
-    atomic_write_bytes(out / manifest_name(prefix), (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode())
+    """The manifest, atomically; its ``images`` may be a :class:`~..json_stream.Lazy` list (written piece by piece)."""
+    write_json(out / manifest_name(prefix), {"version": MANIFEST_VERSION, **manifest})
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    """SHA-1 of the file, read in 1 MiB blocks (a dataset file of any size costs no more memory than that)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _added_files(out: Path, manifest: dict) -> list[str]:

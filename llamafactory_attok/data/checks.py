@@ -45,18 +45,18 @@ def check_labels(items: list[Item]) -> None:
                           "(--label-col)")
 
 
-def _digest(item: Item) -> str:
+def _digest(item: Item) -> bytes:
     if isinstance(item.image, Image.Image):
         image = item.image
-        return hashlib.sha1(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
-    return hashlib.sha1(Path(item.image).read_bytes()).hexdigest()
+        return hashlib.sha1(f"{image.mode}{image.size}".encode() + image.tobytes()).digest()
+    return hashlib.sha1(Path(item.image).read_bytes()).digest()
 
 
 def check_duplicate_content(items: list[Item], assigned_by_us: set[int]) -> None:
     """The same image content under two labels, or in two splits, is counted in a warning (with examples). Copies
     whose split this build assigned (``assigned_by_us``: indices into ``items``) are moved into the split of their
     first copy, so the build itself never leaks an image from train into test."""
-    first: dict[str, int] = {}
+    first: dict[bytes, int] = {}
     cross_label, cross_split, moved = [], [], 0
     for index, item in enumerate(items):
         digest = _digest(item)

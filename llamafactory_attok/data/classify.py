@@ -21,18 +21,21 @@ named in a warning.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
 import shutil
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from ..errors import AttTokError
+from ..json_stream import Lazy
 from ..progress import progress
 from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, refuse_symlinks, remove_stale_staging
 from ..state import atomic_write_bytes, fsync_dir
@@ -48,6 +51,7 @@ from .build_manifest import (
     write_manifest,
 )
 from .checks import check_duplicate_content, check_labels, check_split_coverage
+from .image_records import ImageRecords, Record
 from .images import IntensityRule, disagreement_warnings, file_values, intensity_rule
 from .lf_format import (
     attribute_token,
@@ -276,12 +280,27 @@ def _check_items(items: list[Item], specs: dict[str, ClassSpec], class_map: str 
 
 def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, images_dir: str, image_size: int,
                   augment: bool, augment_target: int | None, seed: int, max_size: int | None,
-                  workers: int, journal: Journal) -> dict[str, list[tuple[str, str, dict]]]:
+                  workers: int, journal: Journal) -> ImageRecords:
     """Write the images under ``root/images_dir`` over ``workers`` processes (copied where nothing changes, see
-    :mod:`.placement`); return split -> (label, path relative to the output, extra). Images the ``journal`` of an
-    interrupted run of the same build vouches for are reused (:mod:`.build_journal`)."""
-    per_split: dict[str, list[tuple[str, str, dict]]] = defaultdict(list)
-    train_files: dict[str, list[Path]] = defaultdict(list)  # paths, not images: nothing large stays in memory
+    :mod:`.placement`); return their records (split, label, path relative to the output, source), kept in a file
+    in ``root``. Images the ``journal`` of an interrupted run of the same build vouches for are reused
+    (:mod:`.build_journal`)."""
+    records = ImageRecords(root / RECORDS_FILE)
+    try:
+        _place_all(items, specs, root, images_dir, image_size, augment, augment_target, seed, max_size, workers,
+                   journal, records)
+    finally:
+        records.close()
+    return records
+
+
+RECORDS_FILE = "images.jsonl"  # in the staging folder, beside the images and the journal
+
+
+def _place_all(items: list[Item], specs: dict[str, ClassSpec], root: Path, images_dir: str, image_size: int,
+               augment: bool, augment_target: int | None, seed: int, max_size: int | None, workers: int,
+               journal: Journal, records: ImageRecords) -> None:
+    train_files: dict[str, list[str]] = defaultdict(list)  # paths, not images (and only when augmenting)
     rule = _intensity_rule(items)
     todo = [index for index in range(len(items)) if journal.get(f"image {index}") is None]
     tasks = ((index, items[index].image, items[index].split,
@@ -299,9 +318,9 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
             journal.record(f"image {index}", **done)
         copied, turned, flattened = copied + done["copied"], turned + done["turned"], flattened + done["flattened"]
         first_frames += done.get("first_frame", False)
-        per_split[item.split].append((item.label, done["path"], {"source": item.source}))
-        if item.split == "train":
-            train_files[item.label].append(root / done["path"])
+        records.add(item.split, item.label, done["path"], item.source)
+        if augment and item.split == "train":
+            train_files[item.label].append(str(root / done["path"]))
     if copied:
         print(f"attok: {copied} of {len(items)} image(s) copied as they are (8-bit PNG / JPEG within the size limits)",
               file=sys.stderr)
@@ -315,7 +334,7 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
         warn(f"{flattened} image(s) have an alpha channel or a transparent colour: composited over black (where "
              "they are transparent; the channel is not dropped, which would show whatever colour those pixels hold)")
     if augment and train_files:
-        from .augment import augment_task, augmentation_plan, missing_count  # torch: only when augmenting
+        from .augment import augment_task, augmentation_plan, missing_count
 
         originals = sum(len(v) for v in train_files.values())
         to_make = missing_count(train_files, augment_target)
@@ -324,18 +343,19 @@ def _write_images(items: list[Item], specs: dict[str, ClassSpec], root: Path, im
                               f"{originals} training originals (more than {MAX_AUGMENT_FACTOR} per original); "
                               "lower it (or --no-augment)")
 
-        plan = [(label, j, class_index, source, f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}")
-                for label, j, class_index, source in augmentation_plan(train_files, augment_target)]
-        tasks_aug = ((label, j, class_index, str(source), seed, str(root), stem)
-                     for label, j, class_index, source, stem in plan if journal.get(f"augmented {stem}") is None)
+        def plan() -> Iterator[tuple[str, int, int, str, str]]:  # made twice rather than held: memory flat in N
+            for label, j, class_index, source in augmentation_plan(train_files, augment_target):
+                yield label, j, class_index, source, f"{images_dir}/train_aug/{specs[label].token[2:-2]}_{j:05d}"
+
+        tasks_aug = ((label, j, class_index, source, seed, str(root), stem)
+                     for label, j, class_index, source, stem in plan() if journal.get(f"augmented {stem}") is None)
         made = ordered_map(augment_task, tasks_aug, workers,
-                           total=sum(journal.get(f"augmented {stem}") is None for *_, stem in plan))
-        for label, *_, stem in progress(plan, total=to_make, desc="augment"):
+                           total=sum(journal.get(f"augmented {stem}") is None for *_, stem in plan()))
+        for label, *_, stem in progress(plan(), total=to_make, desc="augment"):
             done = journal.get(f"augmented {stem}")
             if done is None:
                 done = journal.record(f"augmented {stem}", next(made))
-            per_split["train"].append((label, done["path"], {"source": "augmented"}))
-    return per_split
+            records.add("train", label, done["path"], "augmented")
 
 
 def _where(item: Item) -> str:
@@ -346,8 +366,7 @@ def _intensity_rule(items: list[Item]) -> IntensityRule:
     """How the dataset's pixel values become 8 bits, decided once from every source image (:mod:`.images`): only
     high-bit-depth files are decoded for it (their header says which); in this process, since reading ~10⁴ headers
     takes well under a second, less than starting worker processes."""
-    files = [item.image for item in items if isinstance(item.image, Path)]
-    values = map(file_values, files)
+    values = (file_values(item.image) for item in items if isinstance(item.image, Path))
     rule, disagree = intensity_rule(values)
     for note in disagreement_warnings("the source images", rule, disagree):
         warn(note)
@@ -457,14 +476,15 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         keep = False
         try:
             try:
-                per_split = _write_images(items, specs, staging, plan.images_dir, image_size, augment,
-                                          augment_target, seed, max_size, check_workers(workers), journal)
+                records = _write_images(items, specs, staging, plan.images_dir, image_size, augment,
+                                        augment_target, seed, max_size, check_workers(workers), journal)
             except (KeyboardInterrupt, SystemExit):  # SIGINT / SIGTERM: finished images stay for the same command
                 keep = True
                 print(interrupted_note(journal), file=sys.stderr)
                 raise
-            rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
-            manifest = _manifest(plan, per_split, seed)
+            rows_of = _datasets(records.of_split, records.splits, specs, list(specs.values()), modality, prefix,
+                                seed, vanilla)
+            manifest = _manifest(plan, records.of_split, records.splits, seed)
             write_manifest(out, prefix, manifest)  # before any other file: it owns them
             _write_outputs(out, staging, plan, rows_of, overwrite, derived_text,
                            {s.token: s.keyword for s in specs.values()}, f"{name} ({modality})")
@@ -480,11 +500,12 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
 BUILDER = "attok data classify"
 
 
-def _manifest(plan: _Outputs, per_split: dict[str, list[tuple[str, str, dict]]], seed: int) -> dict:
+def _manifest(plan: _Outputs, records: Callable[[str], Iterable[Record]], splits: set[str], seed: int) -> dict:
     """Every file and dataset entry this build writes, and every image with its raw label and split (what
-    :func:`relabel_classification` rebuilds the text from)."""
-    images = [{"path": rel, "label": label, "split": split, "source": extra["source"]}
-              for split, entries in per_split.items() for label, rel, extra in entries]
+    :func:`relabel_classification` rebuilds the text from; a :class:`Lazy` list, made from ``records`` when
+    written)."""
+    images = Lazy(lambda: ({"path": rel, "label": label, "split": split, "source": extra["source"]}
+                           for split in SPLITS if split in splits for label, rel, extra in records(split)))
     return {"builder": BUILDER, "name": plan.name, "prefix": plan.prefix, "vanilla": plan.vanilla, "seed": seed,
             "files": plan.paths(), "datasets": plan.datasets, "images_dir": plan.images_dir, "images": images}
 
@@ -523,7 +544,8 @@ def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str
         if edited and not overwrite:
             raise AttTokError(f"{out}: {', '.join(edited)}: --relabel would rewrite them; pass --overwrite to replace "
                               "your edits, or move the files away first.")
-        rows_of = _datasets(per_split, specs, list(specs.values()), modality, prefix, seed, vanilla)
+        rows_of = _datasets(lambda split: per_split.get(split, []), set(per_split), specs, list(specs.values()),
+                            modality, prefix, seed, vanilla)
         stale = [d for d in plan.datasets if d not in rows_of]  # this build's own names only, whatever the manifest
         kept_files = [f for f in manifest["files"] if f not in {f"{d}.json" for d in stale}]
         write_manifest(out, prefix, {**manifest, "seed": seed, "files": sorted({*kept_files, *plan.paths()}),
@@ -541,7 +563,7 @@ def relabel_classification(class_map: str | Path, out_dir: str | Path, name: str
     return {d: f"{d}.json" for d in rows_of}
 
 
-def _write_outputs(out: Path, staging: Path, plan: _Outputs, rows_of: dict[str, list[dict]], overwrite: bool,
+def _write_outputs(out: Path, staging: Path, plan: _Outputs, rows_of: dict[str, Lazy], overwrite: bool,
                    derived_text: str, vocab: dict[str, str], described: str) -> None:
     """Swap the staged images in, then write datasets, class map, vocabulary and ``dataset_info.json`` entries."""
     stale = [d for d in plan.datasets if d not in rows_of]  # written by a build being replaced, not by this one
@@ -554,25 +576,23 @@ def _write_outputs(out: Path, staging: Path, plan: _Outputs, rows_of: dict[str, 
     merge_dataset_info(out, {d: dataset_entry(f"{d}.json") for d in rows_of}, overwrite=overwrite, remove=stale)
 
 
-def _datasets(per_split: dict[str, list[tuple[str, str, dict]]], specs: dict[str, ClassSpec],
-              ordered: list[ClassSpec], modality: str, prefix: str, seed: int, vanilla: bool) -> dict[str, list[dict]]:
-    """Dataset name -> sharegpt rows, for every (kind, split) with samples."""
-    rows_of: dict[str, list[dict]] = {}
-    for split in SPLITS:
-        for kind in ("open", "close"):
-            rng = random.Random(f"{seed}-{split}-{kind}")
-            rows = []
-            for label, rel, extra in per_split.get(split, []):
-                spec = specs[label]
-                answer = spec.name if vanilla else f"{spec.token} {spec.name}"
-                question = _question(kind, modality, ordered, rng)
-                rows.append(sharegpt_row(question, answer, [rel], label=spec.name, **extra))
-            if rows:
-                rows_of[f"{prefix}_{kind}_{split}"] = rows
-    return rows_of
+def _datasets(records: Callable[[str], Iterable[Record]], splits: set[str], specs: dict[str, ClassSpec],
+              ordered: list[ClassSpec], modality: str, prefix: str, seed: int, vanilla: bool) -> dict[str, Lazy]:
+    """Dataset name -> its sharegpt rows, for every (kind, split) with samples (``splits``); each a :class:`Lazy`
+    list made from ``records(split)`` as it is written, so no dataset is held in memory."""
+    def rows(split: str, kind: str) -> Iterator[dict]:
+        rng = random.Random(f"{seed}-{split}-{kind}")
+        for label, rel, extra in records(split):
+            spec = specs[label]
+            answer = spec.name if vanilla else f"{spec.token} {spec.name}"
+            question = _question(kind, modality, ordered, rng)
+            yield sharegpt_row(question, answer, [rel], label=spec.name, **extra)
+
+    return {f"{prefix}_{kind}_{split}": Lazy(functools.partial(rows, split, kind))
+            for split in SPLITS if split in splits for kind in ("open", "close")}
 
 
-def _commit(out: Path, staging: Path, images_dir: str, rows_of: dict[str, list[dict]], stale: list[str]) -> None:
+def _commit(out: Path, staging: Path, images_dir: str, rows_of: dict[str, Lazy], stale: list[str]) -> None:
     """Swap the staged images folder in (a previous one moves into ``staging``), then write the JSON files."""
     target, previous = out / images_dir, staging / "previous"
     if os.path.lexists(target):  # only reached with overwrite

@@ -7,14 +7,16 @@ Every file the plugin writes goes through :func:`~llamafactory_attok.state.atomi
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import AttTokError
-from ..state import atomic_write_bytes
+from ..json_stream import iter_json
+from ..state import atomic_write_bytes, atomic_write_chunks
 from ..vocab import read_text
 
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
@@ -65,6 +67,40 @@ def read_json(path: str | os.PathLike):
         raise AttTokError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from err
 
 
+def iter_json_array(path: str | os.PathLike) -> Iterator:
+    """The elements of the JSON array in ``path``, parsed one at a time (the file's text is read whole, its rows are
+    never all parsed at once: a dataset of N rows costs its text, not N row objects); bad JSON or a value that is not
+    an array names the file, line and column."""
+    text = read_text(path)
+    decoder = json.JSONDecoder()
+    index = _skip_space(text, 0)
+    try:
+        if not text.startswith("[", index):
+            raise json.JSONDecodeError("expected a JSON array of rows", text, index)
+        index = _skip_space(text, index + 1)
+        if text.startswith("]", index):
+            return
+        while True:
+            row, index = decoder.raw_decode(text, index)
+            yield row
+            index = _skip_space(text, index)
+            if text.startswith("]", index):
+                break
+            if not text.startswith(",", index):
+                raise json.JSONDecodeError("expected ',' or ']'", text, index)
+            index = _skip_space(text, index + 1)
+        if _skip_space(text, index + 1) != len(text):
+            raise json.JSONDecodeError("extra data after the array", text, _skip_space(text, index + 1))
+    except json.JSONDecodeError as err:
+        raise AttTokError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from err
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in " \t\n\r":
+        index += 1
+    return index
+
+
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, object]]:
     """``(line number, value)`` for every non-blank line of a JSONL file; a bad line names file and line."""
     rows = []
@@ -84,7 +120,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data) -> None:
-    write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    """``json.dumps(data, indent=1)`` atomically; a :class:`~..json_stream.Lazy` list in ``data`` is made and written
+    one element at a time (a dataset of N rows is never in memory as a whole)."""
+    pieces = itertools.chain(iter_json(data), ["\n"])
+    atomic_write_chunks(path, (piece.encode("utf-8") for piece in pieces))
 
 
 def write_png(path: str | os.PathLike, image) -> None:

@@ -13,7 +13,6 @@ import math
 import sys
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,32 @@ SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # what a CSV build reads too
 
 
-@dataclass
 class Item:
-    split: str | None
-    label: str
-    image: Image.Image | Path | str  # a PIL image or a path (str: as a build's manifest lists it, for --relabel)
-    source: str  # where it came from, for error messages
+    """One labelled image of a source: its split (None: to be assigned), label, image — a PIL image or a path (str:
+    as a build's manifest lists it, for --relabel) — and where it came from, for error messages.
+
+    A file path is held as text and given back as a :class:`Path`, and labels are interned: a Path object costs
+    about four times its text, and 8,000 of them were most of what a build held in memory (BENCHMARKS §9)."""
+
+    __slots__ = ("split", "label", "_image", "_is_path", "source")
+
+    def __init__(self, split: str | None, label: str, image: Image.Image | Path | str, source: str) -> None:
+        self.split = split
+        self.label = sys.intern(label)
+        self.image = image
+        self.source = source
+
+    @property
+    def image(self) -> Image.Image | Path | str:
+        return Path(self._image) if self._is_path else self._image  # type: ignore[arg-type]  # text when a path
+
+    @image.setter
+    def image(self, value: Image.Image | Path | str) -> None:
+        self._is_path = isinstance(value, Path)
+        self._image = str(value) if self._is_path else value
+
+    def __repr__(self) -> str:
+        return f"Item({self.split!r}, {self.label!r}, {self.image!r}, {self.source!r})"
 
 
 def warn(message: str) -> None:
