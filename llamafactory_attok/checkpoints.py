@@ -28,7 +28,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from .filenames import ATTOK_FILES
+from .filenames import ATTOK_FILES, CONFIG_FILE_NAME, VOCAB_FILE_NAME
 
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
@@ -85,6 +85,7 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
             weights += [folder / s for s in sorted(shards) if (folder / s).is_file()]
     attok_state = [folder / n for n in ATTOK_FILES if n.endswith(".safetensors") and (folder / n).is_file()]
     problems += [p for p in map(file_problem, [*weights, *attok_state]) if p is not None]
+    problems += _text_problems(folder)
     problems += _resume_problems(folder)
     state = folder / TRAINER_STATE
     if not state.is_file():
@@ -103,6 +104,41 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
             elif match and int(match.group(1)) != step:
                 problems.append(f"{TRAINER_STATE} is for step {step}, not {match.group(1)}")
     return problems
+
+
+def _text_problems(folder: Path) -> list[str]:
+    """Every JSON file of the checkpoint (AttTok's config, PEFT's ``adapter_config.json``, the model and tokenizer
+    configs) must parse — AttTok's config as an object — and the vocabulary must load: an empty or cut file (a full
+    disk, a crash before the page cache reached the disk) would otherwise stop every rerun. ``trainer_state.json``
+    has its own check."""
+    from .errors import AttTokError
+    from .vocab import load_vocab
+
+    problems = []
+    for path in sorted(folder.glob("*.json")):
+        if path.name == TRAINER_STATE or not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            problems.append(f"{path.name} unreadable ({'empty' if _is_empty(path) else type(err).__name__})")
+            continue
+        if path.name == CONFIG_FILE_NAME and not isinstance(value, dict):
+            problems.append(f"{path.name} unreadable (not a JSON object)")
+    vocab = folder / VOCAB_FILE_NAME
+    if vocab.is_file():
+        try:
+            load_vocab(vocab)
+        except AttTokError as err:
+            problems.append(f"{VOCAB_FILE_NAME} unreadable ({str(err).removeprefix(f'{vocab}: ')})")
+    return problems
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _state_problems(saved_state: dict, folder: Path) -> list[str]:

@@ -85,7 +85,8 @@ def test_tiny_model_refuses_an_existing_folder_without_overwrite(tmp_path, capsy
     for extra in ([], ["--overwrite"]):  # not a tiny model folder: never replaced, --overwrite not suggested
         assert main(["tiny-model", str(model), *extra]) == 2
         err = _err(capsys)
-        assert "model is not a tiny model folder (no attok_tiny_model.json): config.json, model.safetensors" in err
+        assert "model is not a tiny model folder (no attok_tiny_model.json with the digests of what it wrote): " \
+               "config.json, model.safetensors" in err
         assert "pass --overwrite" not in err and _snapshot(model) == before
     (tmp_path / "file").write_text("x")
     assert main(["tiny-model", str(tmp_path / "file"), "--overwrite"]) == 2
@@ -110,8 +111,27 @@ def test_tiny_model_overwrite_never_wipes_a_folder_with_the_users_files(tmp_path
     before = _snapshot(tiny)
     assert main(["tiny-model", str(tiny), "--family", "qwen2_vl", "--overwrite"]) == 2
     err = _err(capsys)
-    assert "proj holds files a tiny-model build did not write: data, thesis.txt" in err
+    assert "proj holds files a tiny-model build did not write, or changed since: data, thesis.txt" in err
     assert _snapshot(tiny) == before
+
+
+def test_tiny_model_overwrite_keeps_a_file_listed_in_its_marker_by_hand_or_edited(tmp_path, capsys):
+    """The marker's list alone does not make a file the build's: notes.txt added to it by hand, or a config edited
+    since, is refused by name (the digests of what the build wrote do not match) and nothing is deleted."""
+    tiny = tmp_path / "proj"
+    assert main(["tiny-model", str(tiny)]) == 0
+    (tiny / "notes.txt").write_text("mine")
+    marker = json.loads((tiny / "attok_tiny_model.json").read_text())
+    marker["files"].append("notes.txt")
+    (tiny / "attok_tiny_model.json").write_text(json.dumps(marker))
+    before = _snapshot(tiny)
+    assert main(["tiny-model", str(tiny), "--overwrite"]) == 2
+    assert "did not write, or changed since: notes.txt" in _err(capsys) and _snapshot(tiny) == before
+    (tiny / "notes.txt").unlink()
+    (tiny / "config.json").write_text((tiny / "config.json").read_text() + "\n")
+    before = _snapshot(tiny)
+    assert main(["tiny-model", str(tiny), "--overwrite"]) == 2
+    assert "config.json (changed since the build)" in _err(capsys) and _snapshot(tiny) == before
 
 
 def test_sample_data_refuses_to_replace_the_users_datasets_and_vocabulary(tmp_path, capsys):

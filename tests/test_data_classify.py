@@ -354,6 +354,17 @@ def test_a_build_never_replaces_the_users_own_images_folder(tmp_path, capsys, ov
             "diagnosis", "--modality", "xray", "--out", str(data), "--name", "mycxr", *(["--overwrite"] * overwrite)]
     assert main(argv) == 2
     err = capsys.readouterr().err
+    assert "labels.csv: line 2: image" in err and "mycxr_images, the folder this build writes its images to" in err
+    assert "pass --overwrite" not in err
+    assert _hashes(data) == before
+    (data / "elsewhere").mkdir()  # the images read from elsewhere: the clash is with a folder no build wrote
+    (data / "labels.csv").write_text("\n".join(["path,diagnosis", *(
+        f"elsewhere/{i}.png,{('normal', 'pneumonia')[i % 2]}" for i in range(8))]) + "\n")
+    for i in range(8):
+        (data / "elsewhere" / f"{i}.png").write_bytes((images / f"{i}.png").read_bytes())
+    before = _hashes(data)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
     assert "mycxr_images already exist and no earlier `attok data classify` build of 'mycxr' wrote them" in err
     assert "never replaced or deleted" in err and "pass --overwrite" not in err
     assert _hashes(data) == before
@@ -546,3 +557,27 @@ def test_stale_staging_cleanup_removes_only_folders_a_build_made(tmp_path):
     (ours / STAGING_MARKER).touch()
     assert remove_stale_staging(tmp_path) == [".big.building.x1y2"]
     assert (mine / "f.txt").read_text() == "precious"
+
+
+def test_a_rebuild_never_reads_the_images_folder_it_replaces(tmp_path):
+    """A CSV listing an earlier build's own images, rebuilt under the same name with --overwrite, would delete and
+    renumber them under the build's feet (two of them ended up with the other class's pixels): refused, nothing
+    touched; the same for a CSV kept inside that images folder."""
+    out = tmp_path / "ob"
+    build_classification(list(sources.from_image_folder(_folder(tmp_path))), None, out, "t", modality="xray",
+                         augment=False)
+    rows = _rows(out, "t_open_train")
+    reuse = out / "reuse.csv"
+    reuse.write_text("path,label\n" + "".join(f"{r['images'][0]},{r['label']}\n" for r in rows))
+    before = {p: p.read_bytes() for p in sorted((out / "t_images").rglob("*")) if p.is_file()}
+    items = list(sources.from_csv(reuse, "path", "label", None))
+    with pytest.raises(AttTokError, match=r"reuse.csv: line 2: .*lies in .*t_images, the folder this build writes "
+                                          r"its images to"):
+        build_classification(items, None, out, "t", modality="xray", augment=False, overwrite=True,
+                             inputs={"source": reuse})
+    assert {p: p.read_bytes() for p in sorted((out / "t_images").rglob("*")) if p.is_file()} == before
+    inner = out / "t_images" / "list.csv"
+    inner.write_text("path,label\n")
+    with pytest.raises(AttTokError, match=r"source .*list.csv lies in .*t_images"):
+        build_classification(list(sources.from_image_folder(_folder(tmp_path / "again"))), None, out, "t",
+                             modality="xray", augment=False, overwrite=True, inputs={"source": inner})

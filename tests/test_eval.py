@@ -308,6 +308,23 @@ def test_predict_skips_missing_images_by_id_and_keeps_rows_scored_before_a_crash
     assert metrics["samples"] == 3 and metrics["skipped"] == 1 and metrics["skipped_samples"][0]["id"] == 1
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 2, 3]
     assert not (tmp_path / "p.jsonl.partial").exists()
+    assert "p.jsonl.partial: the rows of an interrupted run; this run writes its own" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["MY OWN NOTES\n", '{"id": 0, "label": "a"}\n', '{"id": 0, "la'])
+def test_predict_refuses_a_partial_file_that_is_not_its_own_rows(tmp_path, text):
+    """``<out>.partial`` is replaced only when it holds an interrupted run's rows (the last may be cut after a
+    complete one); anything else — a user's notes, a row of another shape, a lone cut line — needs --overwrite."""
+    from llamafactory_attok.eval.predict import check_partial_rows
+
+    partial = tmp_path / "p.jsonl.partial"
+    partial.write_text(text)
+    with pytest.raises(AttTokError, match="does not hold the rows of an interrupted `attok predict`"):
+        check_partial_rows(partial, overwrite=False)
+    check_partial_rows(partial, overwrite=True)
+    row = '{"id": 0, "label": "a", "prediction": "a", "top_k": [], "probabilities": {}}'
+    partial.write_text(row + "\n" + '{"id": 1, "lab')
+    check_partial_rows(partial, overwrite=False)
 
 
 def test_predict_refuses_a_template_other_than_the_trained_one(tmp_path):

@@ -293,6 +293,46 @@ def test_high_bit_images_are_scaled_by_the_datasets_maximum_not_their_own(tmp_pa
     assert [int(np.asarray(item.image).max()) for item in items[:4]] == [255, 12, 255, 12]
 
 
+def _png16(path: Path, array: np.ndarray, colour: int) -> None:
+    """A 16-bit PNG written by hand (Pillow cannot write colour at 16 bits): colour type 2 RGB, 4 grey + alpha,
+    6 RGBA; ``array`` H×W×channels of uint16."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = array.shape[:2]
+    raw = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(height))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("colour", "channels", "kind"), [(2, 3, "RGB"), (6, 4, "RGBA"), (4, 2, "grey \\+ alpha")])
+def test_a_16_bit_colour_png_is_refused_not_read_from_its_high_byte(tmp_path, capsys, colour, channels, kind):
+    """Pillow opens a 16-bit RGB / RGBA / grey+alpha PNG from the high byte of each channel: 12-bit data came out
+    nearly black (max 15), and RGB ones were even copied as "8-bit PNGs". Refused naming the CSV line, before
+    anything is written; 16-bit greyscale stays supported (the test above)."""
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.full((6, 6, 3), 100 + i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+        rows.append((f"imgs/{i}.png", ("a", "b")[i % 2]))
+    _png16(tmp_path / "imgs" / "deep.png", np.full((6, 6, channels), 4000, np.uint16), colour)
+    with Image.open(tmp_path / "imgs" / "deep.png") as opened:
+        assert opened.size == (6, 6)  # a valid PNG Pillow opens without complaint
+    rows.append(("imgs/deep.png", "a"))
+    assert _classify(tmp_path, _csv(tmp_path, rows), "--image-size", "4") == 2
+    assert re.search(rf"labels.csv: line 6: image .*deep.png: a 16-bit {kind} PNG, which Pillow .* reads from the "
+                     "high byte", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    from llamafactory_attok.data.placement import place_image
+
+    with pytest.raises(AttTokError, match=f"deep: a 16-bit {kind} PNG"):  # a worker's own check, for any caller
+        place_image(tmp_path / "imgs" / "deep.png", "deep", tmp_path / "placed", 4, None)
+    assert not list(tmp_path.glob("placed*"))
+
+
 def test_exif_orientation_is_applied_and_transparency_composited_over_black(tmp_path, capsys):
     """A JPEG whose EXIF says "rotate 90°" is written upright (not copied sideways); an RGBA PNG whose transparent
     pixels hold red is composited over black, not shown red; both are counted in warnings."""

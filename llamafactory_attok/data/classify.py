@@ -37,7 +37,14 @@ import yaml
 from ..errors import AttTokError
 from ..json_stream import Lazy
 from ..progress import progress
-from ..safe_paths import build_lock, dataset_name, refuse_same_as_input, refuse_symlinks, remove_stale_staging
+from ..safe_paths import (
+    build_lock,
+    dataset_name,
+    refuse_same_as_input,
+    refuse_symlinks,
+    remove_stale_staging,
+    within,
+)
 from ..state import atomic_write_bytes, fsync_dir
 from ..vocab import load_text_yaml, read_text, validate_token_name
 from .build_journal import Journal, build_key, interrupted_note, open_staging, staging_name
@@ -358,6 +365,23 @@ def _place_all(items: list[Item], specs: dict[str, ClassSpec], root: Path, image
             records.add("train", label, done["path"], "augmented")
 
 
+def refuse_inputs_in_images_folder(items: list[Item], inputs: dict[str, str | Path | None], folder: Path) -> None:
+    """The build replaces ``folder`` (its images folder) as a whole: a source image, the source itself or the class
+    map inside it — e.g. a CSV listing an earlier build's images, rebuilt under the same name — would be deleted or
+    renumbered under the build's feet; refused, with or without ``--overwrite``."""
+    root = str(folder.resolve()) + os.sep
+    inside = next((item for item in items if isinstance(item.image, Path)
+                   and (os.path.realpath(item.image) + os.sep).startswith(root)), None)
+    if inside is not None:
+        raise AttTokError(f"{_where(inside)}: the image lies in {folder}, the folder this build writes its images to "
+                          "(and replaces as a whole): it would be deleted or replaced while it is read. Copy the "
+                          "images elsewhere first, or choose another --name or --out")
+    for option, value in inputs.items():
+        if value is not None and within(value, folder):
+            raise AttTokError(f"{option} {value} lies in {folder}, the folder this build writes its images to (and "
+                              "replaces as a whole); move it elsewhere first, or choose another --name or --out")
+
+
 def _where(item: Item) -> str:
     return item.source if item.source == str(item.image) else f"{item.source}: image {item.image}"
 
@@ -366,7 +390,7 @@ def _intensity_rule(items: list[Item]) -> IntensityRule:
     """How the dataset's pixel values become 8 bits, decided once from every source image (:mod:`.images`): only
     high-bit-depth files are decoded for it (their header says which); in this process, since reading ~10⁴ headers
     takes well under a second, less than starting worker processes."""
-    values = (file_values(item.image) for item in items if isinstance(item.image, Path))
+    values = (file_values(item.image, _where(item)) for item in items if isinstance(item.image, Path))
     rule, disagree = intensity_rule(values)
     for note in disagreement_warnings("the source images", rule, disagree):
         warn(note)
@@ -453,6 +477,7 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
         inputs = {**(inputs or {}), "--class-map": class_map}
     _check_items(items, specs, class_map)
     refuse_same_as_input([out / p for p in [*plan.paths(), "dataset_info.json"]], inputs or {})
+    refuse_inputs_in_images_folder(items, inputs or {}, out / plan.images_dir)
     if any(item.split is None for item in items):
         assigned = {index for index, item in enumerate(items) if item.split is None}
         stratified_split([i for i in items if i.split is None], val_ratio, test_ratio, seed)

@@ -202,16 +202,47 @@ def as_rgb(image: Image.Image, where: str, rule: IntensityRule | None = None) ->
     return flatten_alpha(image)
 
 
-def file_values(path: Path) -> ImageValues:
+_PNG_COLOUR = {2: "RGB", 4: "grey + alpha", 6: "RGBA"}
+
+
+def colour_depth_problem(opened: Image.Image, path: Path) -> str | None:
+    """Why Pillow cannot give this file's colours at their depth (None: it can): a 16-bit RGB / RGBA / grey + alpha
+    PNG, or a TIFF of more than 8 bits per colour sample, is opened as 8 bits per channel from the high byte alone —
+    12-bit data in 16 bits (values below 4096) would come out nearly black, silently. (16-bit greyscale is read.)"""
+    if opened.format == "PNG":
+        with open(path, "rb") as handle:
+            header = handle.read(26)
+        depth, colour = (header[24], header[25]) if len(header) == 26 else (8, 0)
+        if depth == 16 and colour in _PNG_COLOUR:
+            return f"a 16-bit {_PNG_COLOUR[colour]} PNG"
+    elif opened.format == "TIFF":
+        bits = opened.tag_v2.get(258) if hasattr(opened, "tag_v2") else None  # BitsPerSample, one per sample
+        if isinstance(bits, tuple) and len(bits) > 1 and max(bits) > 8:
+            return f"a {max(bits)}-bit colour TIFF"
+    return None
+
+
+DEPTH_ADVICE = (", which Pillow (and LLaMA-Factory with it) reads from the high byte of each channel only (12-bit "
+                "data in 16 bits would come out nearly black): convert it to 8 bits per channel first, scaled by the "
+                "dataset's maximum (e.g. with OpenCV: cv2.imwrite(out, (cv2.imread(src, cv2.IMREAD_UNCHANGED) / MAX "
+                "* 255).astype('uint8'))), or to 16-bit greyscale if it is grey")
+
+
+def file_values(path: Path, where: str | None = None) -> ImageValues:
     """:class:`ImageValues` of the image file ``path``, decoding it only when its mode has more than 8 bits (the
-    header says so); an unreadable file counts as 8-bit here (it is named when it is read for writing)."""
+    header says so); an unreadable file counts as 8-bit here (it is named when it is read for writing). A colour
+    file Pillow cannot read at its depth (:func:`colour_depth_problem`) is refused, naming ``where`` (default: the
+    path)."""
     try:
         with Image.open(path) as opened:
-            if opened.mode not in HIGH_BIT_MODES:
+            problem = colour_depth_problem(opened, path)
+            if problem is None and opened.mode not in HIGH_BIT_MODES:
                 return ImageValues("8bit", 255.0)
-            return values_of(np.asarray(opened))
+            if problem is None:
+                return values_of(np.asarray(opened))
     except (*IMAGE_ERRORS, Image.DecompressionBombError):
         return ImageValues("8bit", 255.0)
+    raise AttTokError(f"{where or path}: {problem}{DEPTH_ADVICE}")
 
 
 def open_rgb(path: Path, where: str, rule: IntensityRule | None = None) -> Image.Image:

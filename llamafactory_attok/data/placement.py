@@ -22,7 +22,16 @@ from PIL import Image
 
 from ..errors import AttTokError
 from ..state import atomic_write_bytes
-from .images import IMAGE_ERRORS, IntensityRule, as_rgb, has_transparency, needs_turning, open_rgb
+from .images import (
+    DEPTH_ADVICE,
+    IMAGE_ERRORS,
+    IntensityRule,
+    as_rgb,
+    colour_depth_problem,
+    has_transparency,
+    needs_turning,
+    open_rgb,
+)
 
 COPYABLE_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 COPYABLE_MODES = ("RGB", "L")
@@ -113,11 +122,15 @@ def place_image(source: Image.Image | Path, where: str, dest_stem: Path, image_s
         return Placed(path, size, False, flattened=flattened)
     try:
         with Image.open(source) as header:  # lazy: format, mode, size, EXIF and transparency without the pixels
+            depth_problem = colour_depth_problem(header, Path(source))
             fmt, mode, size = header.format, header.mode, header.size
             turned, flattened = needs_turning(header), has_transparency(header)
             first_frame = getattr(header, "n_frames", 1) > 1
     except IMAGE_ERRORS:
         fmt, mode, size, turned, flattened, first_frame = None, None, None, False, False, False
+        depth_problem = None
+    if depth_problem is not None:  # a colour file Pillow would read from its high byte only: never written
+        raise AttTokError(f"{where}: {depth_problem}{DEPTH_ADVICE}")
     plain = mode in COPYABLE_MODES and not turned and not flattened and not first_frame
     if size is not None:
         written = target_size(size, image_size, max_size)

@@ -116,10 +116,10 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     refuse_among_dataset_images(output_paths(out).values(),
                                 {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
     for role, path in output_paths(out).items():  # every file it writes, not only --out itself
-        if role != "partial":  # its own rows in progress, kept after a crash (and replaced by the next run)
+        if role != "partial":
             output_file(path, "--out" if role == "rows" else f"--out's {role} file", overwrite)
         else:
-            refuse_symlink(path, "--out's partial rows file")
+            check_partial_rows(path, overwrite)
     dataset, val = inputs.get("--dataset"), inputs.get("--val-dataset")
     if dataset and val and (same_file(dataset, val) or _same_bytes(dataset, val)):
         raise AttTokError(f"--val-dataset {val} is --dataset (or a copy of it): the temperature would be fitted "
@@ -133,6 +133,39 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     if device is not None:
         check_device(device)
     check_model_folders(inputs["--model"] or "", inputs.get("--adapter"))
+
+
+ROW_KEYS = {"id", "label", "prediction", "top_k", "probabilities"}  # what every row of :func:`_rows` holds
+
+
+def check_partial_rows(path: Path, overwrite: bool) -> None:
+    """``<out>.partial`` holds an interrupted `attok predict`'s rows (kept after a crash): it is replaced, with a
+    note, when every line is such a row (the last one may be cut, after a whole one); a file of anything else is
+    not ours — refused unless ``overwrite``."""
+    refuse_symlink(path, "--out's partial rows file")
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise AttTokError(f"--out's partial rows file {path} is a folder; move it away or choose another --out")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        ours = all(_is_row(line) for line in lines[:-1]) and (not lines or _is_row(lines[-1], cut_ok=len(lines) > 1))
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours and not overwrite:
+        raise AttTokError(f"{path} exists and does not hold the rows of an interrupted `attok predict` (where it "
+                          "keeps its rows in progress): move it away, choose another --out, or pass --overwrite "
+                          "to replace it")
+    print(f"attok: {path}: {'the rows of an interrupted run' if ours else 'replaced (--overwrite)'}; "
+          "this run writes its own", file=sys.stderr)
+
+
+def _is_row(line: str, cut_ok: bool = False) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:  # the line being written when the run was killed: the start of a row
+        return cut_ok and line.startswith('{"id": ')
+    return isinstance(row, dict) and ROW_KEYS <= row.keys()
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:

@@ -13,6 +13,7 @@ in :mod:`llamafactory_attok.tiny.specs`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -159,7 +160,9 @@ def build_tiny_model(
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         written = sorted(p.name for p in tmp.iterdir())
-        (tmp / TINY_MARKER).write_text(json.dumps({"family": family, "seed": seed, "files": written}, indent=1))
+        digests = {p.name: _digest(p) for p in sorted(tmp.iterdir())}
+        (tmp / TINY_MARKER).write_text(json.dumps({"family": family, "seed": seed, "files": written,
+                                                   "digests": digests}, indent=1))
         _honour_umask(tmp)  # mkdtemp and safetensors create 0700 / 0600; a model folder is shared like LF's
         if overwrite:
             check_replaceable(out)
@@ -172,25 +175,43 @@ def build_tiny_model(
 TINY_MARKER = "attok_tiny_model.json"  # written into every tiny model folder: what the build wrote
 
 
+def _digest(path: Path) -> str:
+    """SHA-1 of a file (a folder or anything else gets no digest: the check below then refuses it)."""
+    if not path.is_file() or path.is_symlink():
+        return ""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_replaceable(out: Path) -> None:
-    """``--overwrite`` replaces only a folder a tiny-model build wrote: one whose entries are all listed by its
-    marker. Anything else in it (a thesis, a data folder) is refused by name, and nothing is deleted. A symbolic
-    link is never replaced, whatever it points to."""
+    """``--overwrite`` replaces only a folder a tiny-model build wrote, as it wrote it: every entry must be a file its
+    marker lists with the digest it had when written. Anything else in it (a thesis, a data folder, a file added to
+    the marker's list by hand, a file edited since) is refused by name, and nothing is deleted. A symbolic link is
+    never replaced, whatever it points to."""
     refuse_symlink(out, "OUT")
     if not out.is_dir() or not any(out.iterdir()):
         return
     marker = out / TINY_MARKER
     try:
-        listed = set(json.loads(marker.read_text())["files"]) | {TINY_MARKER}
+        recorded = json.loads(marker.read_text())["digests"]
+        if not isinstance(recorded, dict):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
-        listed = None
-    foreign = sorted(p.name for p in out.iterdir() if listed is None or p.name not in listed)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
-        why = (f"is not a tiny model folder (no {TINY_MARKER})" if listed is None
-               else "holds files a tiny-model build did not write")
-        raise AttTokError(f"{out} {why}: {shown}; --overwrite replaces only a folder `attok tiny-model` wrote, so "
-                          "nothing was changed: choose a new folder")
+        recorded = None
+    entries = sorted(p for p in out.iterdir() if p.name != TINY_MARKER)
+    foreign = [p.name for p in entries if recorded is None or p.name not in recorded]
+    edited = [p.name for p in entries if recorded is not None and p.name in recorded
+              and (not recorded[p.name] or _digest(p) != recorded[p.name])]
+    if foreign or edited:
+        names = foreign + [f"{name} (changed since the build)" for name in edited]
+        shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+        why = (f"is not a tiny model folder (no {TINY_MARKER} with the digests of what it wrote)" if recorded is None
+               else "holds files a tiny-model build did not write, or changed since")
+        raise AttTokError(f"{out} {why}: {shown}; --overwrite replaces only a folder `attok tiny-model` wrote, as "
+                          "it wrote it, so nothing was changed: choose a new folder")
 
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
