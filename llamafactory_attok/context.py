@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .args import AttTokArguments
+from .base_model import weights_fingerprint
 from .errors import AttTokError
 from .families import check_widths
 from .lf_data import DatasetUnreadable, iter_answers
@@ -50,6 +51,7 @@ class AttTokContext:
     keyword_ids: list[list[int]] = field(default_factory=list)
     attribute_occurrences: int = 0
     model_type: str | None = None
+    base_weights: str | None = None  # :func:`~.base_model.weights_fingerprint` of the loaded base model
     # LF's own parsed arguments, so datasets are read by LF's loader exactly as the run reads them
     lf_args: dict[str, Any] = field(default_factory=dict)
     # resume_from_checkpoint as the user gave it (None: not given; LF may then pick the last checkpoint itself)
@@ -143,6 +145,7 @@ class AttTokContext:
         """Check the family, grow the embedding only if needed, initialise newly added rows by id."""
         check_widths(model.config, "attok")
         self.model_type = model.config.model_type
+        self.base_weights = weights_fingerprint(getattr(model, "name_or_path", "") or "")
         resized = resize_if_needed(model, tokenizer)
         new = set(self.new_token_ids)
         rows = [(tid, kw) for tid, kw in zip(self.token_ids, self.keyword_ids, strict=True) if tid in new]
@@ -161,6 +164,7 @@ class AttTokContext:
             "args": self.args.to_dict(),
             "token_ids": self.token_ids,
             "model_type": self.model_type,
+            "base_weights": self.base_weights,
             "finetuning_type": self.finetuning_type,
             # how prompts were built, so evaluation builds them the same way (attok predict / eval figures)
             "template": getattr(self.lf_args.get("data"), "template", None),

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from .errors import AttTokError
 from .filenames import ATTOK_FILES, CONFIG_FILE_NAME, VOCAB_FILE_NAME
+from .log import get_logger
 from .safe_paths import within
 from .state import find_saved
 from .vocab import AttributeVocab
+
+logger = get_logger(__name__)
 
 LOCK_FILE_NAME = ".attok_run.lock"
 # switches whose change between a checkpoint and its resume changes what the saved parameters are
@@ -102,11 +105,13 @@ def lora_shape(config: object) -> dict:
 
 def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, token_ids: list[int],
                           args: dict, finetuning_type: str | None = None, lora: dict | None = None,
-                          model_type: str | None = None) -> None:
+                          model_type: str | None = None, base_weights: str | None = None) -> None:
     """Resuming is continuing: the checkpoint's vocabulary (tokens, order, keywords), token ids and ACC / ACM
     switches must equal this run's, else saved rows, books and optimizer state would mean other attributes; and its
     fine-tuning type and LoRA shape (``lora``: :func:`lora_shape` of this run's adapter) must equal this run's, else
-    its weights do not fit the model (a raw index or size-mismatch error deep in transformers / PEFT)."""
+    its weights do not fit the model (a raw index or size-mismatch error deep in transformers / PEFT). The base
+    model must hold the weights the run was trained on (``base_weights``: :func:`~.base_model.weights_fingerprint`;
+    the same architecture with other weights would continue the LoRA deltas, rows and books on another model)."""
     folder = Path(checkpoint)
     if not any((folder / name).is_file() for name in ATTOK_FILES):
         raise AttTokError(
@@ -125,6 +130,13 @@ def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, 
     saved_model = saved.config.get("model_type")
     if model_type is not None and saved_model is not None and saved_model != model_type:
         differences.append(f"base model type {saved_model} -> {model_type} (another base model)")
+    saved_base = saved.config.get("base_weights")
+    if saved_base and base_weights and saved_base != base_weights:
+        differences.append(f"base model weights {saved_base} -> {base_weights} (model_name_or_path holds other "
+                           "weights than the run was trained on)")
+    elif saved_base and not base_weights:
+        logger.warning("AttTok: the base model's weights could not be read to check that %s was trained on them (no "
+                       "local weight files for model_name_or_path); resuming without that check", folder)
     saved_type = saved.config.get("finetuning_type")
     if finetuning_type is not None and saved_type is not None and saved_type != finetuning_type:
         differences.append(f"finetuning_type: {saved_type} -> {finetuning_type}")

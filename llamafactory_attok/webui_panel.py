@@ -13,6 +13,7 @@ from typing import Any
 
 from .args import AttTokArguments, parse_attok_dict
 from .errors import AttTokError
+from .trainer_log import latest_per_step
 from .vocab import load_vocab
 
 LANGS = ("en", "ru", "zh", "ko", "ja")
@@ -127,7 +128,7 @@ def add_attok_curves(figure, trainer_log: list[dict[str, Any]]) -> None:
     axis = figure.axes[0]
     drawn = False
     for key, color in (("loss_ntp", "#ff7f0e"), ("loss_acm", "#2ca02c")):
-        points = [(log["current_steps"], log[key]) for log in trainer_log if key in log and "current_steps" in log]
+        points = latest_per_step(trainer_log, key)  # a resumed run logs the steps after its checkpoint again
         if points:
             steps, values = zip(*points, strict=True)
             axis.plot(steps, values, color=color, label=key)

@@ -436,6 +436,30 @@ def test_predict_names_swapped_model_and_adapter_folders_and_a_missing_gpu(tmp_p
         assert "--device cuda: no CUDA GPU is visible here" in capsys.readouterr().err
 
 
+def test_predict_refuses_an_adapter_on_another_model_type_and_warns_on_other_weights(tmp_path, capsys):
+    """An AttTok adapter says which base it was trained on: another model type is refused before anything loads;
+    the same type with other weights (a tiny model of another seed) gets a warning."""
+    from llamafactory_attok.base_model import weights_fingerprint
+    from llamafactory_attok.eval.attribute_classifier import check_adapter_base
+    from llamafactory_attok.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", family="qwen2_vl", seed=0)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "attok_config.json").write_text(json.dumps({"model_type": "qwen2_5_vl",
+                                                           "base_weights": weights_fingerprint(str(base))}))
+    with pytest.raises(AttTokError, match=r"trained on a qwen2_5_vl base model .* is a qwen2_vl: give the base"):
+        check_adapter_base(str(base), adapter)
+    (adapter / "attok_config.json").write_text(json.dumps({"model_type": "qwen2_vl",
+                                                           "base_weights": weights_fingerprint(str(base))}))
+    check_adapter_base(str(base), adapter)
+    assert "warning" not in capsys.readouterr().err
+    other = build_tiny_model(tmp_path / "other", family="qwen2_vl", seed=1)
+    check_adapter_base(str(other), adapter)
+    assert "holds other weights than the base --adapter" in capsys.readouterr().err
+
+
 def test_output_dir_that_is_a_file_is_named(tiny_models, sample_data, tmp_path):
     from conftest import base_args
     from llamafactory.hparams import get_train_args

@@ -92,19 +92,24 @@ def test_a_killed_save_is_skipped_and_the_rerun_ends_like_an_uninterrupted_run(p
 
 def test_a_damaged_weight_file_is_skipped_and_a_stale_temp_file_removed(uninterrupted, tiny_models, sample_data,
                                                                          tmp_path, caplog):
-    """A newest checkpoint with every file present but its weights emptied (a full disk) is skipped by name instead
-    of failing deep in PEFT; the temp file a SIGKILL left during an atomic write is removed at the next start."""
+    """A newest checkpoint with every file present but its weights, configs and vocabulary emptied (a full disk, a
+    crash before the page cache reached the disk) is skipped by name instead of failing deep in PEFT or at the
+    rerun's start; the temp file a SIGKILL left during an atomic write is removed at the next start."""
     out = tmp_path / "out"
     shutil.copytree(uninterrupted, out)
     (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"")
     rng = next((out / "checkpoint-6").glob("rng_state*.pth"))
     rng.write_bytes(rng.read_bytes()[:50])  # not fsynced by transformers, and written before trainer_state.json
+    for name in ("attok_config.json", "adapter_config.json", "attok_vocab.yaml"):  # a crash before they hit the disk
+        (out / "checkpoint-6" / name).write_bytes(b"")
     stale = out / "checkpoint-4" / ".attok_state.safetensors.k6wedq1l"
     stale.write_bytes(b"half")
     caplog.set_level("WARNING")
     run_sft(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, **RUN, overwrite_output_dir=False))
     assert "skipping the checkpoint" in caplog.text and "adapter_model.safetensors is empty" in caplog.text
     assert f"{rng.name} unreadable (BadZipFile)" in caplog.text
+    assert "adapter_config.json unreadable (empty)" in caplog.text
+    assert "attok_config.json unreadable (empty)" in caplog.text and "attok_vocab.yaml unreadable (" in caplog.text
     assert not stale.exists() and "a temp file an interrupted save left behind" in caplog.text
     _same_final_state(uninterrupted, out)
 

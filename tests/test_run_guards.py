@@ -152,6 +152,29 @@ def test_resume_refuses_another_finetuning_type_or_lora_shape(checkpoint, tiny_m
         run_sft(args)
 
 
+def test_resume_on_other_base_weights_of_the_same_architecture_is_refused(checkpoint, tiny_models, sample_data,
+                                                                          tmp_path):
+    """A tiny Qwen2-VL of another seed (same type, same shapes) as the base of a resume would continue the LoRA
+    deltas, rows and books on another model: refused, naming the weights; the same weights in another folder pass."""
+    from llamafactory_attok.base_model import weights_fingerprint
+    from llamafactory_attok.tiny import build_tiny_model
+
+    folder = checkpoint["out"] / "checkpoint-2"
+    saved = json.loads((folder / "attok_config.json").read_text())
+    assert saved["base_weights"] == weights_fingerprint(str(tiny_models["qwen2_vl"])) is not None
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_models["qwen2_vl"], moved)
+    assert weights_fingerprint(str(moved)) == saved["base_weights"]
+    other = build_tiny_model(tmp_path / "other", family="qwen2_vl", seed=1)
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint["out"], run)
+    args = base_args(other, sample_data, run, attok=True, attok_vocab=str(checkpoint["vocab"]), max_steps=3,
+                     save_steps=1, overwrite_output_dir=False, resume_from_checkpoint=str(run / "checkpoint-2"))
+    with pytest.raises(AttTokError, match=r"base model weights [0-9a-f]{32} -> [0-9a-f]{32} \(model_name_or_path "
+                                          r"holds other weights than the run was trained on\)"):
+        run_sft(args)
+
+
 def test_resuming_a_vanilla_checkpoint_with_attok_is_refused(tmp_path):
     vocab = tmp_path / "v.yaml"
     vocab.write_text('"<|fundus_no_dr|>": "no"\n')

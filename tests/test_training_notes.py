@@ -23,3 +23,13 @@ def test_acm_below_ln_k_is_said_to_have_aligned():
 def test_no_acm_logged_gives_no_note_and_one_book_says_why():
     assert acm_chance_note([{"loss": 1.0}], 3) is None
     assert "K = 1 attribute book ACM has no negatives" in acm_chance_note(_history([0.0]), 1)
+
+
+def test_curves_keep_one_point_per_step_after_a_resume():
+    """LF appends to trainer_log.jsonl: a run killed after step 4 and resumed from checkpoint-2 logs steps 3 and 4
+    again; the curves (report, LlamaBoard panel) keep the later entry of each step, in step order."""
+    from llamafactory_attok.trainer_log import latest_per_step
+
+    log = [{"current_steps": s, "loss_ntp": float(s)} for s in (1, 2, 3, 4)] + \
+          [{"current_steps": s, "loss_ntp": 10.0 + s} for s in (3, 4, 5, 6)] + [{"current_steps": 6}]
+    assert latest_per_step(log, "loss_ntp") == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0), (6, 16.0)]

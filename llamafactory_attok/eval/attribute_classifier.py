@@ -134,6 +134,40 @@ def check_model_folders(model_name_or_path: str, adapter: str | None) -> None:
             full = (folder / "config.json").is_file()
             raise AttTokError(f"--adapter {folder} is not a LoRA adapter folder (no adapter_config.json)"
                               + ("; it is a full model: give it to --model and leave --adapter out" if full else ""))
+        check_adapter_base(model_name_or_path, folder)
+
+
+def check_adapter_base(model_name_or_path: str, adapter: Path) -> None:
+    """An AttTok adapter on the base it was trained on: another model type is refused (its weights would not fit,
+    or fit by accident); other weights of the same type (another fine-tune, a re-quantised copy) get a warning —
+    the scores are then of another model than the one trained. Adapters without AttTok's config are not checked."""
+    import json
+    import sys
+
+    from ..base_model import local_model_folder, weights_fingerprint
+    from ..filenames import CONFIG_FILE_NAME
+
+    try:
+        saved = json.loads((adapter / CONFIG_FILE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no AttTok config (a vanilla adapter), or an unreadable one: named when the adapter is loaded
+    if not isinstance(saved, dict):
+        return
+    folder = local_model_folder(model_name_or_path)
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") \
+            if folder is not None else None
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    trained_type = saved.get("model_type")
+    if model_type and trained_type and model_type != trained_type:
+        raise AttTokError(f"--adapter {adapter} was trained on a {trained_type} base model ({CONFIG_FILE_NAME}), but "
+                          f"--model {model_name_or_path} is a {model_type}: give the base model it was trained on")
+    trained_weights, weights = saved.get("base_weights"), weights_fingerprint(model_name_or_path)
+    if trained_weights and weights and trained_weights != weights:
+        print(f"attok: warning: --model {model_name_or_path} holds other weights than the base --adapter {adapter} "
+              "was trained on (another fine-tune or copy of the same architecture): the scores are of that "
+              "combination, not of the trained model", file=sys.stderr)
 
 
 def check_device(device: str) -> None:

@@ -9,6 +9,7 @@ import matplotlib
 
 from ..data.lf_format import read_jsonl
 from ..state import atomic_write_bytes
+from ..trainer_log import latest_per_step
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
@@ -26,14 +27,14 @@ def save_figure(fig, out: str | Path, dpi: int = 100) -> Path:
 
 
 def training_curves(runs: dict[str, Path], out: Path) -> Path:
-    """NTP and ACM loss per step for each run's ``trainer_log.jsonl``."""
+    """NTP and ACM loss per step for each run's ``trainer_log.jsonl`` (:func:`latest_per_step`)."""
     logs = {name: [e for _, e in read_jsonl(Path(folder) / "trainer_log.jsonl") if isinstance(e, dict)]
             for name, folder in runs.items()}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, log in logs.items():
         for axis, key in zip(axes, ("loss_ntp", "loss_acm"), strict=True):
-            steps = [e for e in log if key in e and "current_steps" in e]
-            axis.plot([e["current_steps"] for e in steps], [e[key] for e in steps], label=name)
+            points = latest_per_step(log, key)
+            axis.plot([step for step, _ in points], [value for _, value in points], label=name)
     for axis, title in zip(axes, ("NTP loss", "ACM loss"), strict=True):
         axis.set_title(title)
         axis.set_xlabel("step")
