@@ -125,6 +125,37 @@ def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_
         run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "x.jsonl"))
 
 
+def test_answer_mode_scores_every_class_answer_per_token_by_one_rule(modality_adapter, tiny_models, sample_data,
+                                                                     tmp_path):
+    """--mode answer: each class's answer as the dataset writes it ("<|tok|> name" here) scored by its mean token
+    log-probability — the summed likelihood divided by the answer's token count — so AttTok and vanilla arms are
+    compared by one rule; a label written with two answers is refused."""
+    from llamafactory_attok.eval.attribute_classifier import likelihood_scores, load_model_for_inference, read_samples
+    from llamafactory_attok.eval.predict import class_answers
+
+    dataset = sample_data / "modality_train.json"
+    samples = read_samples(str(dataset))
+    names = list(dict.fromkeys(s.label for s in samples))
+    answers = class_answers(samples, names, str(dataset))
+    assert all(a.startswith("<|") and a.endswith(n) for a, n in zip(answers, names, strict=True))
+    model, _, processor = load_model_for_inference(str(tiny_models["qwen2_vl"]), str(modality_adapter))
+    summed = likelihood_scores(model, processor, samples[:2], answers, show_progress=False)
+    mean = likelihood_scores(model, processor, samples[:2], answers, show_progress=False, per_token=True)
+    counts = summed / mean  # the answer's token count (its tokens and the end of turn), the same on every row
+    assert torch.allclose(counts, counts.round(), atol=1e-3) and (counts[0] == counts[1]).all() and counts.min() >= 2
+    metrics = run_predict(str(tiny_models["qwen2_vl"]), str(dataset), str(tmp_path / "a.jsonl"),
+                          adapter=str(modality_adapter), mode="answer")
+    assert metrics["mode"] == "answer" and metrics["samples"] == 16 and metrics["accuracy"] == 1.0
+    rows = json.loads(dataset.read_text())
+    rows[3]["messages"][1]["content"] = rows[3]["messages"][1]["content"].split(" ", 1)[1]  # the token dropped
+    for row in rows:
+        row["images"] = [str(sample_data / row["images"][0])]
+    (tmp_path / "mixed.json").write_text(json.dumps(rows))
+    with pytest.raises(AttTokError, match=r"samples \d+ and 3 have the label .* but the answers .*--mode answer"):
+        run_predict(str(tiny_models["qwen2_vl"]), str(tmp_path / "mixed.json"), str(tmp_path / "m.jsonl"),
+                    adapter=str(modality_adapter), mode="answer")
+
+
 def test_an_encoding_error_in_a_dataloader_worker_is_raised_as_itself():
     """Not wrapped in torch's "Caught AttTokError in DataLoader worker process 0" text: it names the sample."""
     from llamafactory_attok.eval.attribute_classifier import Sample, encoded_batches

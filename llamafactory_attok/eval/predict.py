@@ -28,6 +28,7 @@ from ..safe_paths import (
 from ..state import find_saved
 from ..vocab import AttributeVocab, load_vocab
 from .attribute_classifier import (
+    Sample,
     calibrate_temperature,
     check_device,
     check_model_folders,
@@ -107,8 +108,8 @@ def _same_bytes(a: str, b: str) -> bool:
 def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, top_k: int, batch_size: int,
                    overwrite: bool = False, device: str | None = None) -> None:
     """Everything that can be refused before a dataset is read or the model loaded."""
-    if mode not in ("attribute", "likelihood"):
-        raise AttTokError(f"unknown mode {mode!r}; choose attribute or likelihood")
+    if mode not in MODES:
+        raise AttTokError(f"unknown mode {mode!r}; choose {', '.join(MODES)}")
     for option, value in (("--top-k", top_k), ("--batch-size", batch_size)):
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
@@ -166,6 +167,22 @@ def _is_row(line: str, cut_ok: bool = False) -> bool:
     except ValueError:  # the line being written when the run was killed: the start of a row
         return cut_ok and line.startswith('{"id": ')
     return isinstance(row, dict) and ROW_KEYS <= row.keys()
+
+
+MODES = ("attribute", "likelihood", "answer")
+
+
+def class_answers(samples: list[Sample], names: list[str], dataset: str) -> list[str]:
+    """Each class's answer as the dataset writes it (``--mode answer``): "<|xray_pneumonia|> pneumonia" in an AttTok
+    dataset, "pneumonia" in a vanilla one. One answer per class, else an error naming two samples that differ."""
+    answer_of: dict[str, tuple[str, int]] = {}
+    for sample in samples:
+        answer = sample.example["_response"][0]["content"]
+        first = answer_of.setdefault(str(sample.label), (answer, sample.index))
+        if first[0] != answer:
+            raise AttTokError(f"{dataset}: samples {first[1]} and {sample.index} have the label {sample.label!r} but "
+                              f"the answers {first[0]!r} and {answer!r}; --mode answer scores one answer per class")
+    return [answer_of[name][0] for name in names]
 
 
 def _metrics(truth: list[int], predicted: list[int]) -> dict[str, float]:
@@ -282,9 +299,10 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
     else:
         labels = [s.label for s in samples if s.label is not None]
         if len(labels) < len(samples):
-            raise AttTokError(f"{dataset}: likelihood scoring needs each sample's `label` (class name)")
+            raise AttTokError(f"{dataset}: {mode} scoring needs each sample's `label` (class name)")
         names = list(dict.fromkeys(labels))
         truth = [names.index(label) for label in labels]
+        answers = class_answers(samples, names, dataset) if mode == "answer" else names
     model, _, processor = load_model_for_inference(model_path, adapter, template)
     kwargs: _ScoringOptions = {"device": device, "template": template, "default_system": default_system}
     temperature = 1.0
@@ -309,8 +327,8 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
             retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
             retrieved += retrieval
         else:
-            probs = torch.softmax(likelihood_scores(model, processor, chunk, names, show_progress=False, **kwargs),
-                                  dim=-1)
+            probs = torch.softmax(likelihood_scores(model, processor, chunk, answers, show_progress=False,
+                                                    per_token=mode == "answer", **kwargs), dim=-1)
             retrieval = None
         predicted += probs.argmax(-1).tolist()
         writer.write(_rows(chunk, probs, chunk_truth, names, top_k, retrieval))
