@@ -119,14 +119,17 @@ def test_arms_get_the_same_recipe_apart_from_what_they_add(tmp_path, monkeypatch
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 3}}))
     ds = Dataset(name="p", data=tmp_path, vocab=tmp_path / "v.yaml", classes=["a", "b"], keyword_class={})
-    for arm in ("vanilla", "class_rows", "attok"):
+    for arm in ("vanilla", "class_rows", "matched", "attok"):
         job = {"model": str(model), "data_dir": str(tmp_path), "datasets": ds.datasets(arm), "attok": ARMS[arm],
-               "vocab": "v.yaml", "control_rows": [5, 6] if arm == "class_rows" else None, "seed": 2, "batch": 32,
-               "lr": 5e-4, "epochs": 3}
+               "vocab": "v.yaml", "control_rows": [5, 6] if arm in ("class_rows", "matched") else None,
+               "matched": arm == "matched", "gamma": 0.1, "seed": 2, "batch": 32, "lr": 5e-4, "epochs": 3}
         science_run.train(job, tmp_path / arm)
-    (vanilla, _), (rows, callbacks), (attok, _) = (seen[str(tmp_path / a)] for a in ("vanilla", "class_rows", "attok"))
+    (vanilla, _), (rows, callbacks), (matched, matched_callbacks), (attok, _) = (
+        seen[str(tmp_path / a)] for a in ("vanilla", "class_rows", "matched", "attok"))
     assert {k for k in vanilla.keys() | rows.keys() if vanilla.get(k) != rows.get(k)} == {"output_dir"}
-    assert callbacks[0].token_ids == [5, 6]
+    assert {k for k in vanilla.keys() | matched.keys() if vanilla.get(k) != matched.get(k)} == {"output_dir"}
+    assert callbacks[0].token_ids == [5, 6] and type(callbacks[0]).__name__ == "ClassRowsCallback"
+    assert type(matched_callbacks[0]).__name__ == "MatchedControlCallback" and matched_callbacks[0].token_ids == [5, 6]
     differ = {k for k in vanilla.keys() | attok.keys() if vanilla.get(k) != attok.get(k)} - {"output_dir"}
     assert differ == {"dataset", "attok", "attok_vocab", "attok_acc", "attok_acm"}
     assert (vanilla["dataset"], attok["dataset"]) == ("p_vanilla_train", "p_attok_train")
@@ -306,3 +309,46 @@ def test_hierarchical_interval_and_minimum_detectable_effect_against_hand_values
     expected = (student.ppf(0.975, 2) + student.ppf(0.8, 2)) * 0.01 / 3 ** 0.5
     assert minimum_detectable_effect(deltas) == pytest.approx(expected)
     assert minimum_detectable_effect([0.02, 0.02]) is None and minimum_detectable_effect([0.1]) is None
+
+
+def test_matched_control_has_attoks_forward_capacity_without_its_semantics(tiny_models, tmp_path):
+    """The capacity-matched control on a real tiny model: K class-name rows plus ACC (4·d² elements) over K free
+    vectors (K·d) — exactly the elements of AttTok's ACC and keyword entries (θ's d² + d enter no forward pass and
+    are reported apart); Eq. 7 by hand on the free vectors; saved, taken off before LF saves, and attached again
+    for scoring with the same outputs."""
+    from transformers import AutoModelForImageTextToText
+
+    from bench.science.control import STATE_FILE, MatchedControlCallback, load_control, trainable_elements
+    from llamafactory_attok.acc import ACCAdapter
+    from llamafactory_attok.acm import ACMProjection
+    from llamafactory_attok.books import AttributeBooks
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"])
+    for name, param in model.named_parameters():
+        param.requires_grad_(".layers." in name and "visual" not in name)
+    layers = {n for n, p in model.named_parameters() if p.requires_grad}
+    callback = MatchedControlCallback([5, 9], gamma=0.1, seed=3)
+    callback.on_init_end(None, None, None, model=model)
+    control = callback.control
+    dim, k = model.get_input_embeddings().weight.shape[1], 2
+    attok_forward = sum(p.numel() for p in ACCAdapter(dim, 0.1).parameters()) + sum(
+        p.numel() for p in AttributeBooks(torch.zeros(k, dim), 0.99).parameters())
+    assert trainable_elements(control) == attok_forward == 4 * dim * dim + k * dim
+    assert sum(p.numel() for p in ACMProjection(dim).parameters()) == dim * dim + dim  # θ: not matched, reported
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    added = {n for n in trainable - layers if "matched_control" in n}
+    assert layers < trainable and len(trainable - layers - added) == 2  # and the two row deltas
+    assert added == {f"matched_control.acc.attok_{x}.weight" for x in "qkvo"} | {"matched_control.entries"}
+    features = torch.randn(6, dim)
+    entries = control.entries[:, 0]
+    acc = control.acc
+    weights = torch.softmax(acc.attok_q(features) @ acc.attok_k(entries).T / dim ** 0.5, dim=-1)
+    expected = features + 0.1 * acc.attok_o(weights @ acc.attok_v(entries))
+    torch.testing.assert_close(control(features), expected, atol=1e-5, rtol=1e-5)
+    args = type("Args", (), {"output_dir": str(tmp_path / "model")})()
+    callback.on_train_end(args, None, None)
+    assert not hasattr(model, "matched_control") and (tmp_path / "model" / STATE_FILE).is_file()
+    assert not any("matched_control" in n for n, _ in model.named_parameters())
+    reloaded = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"])
+    load_control(reloaded, tmp_path / "model")
+    torch.testing.assert_close(reloaded.matched_control(features), expected, atol=1e-5, rtol=1e-5)

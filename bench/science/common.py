@@ -16,9 +16,11 @@ BIN = Path(sys.executable).parent
 RECIPES = {"pneumonia": {"lr": 5e-4, "epochs": 3}, "breast": {"lr": 5e-4, "epochs": 3},
            "retina": {"lr": 5e-4, "epochs": 10}}
 BATCH, IMAGE_SIZE = 32, 112
-ARMS: dict[str, dict | None] = {"vanilla": None, "class_rows": None, "tokens": COMPONENTS["tokens"],
+ARMS: dict[str, dict | None] = {"vanilla": None, "class_rows": None, "matched": None, "tokens": COMPONENTS["tokens"],
                                 "+ACC": COMPONENTS["+ACC"], "+ACM": COMPONENTS["+ACM"], "attok": COMPONENTS["+both"]}
-MAIN_ARMS, ABLATION_ARMS = ("vanilla", "class_rows", "attok"), ("tokens", "+ACC", "+ACM")
+MAIN_ARMS, ABLATION_ARMS = ("vanilla", "class_rows", "matched", "attok"), ("tokens", "+ACC", "+ACM")
+ROW_ARMS = ("class_rows", "matched")  # the arms with K trainable class-name rows (bench.science.datasets.control_rows)
+ACC_GAMMA = 0.1  # AttTok's γ (attok_acc_gamma's default), also the matched control's
 PARTS = ("main", "ablation", "repro")
 SPLITS = ("train", "val", "test")
 FOCUS = "pneumonia"

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from bench.science.common import ARMS, BATCH, BIN, info_entry, run_process, write_json
+from bench.science.common import ACC_GAMMA, ARMS, BATCH, BIN, ROW_ARMS, info_entry, run_process, write_json
 from bench.science.datasets import Dataset, control_rows, warm_rows
 
 
@@ -183,12 +183,13 @@ class Experiment:
         shutil.rmtree(run, ignore_errors=True)  # the leftover of an interrupted run
         run.mkdir(parents=True)
         rows = None
-        if arm == "class_rows":
+        if arm in ROW_ARMS:
             from transformers import AutoTokenizer
 
             rows = control_rows(AutoTokenizer.from_pretrained(model), ds.classes)
         job = {"model": str(model), "data_dir": str(ds.data), "datasets": ds.datasets(arm), "attok": ARMS[arm],
-               "vocab": str(ds.vocab), "control_rows": rows, "seed": seed, "batch": BATCH, **ds.recipe,
+               "vocab": str(ds.vocab), "control_rows": rows, "matched": arm == "matched", "gamma": ACC_GAMMA,
+               "seed": seed, "batch": BATCH, **ds.recipe,
                "out": str(run), "splits": ["test", "val"] if arm == "vanilla" else ["test"], "generate": True,
                "classes": ds.classes, "keyword_class": ds.keyword_class, "truth": ds.truth}
         write_json(run.parent / f"{run.name}.job.json", job)

@@ -41,6 +41,11 @@ def changed_elements(warm: Path, run: Path) -> dict[str, list[int]]:
             group = "vision tower + merger" if key.startswith(("visual", "model.visual")) else \
                 "LLM final norm" if key.endswith("model.norm.weight") else "LLM layers"
             add(group, int((new != old).sum()), old.numel())
+    control = run / "matched_control.safetensors"  # bench.science.control.STATE_FILE
+    if control.is_file():
+        with safe_open(str(control), "pt") as saved:
+            for key in saved.keys():
+                add("matched control (ACC over K free vectors)", -1, saved.get_tensor(key).numel())
     state = run / "attok_state.safetensors"
     if state.is_file():
         with safe_open(str(state), "pt") as attok:

@@ -87,32 +87,66 @@ def train(job: dict, out: Path) -> float:
             "logging_steps": 5, "save_strategy": "no"}
     if attok is not None:
         args.update({"attok": True, "attok_vocab": job["vocab"], **attok})
-    callbacks = [ClassRowsCallback(job["control_rows"])] if job.get("control_rows") else None
+    callbacks: list[TrainerCallback] | None = None
+    if job.get("matched"):
+        from bench.science.control import MatchedControlCallback
+
+        callbacks = [MatchedControlCallback(job["control_rows"], job["gamma"], job["seed"])]
+    elif job.get("control_rows"):
+        callbacks = [ClassRowsCallback(job["control_rows"])]
     start = time.time()
     run_exp(args, callbacks=callbacks)
     return time.time() - start
 
 
-def one_forward(job: dict, run: Path, split: str) -> dict:
-    """`attok predict`'s scorer: per-image predicted class index (in ``job['classes']`` order) and accuracy."""
-    from llamafactory_attok.data.lf_format import read_jsonl
-    from llamafactory_attok.eval.predict import run_predict
+def one_forward(job: dict, run: Path, split: str, mode: str = "answer") -> dict:
+    """`attok predict`'s scorer: per-image predicted class index (in ``job['classes']`` order) and accuracy.
 
-    out = run / f"one_forward_{split}.jsonl"
-    metrics = run_predict(str(run / "model"), str(Path(job["data_dir"]) / f"{job['datasets'][split]}.json"), str(out),
-                          mode="likelihood" if job["attok"] is None else "attribute", batch_size=32,
-                          overwrite=True)
+    ``answer`` (every arm, the primary one-forward rule): each class's answer as the arm's dataset writes it, scored
+    by its mean token log-probability; ``attribute`` (AttTok arms, secondary): the attribute token's probability."""
+    from llamafactory_attok.data.lf_format import read_jsonl
+    from llamafactory_attok.eval import predict
+
+    out = run / f"one_forward_{mode}_{split}.jsonl"
+    load = predict.load_model_for_inference
+    if job.get("matched"):  # the control's adapter is not part of the saved model: attached to the loaded one
+        from bench.science.control import load_control
+
+        def load_with_control(*args, **kwargs):
+            model, tokenizer, processor = load(*args, **kwargs)
+            load_control(model, run / "model")
+            return model, tokenizer, processor
+
+        predict.load_model_for_inference = load_with_control
+    try:
+        dataset = Path(job["data_dir"]) / f"{job['datasets'][split]}.json"
+        metrics = predict.run_predict(str(run / "model"), str(dataset), str(out), mode=mode, batch_size=32,
+                                      overwrite=True)
+    finally:
+        predict.load_model_for_inference = load
     if metrics["skipped"]:
         raise RuntimeError(f"{job['datasets'][split]}: {metrics['skipped']} samples skipped")
     rows = [row for _, row in read_jsonl(out)]
-    if job["attok"] is None:  # likelihood mode names the class by its label
+    if mode == "answer":  # answer mode names the class by its label
         predicted = [job["classes"].index(row["prediction"]) for row in rows]
     else:  # attribute mode names it by its token's keyword
         predicted = [job["keyword_class"][row["prediction"]] for row in rows]
-    result = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "predicted": predicted}
+    result = {"rule": mode, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "predicted": predicted}
     if "retrieval_accuracy" in metrics:
         result["retrieval_accuracy"] = metrics["retrieval_accuracy"]
     return result
+
+
+class AttachControlCallback(TrainerCallback):
+    """Generation of the ``matched`` arm: its trained control adapter attached to the model LF loaded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        from bench.science.control import load_control
+
+        load_control(model, self.folder)
 
 
 def generative(job: dict, run: Path) -> dict:
@@ -127,7 +161,7 @@ def generative(job: dict, run: Path) -> dict:
             "predict_with_generate": True, "finetuning_type": "full", "eval_dataset": job["datasets"]["test"],
             "max_new_tokens": 16, "do_sample": False, "per_device_eval_batch_size": 32, "skip_special_tokens": False,
             "attok_training_positions": True}  # both arms decode with the training positions
-    run_exp(args)
+    run_exp(args, callbacks=[AttachControlCallback(run / "model")] if job.get("matched") else None)
     names = [[c] for c in job["classes"]]
     parsed = [parse_class(p["predict"], names) for p in read_predictions(out / "generated_predictions.jsonl")]
     predicted = [-1 if p is None else p for p in parsed]
@@ -149,6 +183,8 @@ def main(job_path: str) -> None:
     result = {"train_seconds": round(seconds, 1), "one_forward": {}, "changed": changed}
     for split in job["splits"]:
         result["one_forward"][split] = one_forward(job, run, split)
+    if job["attok"] is not None:  # secondary: AttTok's own one-forward rule, the attribute token
+        result["one_forward_token"] = {"test": one_forward(job, run, "test", "attribute")}
     if job["generate"]:
         result["generative"] = {"test": generative(job, run)}
     tmp = run / "run.json.partial"
