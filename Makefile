@@ -57,8 +57,8 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run_all
 
-bench-science: setup  # BENCHMARKS.md §4 (science v2, ~45 min): AttTok vs vanilla vs a control, 3 replicates x 2 seeds (not in make test / CI)
-	$(PY) -m bench.science run --out bench_results/science_v2
+bench-science: setup  # BENCHMARKS.md §4 (science v3, goal <= 60 min): AttTok vs vanilla vs two controls, 8 replicates (not in make test / CI)
+	$(PY) -m bench.science run --out bench_results/science_v3
 
 clean:
 	rm -rf $(VENV) .venv-compat .venv-lf-src outputs .pytest_cache

@@ -275,7 +275,7 @@ def _add_eval_commands(sub) -> None:
                       help="calibrate a temperature on this split (not given: temperature 1)")
     pred.add_argument("--mode", choices=["attribute", "likelihood", "answer"], default="attribute",
                       help="attribute: attribute-token probabilities; likelihood: class-name likelihood (vanilla); "
-                           "answer: per-token likelihood of each class's answer as the dataset writes it — one "
+                           "answer: the likelihood of each class's whole answer as the dataset writes it — one "
                            "rule for AttTok and vanilla models alike")
     pred.add_argument("--top-k", type=positive_int, default=3, help="classes listed per sample")
     pred.add_argument("--device", default="cpu", help="torch device, e.g. cuda")

@@ -158,7 +158,7 @@ def test_report_pairs_runs_keeps_unfavourable_signs_and_applies_inclusion():
     text = report(results)
     assert "| d | 0.700 | 0.600 | +0.100 | yes |" in text
     # one forward: +1 image of 6 in both replicates; generative: -1 image of 6
-    assert "| attok − vanilla | one forward | 2 | +0.1667 |" in text
+    assert "| attok − vanilla | one forward (answer rule) | 2 | +0.1667 |" in text
     assert "| attok − vanilla | generative | 2 | -0.1667 |" in text
     assert "- d, generative: attok − vanilla = -0.1667" in text
     results["runs"][0]["one_forward"]["val"]["accuracy"] = results["runs"][2]["one_forward"]["val"]["accuracy"] = 0.62
@@ -196,6 +196,26 @@ def test_report_shows_balanced_metrics_reference_rows_and_flags_one_class_answer
     assert "| chance (uniform guess, expected) | — | 0.500 | 0.500 | — |" in text
 
 
+def test_v3_report_states_the_primary_endpoint_first_and_in_the_headline():
+    """Version-3 results: the protocol's primary endpoint (generative balanced accuracy, attok − matched) is stated
+    at the top, computed per included dataset and repeated in the headline; the accuracy comparisons are labelled
+    secondary."""
+    truth = [1, 1, 1, 1, 0, 0]
+    results = {"version": 3, "datasets": {"d": {"classes": ["a", "b"], "truth": {"test": truth},
+                                                "val_labels": ["a"] * 6 + ["b"] * 4}},
+               "towers": [], "warm": [], "repro": [], "runs": []}
+    for replicate in (1, 2, 3):
+        results["runs"] += [_run("vanilla", replicate, 1, [1] * 6, [1] * 6, val=0.7),
+                            _run("matched", replicate, 1, [1] * 6, [1, 1, 1, 1, 1, 1]),
+                            _run("attok", replicate, 1, [1] * 6, [1, 1, 1, 1, 0, 1 if replicate > 1 else 0])]
+    text = report(results)
+    assert text.startswith("# Science v3") and "**Primary endpoint** (fixed in the protocol" in text
+    # matched: all class 1 -> balanced 0.5; attok: one class-0 image right (0.75) or both (1.0)
+    line = "- **d, primary endpoint** — generative balanced accuracy, attok − matched: +0.3333 over 3 run pairs"
+    assert text.count(line) == 2 and "Δ per replicate +0.5000, +0.2500, +0.2500" in text
+    assert "Secondary comparisons (Δ accuracy):" in text and "| attok − matched | generative | 3 |" in text
+
+
 def test_out_folder_rules(tmp_path):
     """--out: new, empty or an earlier output (resumed); a foreign folder, the dataset's folder or one around it is
     refused; --overwrite removes only an earlier output."""
@@ -216,7 +236,7 @@ def test_out_folder_rules(tmp_path):
         check_out(tmp_path, False, foreign)
     earlier = tmp_path / "earlier"
     earlier.mkdir()
-    (earlier / "results.json").write_text(json.dumps({"version": 2}))
+    (earlier / "results.json").write_text(json.dumps({"version": 3}))
     check_out(earlier, False, None)
     exp = Experiment(earlier)
     exp.results["datasets"]["d"] = {"sha256": "abc", "recipe": {"lr": 5e-4, "epochs": 3}}
@@ -352,3 +372,23 @@ def test_matched_control_has_attoks_forward_capacity_without_its_semantics(tiny_
     reloaded = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"])
     load_control(reloaded, tmp_path / "model")
     torch.testing.assert_close(reloaded.matched_control(features), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_balanced_comparison_against_hand_values():
+    """Δ balanced accuracy per run pair and replicate by hand; a bootstrap weight counts an image that many times
+    (a class without a drawn image leaves the mean); the hierarchical interval lies within what the runs allow."""
+    import numpy as np
+
+    from bench.science.stats import balanced_accuracies, balanced_comparison
+
+    truth = [0, 0, 1, 1]
+    arms = [[0, 0, 1, 0], [0, 0, 1, 1]]  # balanced accuracy (1 + 0.5) / 2 = 0.75, then 1.0
+    bases = [[0, 0, 0, 0], [-1, 0, 0, 0]]  # 0.5, then (0.5 + 0) / 2 = 0.25 (unparseable is wrong)
+    got = balanced_accuracies(np.array(arms), np.array(truth), 2)
+    assert got.tolist() == [0.75, 1.0]
+    assert balanced_accuracies(np.array(arms[:1]), np.array(truth), 2, np.array([2.0, 0, 1, 1])).tolist() == [0.75]
+    assert balanced_accuracies(np.array(arms[:1]), np.array(truth), 2, np.array([0.0, 0, 1, 1])).tolist() == [0.5]
+    result = balanced_comparison(arms, bases, truth, 2, [1, 2], draws=500)
+    assert result["replicate_deltas"] == [0.25, 0.75] and result["mean"] == 0.5
+    low, high = result["hierarchical"]
+    assert -1 <= low <= 0.5 <= high <= 1 and result["replicate_test"]["n"] == 2 and result["mde"] is not None

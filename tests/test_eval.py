@@ -125,11 +125,11 @@ def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_
         run_predict(str(tiny_models["qwen2_vl"]), dataset, str(tmp_path / "x.jsonl"))
 
 
-def test_answer_mode_scores_every_class_answer_per_token_by_one_rule(modality_adapter, tiny_models, sample_data,
-                                                                     tmp_path):
-    """--mode answer: each class's answer as the dataset writes it ("<|tok|> name" here) scored by its mean token
-    log-probability — the summed likelihood divided by the answer's token count — so AttTok and vanilla arms are
-    compared by one rule; a label written with two answers is refused."""
+def test_answer_mode_scores_every_class_answer_whole_by_one_rule(modality_adapter, tiny_models, sample_data,
+                                                                 tmp_path):
+    """--mode answer: each class's answer as the dataset writes it ("<|tok|> name" here) scored by the probability
+    of the whole answer — the attribute token's log-probability plus the name's after it — so AttTok and vanilla
+    arms are compared by one rule; a label written with two answers is refused."""
     from llamafactory_attok.eval.attribute_classifier import likelihood_scores, load_model_for_inference, read_samples
     from llamafactory_attok.eval.predict import class_answers
 
@@ -139,13 +139,16 @@ def test_answer_mode_scores_every_class_answer_per_token_by_one_rule(modality_ad
     answers = class_answers(samples, names, str(dataset))
     assert all(a.startswith("<|") and a.endswith(n) for a, n in zip(answers, names, strict=True))
     model, _, processor = load_model_for_inference(str(tiny_models["qwen2_vl"]), str(modality_adapter))
-    summed = likelihood_scores(model, processor, samples[:2], answers, show_progress=False)
-    mean = likelihood_scores(model, processor, samples[:2], answers, show_progress=False, per_token=True)
-    counts = summed / mean  # the answer's token count (its tokens and the end of turn), the same on every row
-    assert torch.allclose(counts, counts.round(), atol=1e-3) and (counts[0] == counts[1]).all() and counts.min() >= 2
+    whole = likelihood_scores(model, processor, samples[:4], answers, show_progress=False)
+    assert whole.shape == (4, len(names)) and (whole < 0).all()
     metrics = run_predict(str(tiny_models["qwen2_vl"]), str(dataset), str(tmp_path / "a.jsonl"),
                           adapter=str(modality_adapter), mode="answer")
-    assert metrics["mode"] == "answer" and metrics["samples"] == 16 and metrics["accuracy"] == 1.0
+    assert metrics["mode"] == "answer" and metrics["samples"] == 16
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [names.index(r["prediction"]) for r in rows[:4]] == whole.argmax(-1).tolist()
+    expected = torch.softmax(whole, dim=-1)
+    for row, probs in zip(rows[:4], expected, strict=True):
+        assert [row["probabilities"][n] for n in names] == pytest.approx(probs.tolist(), abs=1e-5)
     rows = json.loads(dataset.read_text())
     rows[3]["messages"][1]["content"] = rows[3]["messages"][1]["content"].split(" ", 1)[1]  # the token dropped
     for row in rows:

@@ -10,10 +10,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.science import __doc__ as DESIGN
-from bench.science.common import ABLATION_ARMS, COST, FOCUS, MAIN_ARMS, PARTS, RECIPES
+from bench.science.common import (
+    ABLATION_ARMS,
+    COST,
+    DEFAULT_OUT,
+    FOCUS,
+    MAIN_ARMS,
+    PARTS,
+    RECIPES,
+    V3_DATASETS,
+    VERSION,
+)
 from bench.science.datasets import Dataset, build_medmnist, fingerprint, read_dataset, write_dataset
 from bench.science.experiment import Experiment
 from bench.science.medmnist import CLASS_MAPS
+from bench.science.report import PRIMARY_TEXT
 from bench.science.stats import INCLUSION_MARGIN, INCLUSION_RULE
 
 
@@ -28,14 +39,14 @@ def check_out(out: Path, overwrite: bool, data_dir: Path | None) -> None:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     results = out / "results.json"
-    ours = out.is_dir() and results.is_file() and json.loads(results.read_text()).get("version") == 2
+    ours = out.is_dir() and results.is_file() and json.loads(results.read_text()).get("version") == VERSION
     if overwrite:
         if not ours:
             raise SystemExit(f"--out {out}: --overwrite removes only an earlier output of this command "
-                             "(a folder with a version-2 results.json); choose a new --out")
+                             f"(a folder with a version-{VERSION} results.json); choose a new --out")
         shutil.rmtree(out)
     elif not ours:
-        raise SystemExit(f"--out {out}: exists and is not an output of `bench.science run` (no version-2 "
+        raise SystemExit(f"--out {out}: exists and is not an output of `bench.science run` (no version-{VERSION} "
                          "results.json); choose a new or empty folder")
 
 
@@ -61,7 +72,8 @@ def run_experiment(ns: argparse.Namespace) -> None:
                    for name in names}
         focus = ns.focus
     with exp.lock:
-        exp.results.setdefault("protocol", {"inclusion_rule": INCLUSION_RULE, "inclusion_margin": INCLUSION_MARGIN})
+        exp.results.setdefault("protocol", {"inclusion_rule": INCLUSION_RULE, "inclusion_margin": INCLUSION_MARGIN,
+                                            "primary_endpoint": PRIMARY_TEXT})
     datasets = []
     for name, read in imported.items():
         digest = fingerprint(read)
@@ -133,18 +145,20 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     go = sub.add_parser("run", help="the experiment")
-    go.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    go.add_argument("--parts", nargs="+", choices=PARTS, default=["main"],
+                    help="main (default), ablation (tokens, +ACC, +ACM on --focus), repro (a run trained again)")
     go.add_argument("--datasets", nargs="+", choices=list(CLASS_MAPS),
-                    help=f"MedMNIST datasets of the main part (default: {' '.join(CLASS_MAPS)})")
+                    help=f"MedMNIST datasets of the main part (default: {' '.join(V3_DATASETS)})")
     go.add_argument("--focus", help=f"dataset of the ablation and the reproducibility check (default: {FOCUS})")
     go.add_argument("--data-dir", help="a dataset built by `attok data classify` (instead of the MedMNIST ones)")
     go.add_argument("--name", help="its --name (with --data-dir)")
     go.add_argument("--lr", type=float, help="learning rate (default: RECIPES, or 5e-4 with --data-dir)")
     go.add_argument("--epochs", type=int, help="epochs (default: RECIPES, or 3 with --data-dir)")
-    go.add_argument("--replicates", type=int, nargs="+", default=[1, 2, 3])
-    go.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    go.add_argument("--replicates", type=int, nargs="+", default=list(range(1, 9)),
+                    help="independent replicates (own base model, tower, warm start; default 1–8)")
+    go.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds per replicate (default 1)")
     go.add_argument("--ablation-seeds", type=int, nargs="+", help="seeds of the ablation (default: --seeds)")
-    go.add_argument("--out", help="results folder (default: bench_results/science_v2; required with --data-dir)")
+    go.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}; required with --data-dir)")
     go.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each (default: 2)")
     go.add_argument("--overwrite", action="store_true", help="remove an earlier output in --out first")
     ns = parser.parse_args(argv)
@@ -156,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--replicates must be ≥ 1 and --seeds ≥ 0")
     if ns.data_dir and (ns.datasets is not None or ns.focus is not None):
         parser.error("--datasets / --focus choose MedMNIST datasets; with --data-dir the dataset is --name")
-    ns.datasets = ns.datasets or list(CLASS_MAPS)
+    ns.datasets = ns.datasets or list(V3_DATASETS)
     for option in ("seeds", "datasets", "parts", "replicates", "ablation_seeds"):
         values = getattr(ns, option)
         if len(set(values)) != len(values):
@@ -165,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--data-dir and --name go together")
     if ns.data_dir and ns.out is None:
         parser.error("--data-dir needs its own --out (the default one holds the MedMNIST experiment)")
-    ns.out = ns.out or "bench_results/science_v2"
+    ns.out = ns.out or DEFAULT_OUT
     if ns.data_dir:
         ns.focus = ns.name
     else:

@@ -12,7 +12,17 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from bench.science.common import ACC_GAMMA, ARMS, BATCH, BIN, ROW_ARMS, info_entry, run_process, write_json
+from bench.science.common import (
+    ACC_GAMMA,
+    ARMS,
+    BATCH,
+    BIN,
+    ROW_ARMS,
+    VERSION,
+    info_entry,
+    run_process,
+    write_json,
+)
 from bench.science.datasets import Dataset, control_rows, warm_rows
 
 
@@ -23,7 +33,7 @@ class Experiment:
         self.out = out.resolve()
         self.data = self.out / "data"
         self.path = self.out / "results.json"
-        empty = {"version": 2, "datasets": {}, "towers": [], "warm": [], "runs": [], "repro": []}
+        empty = {"version": VERSION, "datasets": {}, "towers": [], "warm": [], "runs": [], "repro": []}
         self.results: dict = {**empty, **(json.loads(self.path.read_text()) if self.path.is_file() else {})}
         self.lock = threading.Lock()
         self.datasets: dict[str, Dataset] = {}

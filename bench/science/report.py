@@ -16,6 +16,7 @@ import numpy as np
 from bench.science.stats import (
     INCLUSION_MARGIN,
     INCLUSION_RULE,
+    balanced_comparison,
     bootstrap_interval,
     hierarchical_interval,
     included,
@@ -24,11 +25,17 @@ from bench.science.stats import (
     replicate_test,
 )
 
-COMPARISONS = (("attok", "vanilla"), ("attok", "class_rows"), ("class_rows", "vanilla"), ("tokens", "vanilla"),
-               ("+ACC", "vanilla"), ("+ACM", "vanilla"), ("attok", "tokens"))
-SCORERS = (("one_forward", "one forward"), ("generative", "generative"))
+PRIMARY = ("attok", "matched", "generative")  # the primary endpoint: Δ generative balanced accuracy, attok − matched
+PRIMARY_TEXT = ("**Primary endpoint** (fixed in the protocol before any v3 run): generative balanced accuracy, "
+                "attok − matched (the capacity-matched control), on the datasets that pass the inclusion rule; its "
+                "interval resamples replicates, then images. Everything else is secondary.")
+COMPARISONS = (("attok", "matched"), ("attok", "vanilla"), ("attok", "class_rows"), ("matched", "class_rows"),
+               ("class_rows", "vanilla"), ("tokens", "class_rows"), ("tokens", "vanilla"), ("+ACC", "vanilla"),
+               ("+ACM", "vanilla"), ("attok", "tokens"))
+SCORERS = (("generative", "generative"), ("one_forward", "one forward (answer rule)"))
 ONE_CLASS_SHARE = 0.9  # an arm answering one class for this share of the test images is flagged
-COMPARISON_ORDER = ("vanilla", "class_rows", "tokens", "+ACC", "+ACM", "attok")  # arm rows of a dataset's table
+# the arm rows of a dataset's table, in this order
+COMPARISON_ORDER = ("vanilla", "class_rows", "matched", "tokens", "+ACC", "+ACM", "attok")
 
 
 def _ms(values: list[float]) -> str:
@@ -154,7 +161,7 @@ def _changed(runs: list[dict]) -> str:
         return (layers[0], layers[1],
                 sum(v[0] for k, v in groups.items() if k.endswith("warm-model rows") and v[0] > 0),
                 sum(v[1] for k, v in groups.items() if "attribute rows" in k),
-                sum(v[1] for k, v in groups.items() if k.startswith("AttTok modules")),
+                sum(v[1] for k, v in groups.items() if k.startswith(("AttTok modules", "matched control"))),
                 groups.get("vision tower + merger", [0, 0])[0])
 
     columns = list(zip(*(per_run(r) for r in runs), strict=True))
@@ -162,11 +169,42 @@ def _changed(runs: list[dict]) -> str:
             f"{_span(list(columns[4]))} | {_span(list(columns[5]))}")
 
 
+def primary(results: dict, dataset: str) -> dict | None:
+    """The primary endpoint on ``dataset`` (:data:`PRIMARY`): :func:`~bench.science.stats.balanced_comparison`."""
+    arm, base, scorer = PRIMARY
+    by_key = {(r["replicate"], r["seed"]): r for r in runs_of(results, dataset, base)}
+    pairs = [(r, by_key[(r["replicate"], r["seed"])]) for r in runs_of(results, dataset, arm)
+             if (r["replicate"], r["seed"]) in by_key]
+    if not pairs:
+        return None
+    info = results["datasets"][dataset]
+    return balanced_comparison([r[scorer]["test"]["predicted"] for r, _ in pairs],
+                               [b[scorer]["test"]["predicted"] for _, b in pairs], info["truth"]["test"],
+                               len(info["classes"]), [r["replicate"] for r, _ in pairs])
+
+
+def _primary_line(dataset: str, result: dict) -> str:
+    low, high = result["hierarchical"]
+    return (f"- **{dataset}, primary endpoint** — generative balanced accuracy, attok − matched: "
+            f"{result['mean']:+.4f} over {result['pairs']} run pairs; 95 % interval over replicates then images "
+            f"[{low:+.4f}, {high:+.4f}]; over replicates {_replicates(result['replicate_test'])}; minimum "
+            f"detectable Δ (80 % power) {_mde(result['mde'])}; Δ per replicate "
+            f"{', '.join(f'{d:+.4f}' for d in result['replicate_deltas'])}")
+
+
 def report(results: dict) -> str:
     rule = results.get("protocol", {}).get("inclusion_rule", INCLUSION_RULE)
-    lines = ["# Science v2 (`python -m bench.science run`)", "",
-             f"Inclusion rule, fixed before any v2 test number was read (v1 had already shown BreastMNIST stuck at "
-             f"the majority with the same recipes, so the rule was not blind to the datasets): {rule}.", ""]
+    version = results.get("version", 2)
+    lines = [f"# Science v{version} (`python -m bench.science run`)", ""]
+    if version >= 3:
+        lines += [PRIMARY_TEXT, "", f"Inclusion rule (the v2 rule, from val only; the v3 datasets are those v2 "
+                  f"included): {rule}.", "", "Decision rules, the same for every arm: generative — greedy decoding "
+                  "with the training positions, parsed by `attok eval classify`'s rules (unparseable = wrong); one "
+                  "forward — `attok predict --mode answer`: the probability of each class's whole answer as the arm's "
+                  "dataset writes it (AttTok: attribute token and name; the others: the name).", ""]
+    else:
+        lines += [f"Inclusion rule, fixed before any v2 test number was read (v1 had already shown BreastMNIST stuck "
+                  f"at the majority with the same recipes, so the rule was not blind to the datasets): {rule}.", ""]
     datasets = list(results["datasets"])
     if results.get("towers"):
         lines += ["## The vision tower (label-free SimCLR pretraining of tower + merger, training images only)", "",
@@ -234,7 +272,11 @@ def report(results: dict) -> str:
             lines += ["", f"**Excluded: {why}.** No comparison is tested on this dataset (no p-values, no "
                       "intervals): an arm cannot be said to beat a baseline that has not learned the task.", ""]
             continue
-        lines += ["", "| comparison | scorer | pairs | mean Δ | 95 % CI over replicates, then images | minimum "
+        if version >= 3 and (found := primary(results, dataset)) is not None:
+            lines += ["", _primary_line(dataset, found)]
+            headline.append((dataset, "primary", "", "", found))
+        lines += ["", "Secondary comparisons (Δ accuracy):", "",
+                  "| comparison | scorer | pairs | mean Δ | 95 % CI over replicates, then images | minimum "
                   "detectable Δ (80 % power) | 95 % bootstrap CI (images; runs fixed) | Δ per replicate | t-test over "
                   "replicates: p, 95 % CI (runs random) | McNemar p < 0.05 (arm better / worse) | images only arm "
                   "right / only baseline right |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -255,12 +297,16 @@ def report(results: dict) -> str:
                     f"{', '.join(f'{d:+.4f}' for d in result['replicate_deltas'])} | "
                     f"n={rt['n']}, {_replicates(rt)} | {better} / {worse} of {len(tests)} | "
                     f"{sum(t['b'] for t in tests)} / {sum(t['c'] for t in tests)} |")
-                if status and status["included"] and (arm, base) in (("attok", "vanilla"), ("attok", "class_rows")):
+                if status and status["included"] and (arm, base) in (("attok", "vanilla"), ("attok", "class_rows"),
+                                                                     ("attok", "matched")):
                     headline.append((dataset, arm, base, label, result))
         lines.append("")
     if headline:
         lines += ["## Headline (datasets that pass the inclusion rule)", ""]
         for dataset, arm, base, label, r in headline:
+            if arm == "primary":
+                lines.append(_primary_line(dataset, r))
+                continue
             lines.append(f"- {dataset}, {label}: {arm} − {base} = {r['mean']:+.4f}; over replicates then images "
                          f"[{r['hierarchical'][0]:+.4f}, {r['hierarchical'][1]:+.4f}], minimum detectable Δ "
                          f"{_mde(r['mde'])}; "

@@ -1,8 +1,9 @@
 """One run of the science experiment in its own process: train, score, store every image's prediction.
 
 ``python -m bench.science.run JOB.json`` reads the job written by ``bench.science`` and writes ``<out>/run.json``
-(atomically, last): the one-forward prediction of every scored image (AttTok arms: the attribute token with the
-highest probability; vanilla arms: the class name with the highest likelihood), the generative prediction of every test
+(atomically, last): the one-forward prediction of every scored image (every arm by one rule, `attok predict --mode
+answer`: the class whose whole answer, as the arm's dataset writes it, is the most likely; AttTok arms also by their
+attribute token, a secondary scorer), the generative prediction of every test
 image (LF ``do_predict``, greedy, with the training positions, parsed by `attok eval classify`'s rules; −1 =
 unparseable), and the parameter elements that changed against the warm model, per group.
 
@@ -102,8 +103,8 @@ def train(job: dict, out: Path) -> float:
 def one_forward(job: dict, run: Path, split: str, mode: str = "answer") -> dict:
     """`attok predict`'s scorer: per-image predicted class index (in ``job['classes']`` order) and accuracy.
 
-    ``answer`` (every arm, the primary one-forward rule): each class's answer as the arm's dataset writes it, scored
-    by its mean token log-probability; ``attribute`` (AttTok arms, secondary): the attribute token's probability."""
+    ``answer`` (every arm, the one-forward rule of the comparisons): the probability of each class's whole answer as
+    the arm's dataset writes it; ``attribute`` (AttTok arms, secondary): the attribute token's probability."""
     from llamafactory_attok.data.lf_format import read_jsonl
     from llamafactory_attok.eval import predict
 

@@ -12,6 +12,8 @@ the same order**, so every comparison is paired by image.
 - :func:`hierarchical_interval` — one 95 % interval over replicates *and* images: replicates are resampled with
   replacement, then the images (one draw shared by a draw's replicates: the test set is one sample), so neither the
   training runs nor the test images are held fixed.
+- :func:`balanced_comparison` — the same for Δ *balanced accuracy* (the primary endpoint of v3): the hierarchical
+  interval recomputes balanced accuracy on every draw of replicates and images.
 - :func:`minimum_detectable_effect` — the smallest true Δ the replicate-level paired t-test detects with 80 % power
   at α = 0.05 (two-sided), from the observed spread of the replicate Δs: ``(t₀.₉₇₅ + t₀.₈) · sd / √n`` with n − 1
   degrees of freedom.
@@ -96,6 +98,50 @@ def hierarchical_interval(arms: Sequence[Sequence[int]], bases: Sequence[Sequenc
     means = np.array([per_replicate[chosen[d]][:, images[d]].mean() for d in range(draws)])
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+def balanced_accuracies(predicted: np.ndarray, truth: np.ndarray, classes: int,
+                        weights: np.ndarray | None = None) -> np.ndarray:
+    """Balanced accuracy (mean per-class recall) of each row of ``predicted`` (runs, images); ``weights``: how many
+    times each image counts (a bootstrap draw); a class with no (drawn) image is left out of the mean; an
+    unparseable answer (−1) is wrong."""
+    w = np.ones(truth.shape[0]) if weights is None else weights
+    right = (predicted == truth[None, :]).astype(float) * w[None, :]
+    recalls = []
+    for c in range(classes):
+        in_class = truth == c
+        support = w[in_class].sum()
+        if support:
+            recalls.append(right[:, in_class].sum(1) / support)
+    return np.mean(recalls, axis=0)
+
+
+def balanced_comparison(arms: Sequence[Sequence[int]], bases: Sequence[Sequence[int]], truth: Sequence[int],
+                        classes: int, replicates: Sequence[int], *, draws: int = 2000, seed: int = 0) -> dict:
+    """Δ balanced accuracy of paired runs (per-image predictions of the same test images): the mean Δ, the Δ per
+    replicate (mean over its runs), the 95 % hierarchical interval (replicates resampled with their runs, then the
+    images — one draw shared by the draw's replicates — and balanced accuracy recomputed on the drawn images), the
+    paired t-test over replicates and the minimum detectable Δ."""
+    a, z, t = np.asarray(arms), np.asarray(bases), np.asarray(truth)
+    if a.shape != z.shape or a.ndim != 2 or a.shape[1] != t.shape[0] or len(replicates) != a.shape[0]:
+        raise ValueError(f"need (runs, images) predictions of one shape, a truth per image and a replicate per run, "
+                         f"got {a.shape}, {z.shape}, {t.shape}, {len(replicates)}")
+    deltas = balanced_accuracies(a, t, classes) - balanced_accuracies(z, t, classes)
+    ids = sorted(set(replicates))
+    rows = [np.array([r == i for r in replicates]) for i in ids]
+    per_replicate = [float(deltas[row].mean()) for row in rows]
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(draws):
+        chosen = rng.integers(0, len(ids), size=len(ids))
+        weights = np.bincount(rng.integers(0, t.shape[0], size=t.shape[0]), minlength=t.shape[0]).astype(float)
+        drawn = np.concatenate([np.flatnonzero(rows[c]) for c in chosen])
+        d = balanced_accuracies(a[drawn], t, classes, weights) - balanced_accuracies(z[drawn], t, classes, weights)
+        means.append(d.mean())
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"pairs": a.shape[0], "mean": float(deltas.mean()), "replicate_deltas": per_replicate,
+            "hierarchical": (float(low), float(high)), "replicate_test": replicate_test(per_replicate),
+            "mde": minimum_detectable_effect(per_replicate)}
 
 
 def minimum_detectable_effect(deltas: Sequence[float], *, alpha: float = 0.05, power: float = 0.8) -> float | None:

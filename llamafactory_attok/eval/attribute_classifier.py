@@ -333,11 +333,10 @@ def retrieval_scores(model, hidden: torch.Tensor, token_ids: list[int]) -> torch
 @torch.no_grad()
 def likelihood_scores(model, processor, samples: list[Sample], class_names: list[str],
                       device: str = "cpu", template: str | None = None,
-                      default_system: str | None = None, show_progress: bool = True,
-                      per_token: bool = False) -> torch.Tensor:
-    """(N, C) summed log-probability of each class name's full token sequence after the prompt (``per_token``: the
-    mean over its tokens instead — the length-normalised rule of ``attok predict --mode answer``, which scores
-    answers of other lengths, "<|xray_pneumonia|> pneumonia" and "pneumonia", by one rule).
+                      default_system: str | None = None, show_progress: bool = True) -> torch.Tensor:
+    """(N, C) summed log-probability of each class name's full token sequence after the prompt — the log of the
+    probability that the model writes exactly that answer (``attok predict --mode answer`` passes each class's whole
+    answer, "<|xray_pneumonia|> pneumonia" or "pneumonia").
 
     The prompt is the sample's training prompt cut where its answer begins (LF's template); one forward per
     sample scores all C names at once: each row is the prompt plus the answer LF would encode for that name (its
@@ -365,6 +364,5 @@ def likelihood_scores(model, processor, samples: list[Sample], class_names: list
         pad = torch.tensor([width - len(p.input_ids) for p in full], device=targets.device).unsqueeze(1)
         start = pad + prompt_len - 1  # the position that predicts the name's first token
         in_name = (positions >= start) & (positions < start + lengths.unsqueeze(1))
-        summed = (token_scores * in_name).sum(-1)
-        rows.append((summed / lengths if per_token else summed).cpu())
+        rows.append((token_scores * in_name).sum(-1).cpu())
     return torch.stack(rows)

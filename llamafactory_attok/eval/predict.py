@@ -327,8 +327,8 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
             retrieval = retrieval_scores(model, hidden, token_ids).argmax(-1).tolist()
             retrieved += retrieval
         else:
-            probs = torch.softmax(likelihood_scores(model, processor, chunk, answers, show_progress=False,
-                                                    per_token=mode == "answer", **kwargs), dim=-1)
+            probs = torch.softmax(likelihood_scores(model, processor, chunk, answers, show_progress=False, **kwargs),
+                                  dim=-1)
             retrieval = None
         predicted += probs.argmax(-1).tolist()
         writer.write(_rows(chunk, probs, chunk_truth, names, top_k, retrieval))
