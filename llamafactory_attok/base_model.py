@@ -1,15 +1,17 @@
 """Which base weights a run was trained on: a fingerprint saved with every AttTok checkpoint, so that resuming (or
 loading an adapter) on other base weights of the same architecture is caught instead of continuing silently.
 
-The fingerprint reads no more than a few hundred KiB whatever the model's size: for every weight file (sorted by
-name), its name and size and 16 windows of 4 KiB spread evenly over its tensor data. Two models of one
-architecture with other weights (another seed, another fine-tune) differ in it; the same weights moved to another
-folder, or loaded by hub id from the local cache, do not.
+The fingerprint reads a few hundred KiB whatever the model's size: in a safetensors file, **every tensor** is sampled
+at its start, middle and end (256 bytes each, with its name, dtype and shape), so another seed, a full fine-tune
+and a fine-tune of a few layers or projections all change it (a fine-tune moves nearly every element of a tensor
+it trains); a ``.bin`` file is sampled in 16 windows of 4 KiB. The same weights moved to another folder, or loaded
+by hub id from the local cache, give the same fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from pathlib import Path
 
@@ -31,12 +33,29 @@ def local_model_folder(model_name_or_path: str) -> Path | None:
         return None
 
 
-def _data_start(path: Path, handle) -> int:
-    """Where the tensor data begins: after a safetensors file's header, else at 0."""
-    if path.suffix != ".safetensors":
-        return 0
-    head = handle.read(8)
-    return 8 + struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+SAMPLE = 256  # bytes read at each of a tensor's start, middle and end
+
+
+def _safetensors_samples(handle, digest) -> None:
+    """Every tensor of an open safetensors file, by name: dtype, shape and its bytes at start, middle and end."""
+    (length,) = struct.unpack("<Q", handle.read(8))
+    header = json.loads(handle.read(length))
+    start = 8 + length
+    for name in sorted(k for k in header if k != "__metadata__"):
+        info = header[name]
+        begin, end = info["data_offsets"]
+        digest.update(f"{name}\0{info['dtype']}\0{info['shape']}\0".encode())
+        for offset in (begin, (begin + end) // 2, max(begin, end - SAMPLE)):
+            handle.seek(start + offset)
+            digest.update(handle.read(min(SAMPLE, end - offset)))
+
+
+def _spread_samples(handle, size: int, digest) -> None:
+    """16 windows of 4 KiB spread evenly over a file whose tensors cannot be located (a torch ``.bin``)."""
+    span = max(0, size - WINDOW)
+    for i in range(WINDOWS):
+        handle.seek(span * i // (WINDOWS - 1))
+        digest.update(handle.read(WINDOW))
 
 
 def weights_fingerprint(model_name_or_path: str) -> str | None:
@@ -52,9 +71,8 @@ def weights_fingerprint(model_name_or_path: str) -> str | None:
         size = path.stat().st_size
         digest.update(f"{path.name}\0{size}\0".encode())
         with open(path, "rb") as handle:
-            start = _data_start(path, handle)
-            span = max(0, size - start - WINDOW)
-            for i in range(WINDOWS):
-                handle.seek(start + span * i // max(1, WINDOWS - 1))
-                digest.update(handle.read(WINDOW))
+            if path.suffix == ".safetensors":
+                _safetensors_samples(handle, digest)
+            else:
+                _spread_samples(handle, size, digest)
     return digest.hexdigest()[:32]

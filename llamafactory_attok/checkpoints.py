@@ -21,6 +21,7 @@ atomic write leaves behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -108,10 +109,12 @@ def checkpoint_problems(folder: str | os.PathLike) -> list[str]:
 
 def _text_problems(folder: Path) -> list[str]:
     """Every JSON file of the checkpoint (AttTok's config, PEFT's ``adapter_config.json``, the model and tokenizer
-    configs) must parse — AttTok's config as an object — and the vocabulary must load: an empty or cut file (a full
-    disk, a crash before the page cache reached the disk) would otherwise stop every rerun. ``trainer_state.json``
-    has its own check."""
+    configs) must parse — AttTok's config with its ``token_ids`` and ``args``, PEFT's with its ``peft_type`` — and the
+    vocabulary must load and be the one the config was saved with: an empty, cut or garbled file (a full disk, a
+    crash before the page cache reached the disk) would otherwise stop every rerun. ``trainer_state.json`` has its
+    own check."""
     from .errors import AttTokError
+    from .state import read_config
     from .vocab import load_vocab
 
     problems = []
@@ -123,15 +126,37 @@ def _text_problems(folder: Path) -> list[str]:
         except (OSError, ValueError) as err:
             problems.append(f"{path.name} unreadable ({'empty' if _is_empty(path) else type(err).__name__})")
             continue
-        if path.name == CONFIG_FILE_NAME and not isinstance(value, dict):
-            problems.append(f"{path.name} unreadable (not a JSON object)")
+        if path.name == "adapter_config.json" and not (isinstance(value, dict) and "peft_type" in value):
+            problems.append(f"{path.name} unreadable (not a PEFT adapter config: no peft_type)")
+    config = None
+    if (folder / CONFIG_FILE_NAME).is_file() and not any(p.startswith(CONFIG_FILE_NAME) for p in problems):
+        try:
+            config = read_config(folder / CONFIG_FILE_NAME)
+        except AttTokError:
+            problems.append(f"{CONFIG_FILE_NAME} unreadable (not an AttTok config: needs token_ids and args)")
     vocab = folder / VOCAB_FILE_NAME
     if vocab.is_file():
         try:
-            load_vocab(vocab)
+            tokens = len(load_vocab(vocab))
         except AttTokError as err:
             problems.append(f"{VOCAB_FILE_NAME} unreadable ({str(err).removeprefix(f'{vocab}: ')})")
+        else:
+            problems += _vocab_matches_config(vocab, tokens, config)
     return problems
+
+
+def _vocab_matches_config(vocab: Path, tokens: int, config: dict | None) -> list[str]:
+    """The vocabulary the config was saved with: its SHA-256 (recorded since the config holds it) and its number of
+    tokens — a vocabulary cut at a line break still parses, with fewer tokens or a shortened keyword."""
+    if config is None:
+        return []
+    recorded = config.get("vocab_sha256")
+    if isinstance(recorded, str) and hashlib.sha256(vocab.read_bytes()).hexdigest() != recorded:
+        return [f"{VOCAB_FILE_NAME} is not the one {CONFIG_FILE_NAME} was saved with (cut or changed since)"]
+    if tokens != len(config["token_ids"]):
+        return [f"{VOCAB_FILE_NAME} holds {tokens} token(s), {CONFIG_FILE_NAME} lists {len(config['token_ids'])} "
+                "(cut or changed since)"]
+    return []
 
 
 def _is_empty(path: Path) -> bool:

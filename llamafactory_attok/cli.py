@@ -400,13 +400,17 @@ OS_HINTS = {
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input (:class:`AttTokError`) is reported on stderr with exit status 2, as is a failed
     write (disk full, file-size limit): every command writes through temp files, so its outputs are left as they
-    were. SIGTERM unwinds like Ctrl-C, so a build killed by a scheduler leaves no temp folder."""
+    were. SIGTERM unwinds like Ctrl-C, so a build killed by a scheduler leaves no temp folder; Ctrl-C ends with
+    status 130 and a line, not a traceback."""
     ns = build_parser().parse_args(argv)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return ns.func(ns) or 0
+    except KeyboardInterrupt:  # Ctrl-C: what was kept is said where it was kept (e.g. a build's finished images)
+        print("attok: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except AttTokError as err:
         print(f"attok: error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -81,9 +82,12 @@ class SavedAttTok:
 
 
 def save_description(folder: str | os.PathLike, vocab: AttributeVocab, config: dict[str, Any]) -> None:
+    """The vocabulary, then the config — which records the vocabulary file's SHA-256, so that a checkpoint whose
+    vocabulary was cut or changed after the save is told apart from a complete one (:mod:`.checkpoints`)."""
     folder = Path(folder)
-    atomic_write_bytes(folder / VOCAB_FILE_NAME, vocab.to_yaml().encode("utf-8"))
-    payload = {"format_version": FORMAT_VERSION, **config}
+    text = vocab.to_yaml().encode("utf-8")
+    atomic_write_bytes(folder / VOCAB_FILE_NAME, text)
+    payload = {"format_version": FORMAT_VERSION, **config, "vocab_sha256": hashlib.sha256(text).hexdigest()}
     atomic_write_bytes(folder / CONFIG_FILE_NAME, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
 
@@ -96,6 +100,11 @@ def find_saved_quietly(folders: Sequence[str | os.PathLike | None]) -> Path | No
         if any((path / name).is_file() for name in ATTOK_FILES):
             return path
     return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``attok_config.json``: an object with ``token_ids`` and ``args``, else an :class:`AttTokError` naming it."""
+    return _read_config(path)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -581,3 +581,22 @@ def test_a_rebuild_never_reads_the_images_folder_it_replaces(tmp_path):
     with pytest.raises(AttTokError, match=r"source .*list.csv lies in .*t_images"):
         build_classification(list(sources.from_image_folder(_folder(tmp_path / "again"))), None, out, "t",
                              modality="xray", augment=False, overwrite=True, inputs={"source": inner})
+
+
+def test_a_split_left_empty_by_keeping_copies_together_is_named(tmp_path, capsys):
+    """Ten copies of one image per class: keeping identical images in one split empties val and test — said, with
+    the reason, instead of a build with no val / test datasets and no word."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = ["path,label"]
+    for label, value in (("cat", 40), ("dog", 200)):
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(src / f"{label}.png")
+        for i in range(10):
+            (src / f"{label}_{i}.png").write_bytes((src / f"{label}.png").read_bytes())
+            rows.append(f"src/{label}_{i}.png,{label}")
+    (tmp_path / "dup.csv").write_text("\n".join(rows) + "\n")
+    items = list(sources.from_csv(tmp_path / "dup.csv", "path", "label", None))
+    written = build_classification(items, None, tmp_path / "out", "d", modality="xray", augment=False)
+    assert set(written) == {"d_open_train", "d_close_train"}
+    err = capsys.readouterr().err
+    assert "the val split has no image at all" in err and "the test split has no image at all" in err

@@ -1,6 +1,7 @@
 """Evaluation: normalisation rules, scores from generated text, one-forward prediction, calibration, report."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -359,6 +360,20 @@ def test_predict_refuses_a_partial_file_that_is_not_its_own_rows(tmp_path, text)
     row = '{"id": 0, "label": "a", "prediction": "a", "top_k": [], "probabilities": {}}'
     partial.write_text(row + "\n" + '{"id": 1, "lab')
     check_partial_rows(partial, overwrite=False)
+
+
+def test_predict_rows_never_write_through_a_hard_linked_partial_file(tmp_path):
+    """With --overwrite, a `.partial` that is a hard link to a file of the user's is replaced by a new file, not
+    written through (the user's file keeps its bytes)."""
+    from llamafactory_attok.eval.predict import _RowWriter
+
+    mine = tmp_path / "target.txt"
+    mine.write_text("mine")
+    os.link(mine, tmp_path / "p.jsonl.partial")
+    writer = _RowWriter(tmp_path / "p.jsonl")
+    writer.write([{"id": 0}])
+    writer.finish()
+    assert mine.read_text() == "mine" and (tmp_path / "p.jsonl").read_text() == '{"id": 0}\n'
 
 
 def test_predict_refuses_a_template_other_than_the_trained_one(tmp_path):

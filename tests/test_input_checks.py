@@ -460,6 +460,28 @@ def test_predict_refuses_an_adapter_on_another_model_type_and_warns_on_other_wei
     assert "holds other weights than the base --adapter" in capsys.readouterr().err
 
 
+def test_the_base_weights_fingerprint_sees_a_fine_tune_of_one_tensor(tmp_path):
+    """Every tensor is sampled: a copy with one projection of one layer fine-tuned (another seed's values) gets
+    another fingerprint; the same weights in another folder, the same."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from llamafactory_attok.base_model import weights_fingerprint
+    from llamafactory_attok.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", family="qwen2_vl", seed=0)
+    other = load_file(str(build_tiny_model(tmp_path / "other", family="qwen2_vl", seed=1) / "model.safetensors"))
+    shutil.copytree(base, tmp_path / "moved")
+    assert weights_fingerprint(str(tmp_path / "moved")) == weights_fingerprint(str(base)) is not None
+    shutil.copytree(base, tmp_path / "tuned")
+    weights = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    key = next(k for k in sorted(weights) if "layers.1.mlp.gate_proj" in k)
+    weights[key] = other[key]
+    save_file(weights, str(tmp_path / "tuned" / "model.safetensors"), metadata={"format": "pt"})
+    assert weights_fingerprint(str(tmp_path / "tuned")) != weights_fingerprint(str(base))
+
+
 def test_output_dir_that_is_a_file_is_named(tiny_models, sample_data, tmp_path):
     from conftest import base_args
     from llamafactory.hparams import get_train_args

@@ -149,3 +149,40 @@ def test_cut_weight_files_are_told_apart_from_readable_ones(tmp_path):
            "version" in newer
     assert "attok_config.json is for step 4, not 6 (AttTok files of another checkpoint)" in newer
     assert "trainer_state.json: global_step is '6', not a step number" in problems
+
+
+def test_configs_and_vocabulary_that_parse_but_are_cut_or_garbled_make_a_checkpoint_incomplete(uninterrupted,
+                                                                                                tmp_path):
+    """A vocabulary cut at a line break (or mid-keyword) still parses, and `{}` / `[]` are valid JSON: each would
+    stop every rerun at the resume checks. The config records the vocabulary's SHA-256 and the token count, PEFT's
+    config must name its peft_type, AttTok's must hold token_ids and args — so these checkpoints are skipped."""
+    import json
+
+    source = uninterrupted / "checkpoint-6"
+    assert checkpoint_problems(source) == []
+    assert "vocab_sha256" in json.loads((source / "attok_config.json").read_text())
+
+    def damaged(name: str, change) -> list[str]:
+        folder = tmp_path / f"{len(list(tmp_path.iterdir()))}" / "checkpoint-6"
+        shutil.copytree(source, folder)
+        change(folder / name)
+        return checkpoint_problems(folder)
+
+    lines = (source / "attok_vocab.yaml").read_text().splitlines(keepends=True)
+    cut = damaged("attok_vocab.yaml", lambda p: p.write_text("".join(lines[:-1])))
+    assert cut == ["attok_vocab.yaml is not the one attok_config.json was saved with (cut or changed since)"]
+    text = (source / "attok_vocab.yaml").read_text()
+    assert damaged("attok_vocab.yaml", lambda p: p.write_text(text[:-6])) == cut  # mid-keyword
+
+    def legacy(path):  # a config saved before the digest: the token count still tells
+        config = json.loads(path.read_text())
+        del config["vocab_sha256"]
+        path.write_text(json.dumps(config))
+        (path.parent / "attok_vocab.yaml").write_text("".join(lines[:-1]))
+
+    assert damaged("attok_config.json", legacy) == [f"attok_vocab.yaml holds {len(lines) - 1} token(s), "
+                                                    f"attok_config.json lists {len(lines)} (cut or changed since)"]
+    assert damaged("attok_config.json", lambda p: p.write_text("{}")) == [
+        "attok_config.json unreadable (not an AttTok config: needs token_ids and args)"]
+    assert damaged("adapter_config.json", lambda p: p.write_text("[]")) == [
+        "adapter_config.json unreadable (not a PEFT adapter config: no peft_type)"]

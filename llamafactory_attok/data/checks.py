@@ -85,12 +85,19 @@ def check_duplicate_content(items: list[Item], assigned_by_us: set[int]) -> None
              "assigns never separates identical images)")
 
 
-def check_split_coverage(items: list[Item]) -> None:
-    """A class absent from a split that exists (val or test) is named in a warning: its scores there are empty."""
+def check_split_coverage(items: list[Item], wanted: tuple[str, ...] = ()) -> None:
+    """A class absent from a split that exists (val or test) is named in a warning: its scores there are empty. A
+    split the options ask for (``wanted``) that ends up with no image at all — e.g. every copy of an image kept in
+    the split of its first copy — is named too: its datasets are not written."""
     by_split: dict[str | None, Counter] = defaultdict(Counter)
     for item in items:
         by_split[item.split][item.label] += 1
     labels = sorted({item.label for item in items})
+    for split in wanted:
+        if split not in by_split:
+            warn(f"the {split} split has no image at all (the source's images are too few, or identical copies were "
+                 f"kept together in the split of their first copy): no {split} datasets are written; add distinct "
+                 "images or give the source its own split")
     for split in SPLITS:
         if split in by_split:
             absent = [label for label in labels if not by_split[split][label]]

@@ -490,7 +490,9 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
                           f"--test-ratio {test_ratio}, puts every image into val or test): lower the ratios or give "
                           "the source a train split")
     check_duplicate_content(items, assigned)
-    check_split_coverage(items)
+    wanted = tuple(split for split, ratio in (("val", val_ratio), ("test", test_ratio)) if ratio > 0) \
+        if assigned else ()
+    check_split_coverage(items, wanted)
     key = build_key(BUILDER, {"prefix": prefix, "image_size": image_size, "max_size": max_size, "seed": seed,
                               "augment": augment, "augment_target": augment_target},
                     ((item.image, item.label, item.split) for item in items))

@@ -9,6 +9,7 @@ imported torch), and an error in a worker (an unreadable image, named) stops the
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -46,14 +47,23 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int, total: i
         yield from map(fn, tasks)
         return
     pending: deque[Future] = deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        try:
-            for task in tasks:
-                pending.append(pool.submit(fn, task))
-                if len(pending) >= workers * window_per_worker:
-                    yield pending.popleft().result()
-            while pending:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_leave_signals)
+    try:
+        for task in tasks:
+            pending.append(pool.submit(fn, task))
+            if len(pending) >= workers * window_per_worker:
                 yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    except BaseException:  # an error, Ctrl-C / SIGTERM in this process, or the consumer stopping early
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _leave_signals() -> None:
+    """Workers leave Ctrl-C and SIGTERM (sent to the whole process group by a terminal or a scheduler) to the build
+    process, which stops, keeps the finished images and says so: a worker's own KeyboardInterrupt traceback, or a
+    worker killed mid-task, would only bury that message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -233,7 +233,8 @@ class _RowWriter:
         self.out = Path(out)
         self.partial = output_paths(out)["partial"]
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.partial, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish()
+        self.partial.unlink(missing_ok=True)  # a new file: never written through a hard link to another one
+        self.handle = open(self.partial, "x", encoding="utf-8")  # noqa: SIM115 - closed in finish()
 
     def write(self, rows: list[dict]) -> None:
         self.handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
