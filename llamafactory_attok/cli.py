@@ -17,6 +17,7 @@ from .safe_paths import (
     new_output_path,
     output_file,
     refuse_among_dataset_images,
+    refuse_dataset_folder_files,
     refuse_same_as_input,
     refuse_symlinks,
 )
@@ -45,6 +46,30 @@ def _sample_data(ns: argparse.Namespace) -> None:
     print(f"datasets {', '.join(written)} written to {ns.out} (dataset_info.json merged)")
 
 
+def refuse_changed_csv_labels(csv_path: Path, ns: argparse.Namespace) -> None:
+    """--relabel keeps the earlier build's raw labels: a CSV whose labels were corrected since (the rows the build
+    recorded, by line) would have its corrections dropped without a word — refused, naming a changed line."""
+    from .data import sources
+    from .data.build_manifest import read_manifest
+    from .data.classify import BUILDER
+
+    manifest = read_manifest(Path(ns.out), f"{ns.name}_vanilla" if ns.vanilla else ns.name, BUILDER)
+    if manifest is None:
+        return  # relabel_classification names the missing build
+    recorded = {entry["source"].rpartition(": line ")[2]: entry["label"] for entry in manifest["images"]
+                if entry.get("source", "").rpartition(": line ")[0].endswith(csv_path.name)}
+    if not recorded:
+        return  # built from another source (named below: its manifest is what relabel reads)
+    now = {item.source.rpartition(": line ")[2]: item.label
+           for item in sources.from_csv(csv_path, ns.image_col, ns.label_col, ns.split_col)}
+    changed = [(line, label, now.get(line)) for line, label in recorded.items() if now.get(line) != label]
+    if changed:
+        line, before, after = changed[0]
+        raise AttTokError(f"{csv_path}: {len(changed)} row(s) differ from the earlier build of {ns.name!r} (line "
+                          f"{line}: {before!r} then, {after!r} now); --relabel keeps the build's labels and images, "
+                          "so the corrections would be dropped: rebuild without --relabel (with --overwrite)")
+
+
 def _data_classify(ns: argparse.Namespace) -> None:
     from .data import sources
     from .data.classify import build_classification, relabel_classification
@@ -54,6 +79,11 @@ def _data_classify(ns: argparse.Namespace) -> None:
     if ns.relabel:
         if not ns.class_map:
             raise AttTokError("--relabel rewrites an earlier build's text for a new --class-map; give --class-map")
+        if ns.format == "csv":
+            refuse_changed_csv_labels(src, ns)
+        print(f"attok: --relabel takes the images, raw labels and splits from the earlier build's manifest; {src} "
+              "and the image and split options are not read again (to change labels, splits or images, rebuild "
+              "without --relabel)", file=sys.stderr)
         written = relabel_classification(ns.class_map, ns.out, ns.name, seed=ns.seed, vanilla=ns.vanilla,
                                          overwrite=ns.overwrite)
         print(f"relabelled {', '.join(written)} in {ns.out} with {ns.class_map} (images reused, none re-encoded)")
@@ -171,6 +201,7 @@ def _eval_classify(ns: argparse.Namespace) -> None:
     refuse_same_as_input([out, out.with_suffix(".confusion.png")],
                          {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
     refuse_among_dataset_images([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
+    refuse_dataset_folder_files([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
     output_file(out, "--out", ns.overwrite)
     output_file(out.with_suffix(".confusion.png"), "--out's confusion figure", ns.overwrite)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .args import AttTokArguments, parse_attok_dict, split_attok_cli, split_attok_dict
 from .compat import check_lf_options, check_no_video_columns
 from .context import AttTokContext
 from .errors import AttTokError
-from .filenames import CONFIG_FILE_NAME
+from .filenames import CONFIG_FILE_NAME, VOCAB_FILE_NAME
 from .run_guards import refuse_output_over_inputs
+from .safe_paths import within
 from .state import find_saved, find_saved_quietly
 
 # attok_* keys that mean something without `attok: true`
@@ -50,6 +52,21 @@ def _check_output_dir(model_args, data_args, training_args) -> None:
         "model_name_or_path": model_args.model_name_or_path,
         "adapter_name_or_path": ",".join(model_args.adapter_name_or_path or []),
         "dataset_dir": getattr(data_args, "dataset_dir", None)})
+
+
+def _check_vocab_outside_output(vocab: str | None, output_dir: str) -> None:
+    """``attok_vocab`` inside ``output_dir``, where the run writes ``attok_vocab.yaml`` (and each checkpoint its own):
+    the user's file would be replaced by the run's own writing of it (comments and formatting lost) — refused, unless
+    it is exactly that writing already (e.g. the vocabulary a run saved, given back)."""
+    from .vocab import load_vocab
+
+    if not vocab or not Path(vocab).is_file() or not within(vocab, output_dir):
+        return
+    if load_vocab(vocab).to_yaml().encode("utf-8") == Path(vocab).read_bytes():
+        return
+    raise AttTokError(f"attok_vocab {vocab} lies in output_dir {output_dir}, where the run writes "
+                      f"{VOCAB_FILE_NAME} files: yours would be rewritten (its comments and layout lost). Copy it "
+                      "outside output_dir and point attok_vocab there.")
 
 
 def _check_model_family(model_args, template: str | None) -> None:
@@ -185,6 +202,8 @@ def build_context(ours: dict, parsed: tuple,
         _check_backend(model_args, attok, saved)
         _check_model_family(model_args, getattr(data_args, "template", None))
     _check_output_dir(model_args, data_args, training_args)
+    if training_args is not None and attok.attok:
+        _check_vocab_outside_output(attok.attok_vocab, training_args.output_dir)
     return AttTokContext(
         args=attok,
         training=training and attok.attok,

@@ -243,3 +243,40 @@ def refuse_among_dataset_images(outputs: Iterable[PathLike], datasets: Mapping[s
             if path.parent in folders and path.suffix.lower() in IMAGE_OUTPUT_SUFFIXES:
                 raise AttTokError(f"{output}: would be written into {path.parent}, a folder of {option} {dataset}'s "
                                   "images; choose an output folder of its own")
+
+
+def dataset_folder_files(dataset: PathLike) -> dict[Path, str]:
+    """The files of a dataset's folder that LF and attok read, by what they are: ``dataset_info.json``, every dataset
+    file it lists, the builders' manifests (``*_build.json``), vocabularies and class maps (``*_vocab.yaml``,
+    ``*_classes.yaml``)."""
+    import json
+
+    folder = Path(dataset).expanduser().resolve().parent
+    found = {folder / "dataset_info.json": "the folder's dataset_info.json (LF's index of its datasets)"}
+    try:
+        info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    for name, entry in info.items() if isinstance(info, dict) else ():
+        if isinstance(entry, dict) and isinstance(entry.get("file_name"), str):
+            found[(folder / entry["file_name"]).resolve()] = f"the file of dataset {name} (dataset_info.json)"
+    for pattern, what in (("*_build.json", "a build's manifest"), ("*_vocab.yaml", "a vocabulary"),
+                          ("*_classes.yaml", "a class map")):
+        for path in folder.glob(pattern):
+            found.setdefault(path.resolve(), what)
+    return found
+
+
+def refuse_dataset_folder_files(outputs: Iterable[PathLike], datasets: Mapping[str, PathLike | None]) -> None:
+    """No output is a file the dataset's folder is read through (:func:`dataset_folder_files`) — with or without
+    ``--overwrite``: replacing ``dataset_info.json`` or a build manifest breaks every later command on the folder."""
+    for option, dataset in datasets.items():
+        if not dataset:
+            continue
+        protected = dataset_folder_files(dataset)
+        for output in outputs:
+            what = protected.get(Path(output).expanduser().resolve())
+            if what is not None:
+                raise AttTokError(f"{output}: {what} in the folder of {option} {dataset}; an output never replaces "
+                                  "what LF and attok read — choose another path")
+

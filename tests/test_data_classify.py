@@ -600,3 +600,35 @@ def test_a_split_left_empty_by_keeping_copies_together_is_named(tmp_path, capsys
     assert set(written) == {"d_open_train", "d_close_train"}
     err = capsys.readouterr().err
     assert "the val split has no image at all" in err and "the test split has no image at all" in err
+
+
+def test_relabel_refuses_a_source_whose_labels_changed_and_says_what_it_does_not_read(tmp_path, capsys):
+    """--relabel rebuilds the text from the earlier build's manifest: a CSV corrected since (labels swapped) would
+    lose its corrections without a word — refused, naming a line; with the CSV unchanged it relabels and says that
+    the source and the image / split options are not read again."""
+    from llamafactory_attok.cli import main
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rows = ["path,label"]
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(src / f"{i}.png")
+        rows.append(f"imgs/{i}.png,{('normal', 'pneumonia')[i % 2]}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    base = ["data", "classify", str(tmp_path / "list.csv"), "--format", "csv", "--image-col", "path",
+            "--modality", "xray", "--out", str(tmp_path / "out"), "--name", "y", "--no-augment"]
+    assert main(base) == 0
+    relabel = [*base, "--class-map", str(tmp_path / "out" / "y_classes.yaml"), "--relabel", "--overwrite"]
+    capsys.readouterr()
+    assert main(relabel) == 0
+    assert "--relabel takes the images, raw labels and splits from the earlier build's manifest" in \
+        capsys.readouterr().err
+    swapped = [rows[0]] + [r.replace("normal", "X").replace("pneumonia", "normal").replace("X", "pneumonia")
+                           for r in rows[1:]]
+    (tmp_path / "list.csv").write_text("\n".join(swapped) + "\n")
+    before = (tmp_path / "out" / "y_open_train.json").read_bytes()
+    assert main(relabel) == 2
+    err = capsys.readouterr().err
+    assert "12 row(s) differ from the earlier build of 'y' (line 2: 'normal' then, 'pneumonia' now)" in err
+    assert (tmp_path / "out" / "y_open_train.json").read_bytes() == before

@@ -89,9 +89,26 @@ def test_report_pools_seeds_as_mean_and_std(tmp_path):
             path.write_text(json.dumps({"accuracy": value, "macro_f1": value / 2}))
             runs[f"{arm}@{seed}"] = path
     text = build_report(runs, tmp_path / "report.md")
-    assert "| vanilla | 2 | 0.600 ± 0.141 | 0.300 ± 0.071 |" in text
-    assert "| attok | 2 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
+    assert "| vanilla | generation (eval classify) | 2 | 0.600 ± 0.141 | 0.300 ± 0.071 |" in text
+    assert "| attok | generation (eval classify) | 2 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
     assert "Protocol:" in text and (tmp_path / "report.md").read_text() == text
+
+
+def test_report_never_pools_runs_scored_differently_into_one_arm(tmp_path):
+    """An attribute-mode and an answer-mode `attok predict`, or a one-forward run and a generation-scored one, under
+    one arm name would be averaged as n = 2: refused, naming both; a metric only some runs have shows its own n."""
+    files = {}
+    for name, extra in (("attribute", {"mode": "attribute", "retrieval_accuracy": 0.5}),
+                        ("answer", {"mode": "answer"}), ("generated", {"unparseable": 0}),
+                        ("attribute2", {"mode": "attribute"})):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"accuracy": 0.5, "macro_f1": 0.4, **extra}))
+    for other in ("answer", "generated"):
+        with pytest.raises(AttTokError, match=r"--run attok@1 \(one forward \(attribute\)\) and attok@2 .* are "
+                                              "scored differently"):
+            build_report({"attok@1": files["attribute"], "attok@2": files[other]}, tmp_path / "r.md")
+    text = build_report({"attok@1": files["attribute"], "attok@2": files["attribute2"]}, tmp_path / "r.md")
+    assert "| attok | one forward (attribute) | 2 | 0.500 ± 0.000 | 0.400 ± 0.000 | 0.500 (n=1) |" in text
 
 
 @pytest.mark.slow
@@ -127,7 +144,7 @@ def test_one_forward_prediction_retrieval_and_likelihood(modality_adapter, tiny_
 
 
 def test_answer_mode_scores_every_class_answer_whole_by_one_rule(modality_adapter, tiny_models, sample_data,
-                                                                 tmp_path):
+                                                                 tmp_path, capsys):
     """--mode answer: each class's answer as the dataset writes it ("<|tok|> name" here) scored by the probability
     of the whole answer — the attribute token's log-probability plus the name's after it — so AttTok and vanilla
     arms are compared by one rule; a label written with two answers is refused."""
@@ -151,6 +168,13 @@ def test_answer_mode_scores_every_class_answer_whole_by_one_rule(modality_adapte
     for row, probs in zip(rows[:4], expected, strict=True):
         assert [row["probabilities"][n] for n in names] == pytest.approx(probs.tolist(), abs=1e-5)
     rows = json.loads(dataset.read_text())
+    one_class = [dict(r, images=[str(sample_data / r["images"][0])]) for r in rows if r["label"] == rows[0]["label"]]
+    (tmp_path / "one.json").write_text(json.dumps(one_class))
+    capsys.readouterr()
+    run_predict(str(tiny_models["qwen2_vl"]), str(tmp_path / "one.json"), str(tmp_path / "o.jsonl"),
+                adapter=str(modality_adapter), mode="answer")
+    assert f"one.json holds 1 of the model's {len(names)} classes: --mode answer chooses among those 1 only" \
+        in capsys.readouterr().err
     rows[3]["messages"][1]["content"] = rows[3]["messages"][1]["content"].split(" ", 1)[1]  # the token dropped
     for row in rows:
         row["images"] = [str(sample_data / row["images"][0])]
@@ -485,11 +509,11 @@ def test_report_with_one_run_shows_n_and_no_spread_and_every_per_class_column(tm
                             retrieval_accuracy=0.7)
     (tmp_path / "x.confusion.png").write_bytes(b"png")
     text = build_report({"attok@1": metrics}, tmp_path / "out" / "report.md")
-    assert "| arm | n | accuracy | macro_f1 | balanced_accuracy | retrieval_accuracy |" in text
-    table = text.split("| arm | n |")[1].split("Per class")[0]
-    assert "| attok | 1 | 0.800 | 0.400 | 0.750 | 0.700 |" in table and "±" not in table
+    assert "| arm | scored by | n | accuracy | macro_f1 | balanced_accuracy | retrieval_accuracy |" in text
+    table = text.split("| arm | scored by | n |")[1].split("Per class")[0]
+    assert "| 1 | 0.800 | 0.400 | 0.750 | 0.700 |" in table and "±" not in table
     # the majority baseline: always "no DR" = 6 of 10; macro-F1 (2·0.6/1.6)/2; balanced 1/2
-    assert "| *majority class ('no DR', baseline)* | — | 0.600 | 0.375 | 0.500 | — |" in text
+    assert "| *majority class ('no DR', baseline)* | — | — | 0.600 | 0.375 | 0.500 | — |" in text
     assert "- `retrieval_accuracy`: the attribute token whose output-head row is nearest" in text
     assert "| arm | n | class | support | precision | recall | f1 |" in text
     assert "| attok | 1 | mild DR | 4 | 1.000 | 0.500 | 0.667 |" in text

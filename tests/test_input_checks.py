@@ -198,6 +198,34 @@ def _predict_inputs(tmp_path: Path) -> tuple[list[str], Path]:
             str(tmp_path / "p.jsonl")], data
 
 
+@pytest.mark.parametrize("mode", ["answer", "likelihood"])
+def test_predict_refuses_attribute_mode_options_it_would_ignore(tmp_path, capsys, mode):
+    """--val-dataset (temperature) and --vocab (token names) act in attribute mode only: given with --mode answer or
+    likelihood they would be ignored without a word — refused, naming the option."""
+    argv, _ = _predict_inputs(tmp_path)
+    (tmp_path / "val.json").write_text("[]")
+    (tmp_path / "v.yaml").write_text('"<|x_a|>": a\n')
+    for option, value in (("--val-dataset", "val.json"), ("--vocab", "v.yaml")):
+        assert main([*argv, "--mode", mode, option, str(tmp_path / value)]) == 2
+        assert f"leave {option} out" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_the_files_a_dataset_folder_is_read_through(tmp_path, capsys):
+    """`attok predict --out` / `eval classify --out` onto the folder's dataset_info.json, a build manifest or
+    another dataset's file (with --overwrite) would break every later command on the folder: refused."""
+    argv, data = _predict_inputs(tmp_path)
+    (tmp_path / "dataset_info.json").write_text('{"other": {"file_name": "other.json"}}')
+    (tmp_path / "other.json").write_text("[]")
+    (tmp_path / "y_build.json").write_text("{}")
+    for name, what in (("dataset_info.json", "dataset_info.json"), ("other.json", "the file of dataset other"),
+                       ("y_build.json", "a build's manifest")):
+        before = (tmp_path / name).read_bytes()
+        out = ["--out", str(tmp_path / name), "--overwrite"]
+        assert main([*argv[:-2], *out]) == 2 and what in capsys.readouterr().err
+        assert main(["eval", "classify", "--predictions", str(data), "--dataset", str(data), *out]) == 2
+        assert what in capsys.readouterr().err and (tmp_path / name).read_bytes() == before
+
+
 def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):
     argv, data = _predict_inputs(tmp_path)
     assert main([*argv, "--val-dataset", str(data)]) == 2
@@ -491,6 +519,31 @@ def test_output_dir_that_is_a_file_is_named(tiny_models, sample_data, tmp_path):
     with pytest.raises(AttTokError, match="output_dir .*out is a file, not a folder"):
         get_train_args(base_args(tiny_models["qwen2_vl"], sample_data, target, attok=True))
     assert target.read_text() == "not a folder"
+
+
+def test_a_vocabulary_inside_output_dir_is_not_rewritten_by_the_run(tiny_models, sample_data, tmp_path):
+    """attok_vocab given as output_dir/attok_vocab.yaml with the user's comment: the run would rewrite it (comment and
+    layout lost) — refused before anything is written; the vocabulary exactly as a run writes it passes."""
+    import shutil
+
+    from conftest import base_args
+    from llamafactory.hparams import get_train_args
+
+    from llamafactory_attok.vocab import load_vocab
+
+    out = tmp_path / "out"
+    out.mkdir()
+    vocab = out / "attok_vocab.yaml"
+    shutil.copy(sample_data / "retina_vocab.yaml", vocab)
+    with open(vocab, "a") as handle:
+        handle.write("# my precious comment\n")
+    mine = vocab.read_bytes()
+    with pytest.raises(AttTokError, match=r"attok_vocab .*attok_vocab.yaml lies in output_dir .*comments and layout "
+                                          "lost"):
+        get_train_args(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, attok_vocab=str(vocab)))
+    assert vocab.read_bytes() == mine
+    vocab.write_text(load_vocab(vocab).to_yaml())
+    get_train_args(base_args(tiny_models["qwen2_vl"], sample_data, out, attok=True, attok_vocab=str(vocab)))
 
 
 def test_a_missing_training_image_names_the_dataset_and_sample(tiny_models, sample_data, tmp_path):

@@ -40,4 +40,4 @@ def test_readme_own_data_commands_run_verbatim(tiny_models, tmp_path):
     report = (tmp_path / "runs" / "report.md").read_text()
     assert "Per class (support" in report
     assert "| attok | 1 | normal |" in report and "| attok | 1 | pneumonia |" in report
-    assert "majority class" in report and "±" not in report.split("| arm | n |")[1].split("Per class")[0]
+    assert "majority class" in report and "±" not in report.split("| arm | scored by | n |")[1].split("Per class")[0]

@@ -21,6 +21,7 @@ from ..safe_paths import (
     dataset_images,
     output_file,
     refuse_among_dataset_images,
+    refuse_dataset_folder_files,
     refuse_same_as_input,
     refuse_symlink,
     same_file,
@@ -110,11 +111,18 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     """Everything that can be refused before a dataset is read or the model loaded."""
     if mode not in MODES:
         raise AttTokError(f"unknown mode {mode!r}; choose {', '.join(MODES)}")
+    for option, why in (("--val-dataset", "fits the temperature of the attribute-token probabilities"),
+                        ("--vocab", "names the attribute tokens whose probabilities are read")):
+        if mode != "attribute" and inputs.get(option):
+            raise AttTokError(f"{option} {why} (--mode attribute); --mode {mode} reads each class's answer from "
+                              f"--dataset and has no use for it: leave {option} out")
     for option, value in (("--top-k", top_k), ("--batch-size", batch_size)):
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
     refuse_same_as_input(output_paths(out).values(), inputs)
     refuse_among_dataset_images(output_paths(out).values(),
+                                {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
+    refuse_dataset_folder_files(output_paths(out).values(),
                                 {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
     for role, path in output_paths(out).items():  # every file it writes, not only --out itself
         if role != "partial":
@@ -304,6 +312,11 @@ def run_predict(model_path: str, dataset: str, out: str, *, adapter: str | None 
         names = list(dict.fromkeys(labels))
         truth = [names.index(label) for label in labels]
         answers = class_answers(samples, names, dataset) if mode == "answer" else names
+        trained = len(saved.vocab) if saved is not None else None
+        if trained is not None and len(names) < trained:
+            print(f"attok predict: warning: {dataset} holds {len(names)} of the model's {trained} classes: --mode "
+                  f"{mode} chooses among those {len(names)} only (the classes of the samples scored), an easier "
+                  "choice than among all of them; --mode attribute chooses among all", file=sys.stderr)
     model, _, processor = load_model_for_inference(model_path, adapter, template)
     kwargs: _ScoringOptions = {"device": device, "template": template, "default_system": default_system}
     temperature = 1.0

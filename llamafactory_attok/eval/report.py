@@ -18,8 +18,10 @@ PROTOCOL = (
     "value is their mean ± sample std when n ≥ 2 (one run: the value alone, no spread). "
     "Generation-based scores parse the generated text after normalisation (attribute tokens stripped, lowercase, "
     "punctuation removed; a prediction matching no class or several is wrong and counted as unparseable). "
-    "One-forward scores read the attribute-token logits at the first answer position (no generation); vanilla "
-    "models are scored by class-name likelihood."
+    "One-forward scores (`attok predict`, no generation) are of the mode the column 'scored by' names: attribute "
+    "(the attribute-token logits at the first answer position), answer (the likelihood of each class's whole answer "
+    "as the dataset writes it: one rule for AttTok and vanilla models) or likelihood (the class name's); runs of "
+    "different kinds are never pooled into one arm."
 )
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "retrieval_accuracy", "unparseable")
 RATES = ("accuracy", "macro_f1", "balanced_accuracy", "retrieval_accuracy")  # in [0, 1]
@@ -113,6 +115,12 @@ def read_metrics(path: Path, run: str) -> dict:
     return metrics
 
 
+def scoring_kind(metrics: dict) -> str:
+    """How a run was scored: `attok predict`'s mode (one forward), or generated text (`attok eval classify`)."""
+    mode = metrics.get("mode")
+    return f"one forward ({mode})" if isinstance(mode, str) else "generation (eval classify)"
+
+
 def _per_class(metrics: dict) -> dict[str, dict[str, float]]:
     """Per-class precision / recall / F1 / support of one run (``per_class``); older files: F1 only."""
     if isinstance(metrics.get("per_class"), dict):
@@ -134,7 +142,7 @@ def _majority_row(supports: set[tuple[tuple[str, int], ...]], present: list[str]
     share = count / total
     values = {"accuracy": share, "macro_f1": 2 * share / (1 + share) / k, "balanced_accuracy": 1 / k}
     cells = [f"{values[key]:.3f}" if key in values else "—" for key in present]
-    return [f"| *majority class ({name!r}, baseline)* | — | " + " | ".join(cells) + " |"]
+    return [f"| *majority class ({name!r}, baseline)* | — | — | " + " | ".join(cells) + " |"]
 
 
 def _confusion_links(runs: dict[str, Path], out: Path) -> list[str]:
@@ -155,9 +163,16 @@ def _classification_lines(runs: dict[str, Path], out: Path) -> list[str]:
     seeds: dict[str, int] = defaultdict(int)
     supports: set[tuple[tuple[str, int], ...]] = set()
     reference: tuple[str, frozenset[str]] | None = None  # the first run with per-class scores, and its classes
+    kinds: dict[str, tuple[str, str]] = {}  # arm -> (its first run, how that run was scored)
     for run, path in runs.items():
         metrics = read_metrics(path, run)
         arm = arm_of(run)
+        kind = scoring_kind(metrics)
+        first = kinds.setdefault(arm, (run, kind))
+        if first[1] != kind:
+            raise AttTokError(f"--run {first[0]} ({first[1]}) and {run} ({kind}, {path}) are scored differently: "
+                              "one arm pools runs of one kind; give them different arm names (e.g. "
+                              f"{arm}_{kind.split()[-1].strip('()')}@…)")
         seeds[arm] += 1
         classes = _per_class(metrics)
         if classes:
@@ -175,10 +190,13 @@ def _classification_lines(runs: dict[str, Path], out: Path) -> list[str]:
             if key in metrics:
                 by_arm[arm][key].append(float(metrics[key]))
     present = [m for m in METRICS if any(m in v for v in by_arm.values())]
-    lines = [PROTOCOL, "", "| arm | n | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
+    lines = [PROTOCOL, "", "| arm | scored by | n | " + " | ".join(present) + " |",
+             "|---|---|---|" + "---|" * len(present)]
     for arm, values in by_arm.items():
-        cells = [_cell(values[key], 0 if key == "unparseable" else 3) if key in values else "—" for key in present]
-        lines.append(f"| {arm} | {seeds[arm]} | " + " | ".join(cells) + " |")
+        cells = [_cell(values[key], 0 if key == "unparseable" else 3) + ("" if len(values[key]) == seeds[arm] else
+                                                                      f" (n={len(values[key])})")
+                 if key in values else "—" for key in present]
+        lines.append(f"| {arm} | {kinds[arm][1]} | {seeds[arm]} | " + " | ".join(cells) + " |")
     lines += _majority_row(supports, present)
     notes = [f"- `{key}`: {EXPLAINED[key]}." for key in present if key in EXPLAINED]
     if notes:
