@@ -105,13 +105,16 @@ def lora_shape(config: object) -> dict:
 
 def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, token_ids: list[int],
                           args: dict, finetuning_type: str | None = None, lora: dict | None = None,
-                          model_type: str | None = None, base_weights: str | None = None) -> None:
+                          model_type: str | None = None, base_weights: str | None = None,
+                          prompt: dict | None = None) -> None:
     """Resuming is continuing: the checkpoint's vocabulary (tokens, order, keywords), token ids and ACC / ACM
     switches must equal this run's, else saved rows, books and optimizer state would mean other attributes; and its
     fine-tuning type and LoRA shape (``lora``: :func:`lora_shape` of this run's adapter) must equal this run's, else
     its weights do not fit the model (a raw index or size-mismatch error deep in transformers / PEFT). The base
     model must hold the weights the run was trained on (``base_weights``: :func:`~.base_model.weights_fingerprint`;
-    the same architecture with other weights would continue the LoRA deltas, rows and books on another model)."""
+    the same architecture with other weights would continue the LoRA deltas, rows and books on another model). The
+    prompt format (``prompt``: template, default_system, enable_thinking) must be the one the steps so far were
+    trained with, which the run's saved config then records for evaluation."""
     folder = Path(checkpoint)
     if not any((folder / name).is_file() for name in ATTOK_FILES):
         raise AttTokError(
@@ -130,6 +133,10 @@ def refuse_changed_resume(checkpoint: str | os.PathLike, vocab: AttributeVocab, 
     saved_model = saved.config.get("model_type")
     if model_type is not None and saved_model is not None and saved_model != model_type:
         differences.append(f"base model type {saved_model} -> {model_type} (another base model)")
+    for key, now in (prompt or {}).items():
+        if key in saved.config and saved.config[key] != now:
+            differences.append(f"{key}: {saved.config[key]!r} -> {now!r} (the prompts the steps so far were trained "
+                               "with)")
     saved_base = saved.config.get("base_weights")
     if saved_base and base_weights and saved_base != base_weights:
         differences.append(f"base model weights {saved_base} -> {base_weights} (model_name_or_path holds other "

@@ -253,7 +253,9 @@ class AttTokTrainerMixin:
             refuse_changed_resume(checkpoint, self.attok.resolved_vocab(), self.attok.token_ids,
                                   self.attok.args.to_dict(), self.attok.finetuning_type,
                                   lora_shape(peft_config) if peft_config is not None else None,
-                                  self.attok.model_type, self.attok.base_weights)
+                                  self.attok.model_type, self.attok.base_weights,
+                                  {k: v for k, v in self.attok.description().items()
+                                   if k in ("template", "default_system", "enable_thinking")})
         lock = run_lock(self.args.output_dir) if self.args.should_save else contextlib.nullcontext()
         with lock:
             if self.args.should_save:

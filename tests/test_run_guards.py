@@ -145,6 +145,12 @@ def test_resume_refuses_another_finetuning_type_or_lora_shape(checkpoint, tiny_m
     with pytest.raises(AttTokError, match="base model type qwen2_vl -> qwen2_5_vl"):
         refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", None, "qwen2_5_vl")
     refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", lora_shape(adapter))  # same: ok
+    prompt = {k: saved[k] for k in ("template", "default_system")}
+    refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", None, None, None, prompt)
+    with pytest.raises(AttTokError, match=r"default_system: None -> 'You are a pirate.' \(the prompts the steps so "
+                                          r"far were trained with\)"):
+        refuse_changed_resume(folder, vocab, saved["token_ids"], saved["args"], "lora", None, None, None,
+                              {**prompt, "default_system": "You are a pirate."})
     args = base_args(tiny_models["qwen2_vl"], sample_data, checkpoint["out"], attok=True,
                      attok_vocab=str(checkpoint["vocab"]), max_steps=3, save_steps=1, overwrite_output_dir=False,
                      lora_rank=4, resume_from_checkpoint=str(folder))
