@@ -42,6 +42,17 @@ def refuse_output_over_inputs(output_dir: str, inputs: dict[str, str | None], op
                     f"change that). Choose an {option} outside it.")
 
 
+def refuse_foreign_attok_files(export_dir: str, saved_folder: Path) -> None:
+    """An export writes AttTok's files (config, vocabulary, state) into ``export_dir``: one already there must be the
+    exported run's own (a re-export: the same bytes), else it is a file of the user's or of another run, which the
+    export would replace — refused before anything is written."""
+    for name in ATTOK_FILES:
+        there, ours = Path(export_dir) / name, saved_folder / name
+        if there.is_symlink() or (there.exists() and (not ours.is_file() or there.read_bytes() != ours.read_bytes())):
+            raise AttTokError(f"export_dir {export_dir} holds an {name} that is not {saved_folder}'s: the export "
+                              "would replace it. Choose a new or empty export_dir, or move the file away.")
+
+
 @contextlib.contextmanager
 def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``output_dir`` while this run trains: a second run into the same folder stops at

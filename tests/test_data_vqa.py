@@ -135,6 +135,23 @@ def test_vqa_rad_bad_entry_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_vqa_rad_keeps_two_images_of_one_file_name_in_two_folders_apart(tmp_path):
+    """a/img.jpg and b/img.jpg of a release stay two images (their release paths), not one file the later
+    replaces — which pointed a training question at another image."""
+    source = tmp_path / "release"
+    for folder in ("a", "b"):
+        (source / "VQA_RAD Image Folder" / folder).mkdir(parents=True)
+        (source / "VQA_RAD Image Folder" / folder / "img.jpg").write_bytes(folder.encode() * 8)
+    base = {"question": "Is it red?", "answer_type": "CLOSED"}
+    (source / "VQA_RAD Dataset Public.json").write_text(json.dumps([
+        {**base, "qid": 1, "image_name": "a/img.jpg", "answer": "yes", "phrase_type": "freeform"},
+        {**base, "qid": 2, "image_name": "b/img.jpg", "answer": "no", "phrase_type": "test_freeform"}]))
+    build_vqa_rad(source, tmp_path / "out", "rad")
+    out = tmp_path / "out"
+    train, test = (json.loads((out / f"rad_{s}.json").read_text())[0]["images"][0] for s in ("train", "test"))
+    assert train != test and (out / train).read_bytes() == b"a" * 8 and (out / test).read_bytes() == b"b" * 8
+
+
 def test_vqa_rad_never_overwrites_an_image_another_dataset_uses(tmp_path):
     """An image the earlier build of the name wrote is replaced only with overwrite; an image of the user's at the
     path the build writes (rad_images/b.jpg, which no rad_build.json lists) is refused with or without it, naming it,

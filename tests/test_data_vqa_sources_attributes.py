@@ -53,6 +53,17 @@ def test_slake_from_fields_is_deterministic_and_offline(slake_out):
     assert "slake_fields_a" in info and (slake_out / rows[0]["images"][0]).is_file()
 
 
+def test_vqa_attributes_refuses_answers_that_already_carry_tokens(slake_out, capsys):
+    """Its own output given back as input would get its tokens twice ("<|mri_abdomen|> <|mri_abdomen|> MRI"):
+    refused, naming the samples."""
+    assert _fields(slake_out, "slake_once", "modality,location") == 0
+    capsys.readouterr()
+    assert main(["data", "vqa-attributes", str(slake_out / "slake_once.json"), "--out", str(slake_out), "--name",
+                 "slake_twice", "--from-fields", "modality,location"]) == 2
+    assert "already carry attribute tokens in their answers" in capsys.readouterr().err
+    assert not (slake_out / "slake_twice.json").exists()
+
+
 def test_vqa_rad_from_fields_uses_default_modality_and_spells_out_codes():
     rows = [{"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": a}],
              "images": [], "qid": str(i), "modality": None, "organ": organ}

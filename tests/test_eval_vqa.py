@@ -165,3 +165,25 @@ def test_bad_input_is_named(tmp_path, capsys):
     assert "not_vqa.json: not an `attok eval vqa` result" in capsys.readouterr().err
     assert main(["eval", "report", "--out", str(tmp_path / "r.md")]) == 2
     assert "eval report needs --run" in capsys.readouterr().err
+
+
+def test_the_judge_cache_never_answers_for_another_judge_or_prompt(tmp_path):
+    """The verdict cache is keyed on the judge model and its prompt too: a strict judge after a lenient one (or the
+    same judge with another prompt) is asked again instead of inheriting the lenient verdicts."""
+    from types import SimpleNamespace
+
+    from llamafactory_attok.eval.vqa import Judge
+
+    def client(verdict: str, asked: list):
+        def create(**kwargs):
+            asked.append(kwargs["model"])
+            return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=verdict))])
+        return SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+
+    cache, asked = tmp_path / "judge_cache.json", []
+    prompt = "Q {question} A {answer} P {prediction}"
+    assert Judge(client('{"correct": true}', asked), "lenient", prompt, cache).decide("q", "a", "p") is True
+    assert Judge(client('{"correct": false}', asked), "strict", prompt, cache).decide("q", "a", "p") is False
+    assert Judge(client('{"correct": false}', asked), "lenient", prompt + ".", cache).decide("q", "a", "p") is False
+    assert Judge(client('{"correct": false}', asked), "lenient", prompt, cache).decide("q", "a", "p") is True  # cached
+    assert asked == ["lenient", "strict", "lenient"]

@@ -209,6 +209,24 @@ def test_export_never_writes_into_the_base_model_or_the_adapter(checkpoint, tiny
                           "template": "qwen2_vl", "finetuning_type": "lora", "export_dir": str(target)})
 
 
+def test_export_never_replaces_attok_files_that_are_not_the_adapters(checkpoint, tiny_models, tmp_path):
+    """A user's attok_vocab.yaml (or another run's state) in export_dir would be replaced by the export: refused
+    before LF writes anything; the adapter's own files there (a re-export) are fine."""
+    from llamafactory.train.tuner import export_model
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "attok_vocab.yaml").write_text('"<|my_tok|>": my precious vocabulary\n')
+    (target / "notes.txt").write_text("keep")
+    args = {"model_name_or_path": str(tiny_models["qwen2_vl"]), "adapter_name_or_path": str(checkpoint["out"]),
+            "template": "qwen2_vl", "finetuning_type": "lora", "export_dir": str(target)}
+    with pytest.raises(AttTokError, match=r"export_dir .* holds an attok_vocab.yaml that is not .*'s: the export "
+                                          "would replace it"):
+        export_model(args)
+    assert sorted(p.name for p in target.iterdir()) == ["attok_vocab.yaml", "notes.txt"]
+    assert "my precious" in (target / "attok_vocab.yaml").read_text()
+
+
 def test_do_predict_into_the_adapter_folder_is_refused(checkpoint, tiny_models, sample_data):
     args = base_args(tiny_models["qwen2_vl"], sample_data, checkpoint["out"], do_train=False, do_predict=True,
                      adapter_name_or_path=str(checkpoint["out"]), eval_dataset="retina_attok_test",

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError, field_validator
 from tqdm import tqdm
 
 from ..errors import AttTokError
+from ..vocab import tokens_in_text
 from .lf_format import attribute_token, read_json, slug, write_atomic
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def check_rows(rows: object, source: Path) -> list[dict]:
     naming the file and the samples."""
     if not isinstance(rows, list) or not rows:
         raise AttTokError(f"{source}: expected a non-empty JSON list of sharegpt samples")
-    bad, empty = [], []
+    bad, empty, tagged = [], [], []
     for index, row in enumerate(rows):
         turns = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(turns, list) or len(turns) < 2 or not all(
@@ -158,6 +159,12 @@ def check_rows(rows: object, source: Path) -> list[dict]:
             bad.append(index)
         elif not any(ch.isalnum() for ch in turns[1]["content"]):
             empty.append(f"{index} (qid {row.get('qid', index)}: {turns[1]['content']!r})")
+        elif tokens_in_text(turns[1]["content"]):
+            tagged.append(f"{index} ({turns[1]['content'][:40]!r})")
+    if tagged:
+        raise AttTokError(f"{source}: sample(s) {_listed(tagged)} already carry attribute tokens in their answers "
+                          "(an earlier `vqa-attributes` output?): tokens would be added twice; give the dataset "
+                          "without tokens (e.g. the builder's slake_train.json)")
     if bad:
         raise AttTokError(f"{source}: sample(s) {_listed(bad)} need `messages` with a user and an assistant turn "
                           "(each with a string `content`)")

@@ -54,13 +54,14 @@ def _assemble(source: Path, path: Path, name: str) -> VqaBuild:
         split = SPLIT_OF_PHRASE.get(str(qa.get("phrase_type", "")).strip())
         if split is None:
             raise AttTokError(f"{where}: unknown phrase_type {qa.get('phrase_type')!r}")
-        image = source / IMAGE_FOLDER / relative_member(qa.get("image_name"), where)
+        member = relative_member(qa.get("image_name"), where)
+        image = source / IMAGE_FOLDER / member
         if not image.is_file():
             raise AttTokError(f"{where}: image {image} does not exist")
         answer = str(qa["answer"]).strip()
         if skip_empty_answer(build, split, str(qa["qid"]), answer):
             continue
-        rel = f"{name}_images/{image.name}"
+        rel = f"{name}_images/{member.as_posix()}"  # its path in the release: a/img.jpg and b/img.jpg stay two
         build.images[rel] = image
         build.rows[split].append(sharegpt_row(
             f"<image>{qa['question'].strip()}", answer, [rel], qid=str(qa["qid"]),

@@ -1,8 +1,9 @@
 """VQA scoring (paper §5.1, Table 2): closed, open and overall accuracy under two protocols side by side — the
 paper's (exact match first, LLM judge only when it fails) and MedEvalKit's (every open question judged); see
 :mod:`.vqa_protocols`. The judge is any OpenAI-compatible endpoint (temperature 0, prompt from a file, replies
-cached by (question, answer, prediction), one cache per protocol). The result counts what the rules and the judge
-decided and lists every judge failure; with the judge endpoint down, scores are rules-only and flagged."""
+cached by (judge model, prompt, question, answer, prediction), one cache per protocol). The result counts what the
+rules and the judge decided and lists every judge failure; with the judge endpoint down, scores are rules-only and
+flagged."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class Judge:
 
         from ..data.lf_format import write_atomic
 
-        key = hashlib.sha256(json.dumps([question, answer, prediction]).encode()).hexdigest()
+        # the judge model and its prompt are part of the key: another judge's verdicts are never reused
+        key = hashlib.sha256(json.dumps([self.model, self.prompt, question, answer, prediction]).encode()).hexdigest()
         if key in self.cache:
             return self.cache[key]
         text = self.prompt.format(question=question, answer=answer, prediction=prediction)

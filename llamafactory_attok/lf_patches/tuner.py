@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 from ..filenames import STATE_FILE_NAME
-from ..run_guards import refuse_output_over_inputs
+from ..run_guards import refuse_foreign_attok_files, refuse_output_over_inputs
 from ..state import atomic_write_bytes, save_description
 from .parser import context_of
 
@@ -21,8 +21,10 @@ def _wrap_export(original):
             refuse_output_over_inputs(model_args.export_dir, {
                 "model_name_or_path": model_args.model_name_or_path,
                 "adapter_name_or_path": ",".join(model_args.adapter_name_or_path or [])}, option="export_dir")
-        original(args)
         context = context_of(finetuning_args)
+        if context is not None and context.saved is not None:
+            refuse_foreign_attok_files(model_args.export_dir, context.saved.folder)
+        original(args)
         if context is not None and context.saved is not None:
             save_description(model_args.export_dir, context.saved.vocab, {**context.saved.config})
             state = context.saved.folder / STATE_FILE_NAME
