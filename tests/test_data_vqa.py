@@ -152,6 +152,18 @@ def test_vqa_rad_keeps_two_images_of_one_file_name_in_two_folders_apart(tmp_path
     assert train != test and (out / train).read_bytes() == b"a" * 8 and (out / test).read_bytes() == b"b" * 8
 
 
+def test_a_temp_image_left_by_a_killed_build_is_removed_by_the_next(tmp_path):
+    """A SIGKILL during an atomic image write leaves `.img.jpg.XXXXXXXX`; the next build of the name removes it (only
+    such a temp of an image it writes: a hidden file of the user's there stays)."""
+    source = _fake_vqa_rad(tmp_path, [{"qid": 1, "image_name": "a.jpg"}], {"a.jpg": b"A"})
+    build_vqa_rad(source, tmp_path / "out", "rad")
+    folder = tmp_path / "out" / "rad_images"
+    (folder / ".a.jpg.k2x9_q1z").write_bytes(b"half")
+    (folder / ".a.jpg.my-notes").write_text("mine")
+    build_vqa_rad(source, tmp_path / "out", "rad", overwrite=True)
+    assert not (folder / ".a.jpg.k2x9_q1z").exists() and (folder / ".a.jpg.my-notes").read_text() == "mine"
+
+
 def test_vqa_rad_never_overwrites_an_image_another_dataset_uses(tmp_path):
     """An image the earlier build of the name wrote is replaced only with overwrite; an image of the user's at the
     path the build writes (rad_images/b.jpg, which no rad_build.json lists) is refused with or without it, naming it,

@@ -14,8 +14,10 @@ then the digests. Every file goes through :func:`~llamafactory_attok.state.atomi
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -210,12 +212,29 @@ def _pending_images(build: VqaBuild, plan: VqaOutputs, out: Path, manifest: dict
     return pending, reused
 
 
+_TEMP_SUFFIX = re.compile(r"^[a-z0-9_]{8}$")  # what tempfile.mkstemp adds to an atomic write's hidden name
+
+
+def _remove_stale_temp_images(build: VqaBuild, out: Path) -> None:
+    """The hidden temp file an atomic image write leaves when the build is killed (``.img.jpg.XXXXXXXX`` beside
+    ``img.jpg``): removed, under the lock, but only for the images this build writes — nothing else is touched."""
+    for rel in build.images:
+        target = out / rel
+        if not target.parent.is_dir():
+            continue
+        prefix = f".{target.name}."
+        for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            if _TEMP_SUFFIX.match(path.name[len(prefix):]) and path.is_file() and not path.is_symlink():
+                path.unlink()
+
+
 def commit(build: VqaBuild, plan: VqaOutputs, out: Path, overwrite: bool,
            report: dict | None = None) -> dict[str, str]:
     """Write manifest, images, split files, ``dataset_info.json`` entries and (``plan.report``) the build report
     (``report`` and the build's summary); return dataset name -> file name. Call under the lock, after
     :func:`check_owned_outputs`."""
     manifest = read_manifest(out, plan.name, plan.builder)
+    _remove_stale_temp_images(build, out)
     pending, reused = _pending_images(build, plan, out, manifest, overwrite)
     rewritten = {*plan.files(), *pending}
     earlier = [f for f in (manifest or {}).get("files", []) if os.path.lexists(out / f)]  # still owned
