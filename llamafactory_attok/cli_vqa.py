@@ -17,6 +17,7 @@ from .safe_paths import (
     dataset_name,
     output_file,
     refuse_among_dataset_images,
+    refuse_dataset_folder_files,
     refuse_same_as_input,
     refuse_symlink,
     refuse_symlinks,
@@ -270,6 +271,7 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
               "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
     refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
     refuse_among_dataset_images([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
+    refuse_dataset_folder_files([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
     output_file(out, "--out", ns.overwrite)
     refuse_symlinks([_cache_path(out, p) for p in PROTOCOLS], "the judge's reply cache")
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)

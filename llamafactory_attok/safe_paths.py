@@ -247,8 +247,8 @@ def refuse_among_dataset_images(outputs: Iterable[PathLike], datasets: Mapping[s
 
 def dataset_folder_files(dataset: PathLike) -> dict[Path, str]:
     """The files of a dataset's folder that LF and attok read, by what they are: ``dataset_info.json``, every dataset
-    file it lists, the builders' manifests (``*_build.json``), vocabularies and class maps (``*_vocab.yaml``,
-    ``*_classes.yaml``)."""
+    file it lists, the builders' manifests (``*_build.json``) and every file they list, vocabularies and class maps
+    (``*_vocab.yaml``, ``*_classes.yaml``)."""
     import json
 
     folder = Path(dataset).expanduser().resolve().parent
@@ -264,6 +264,14 @@ def dataset_folder_files(dataset: PathLike) -> dict[Path, str]:
                           ("*_classes.yaml", "a class map")):
         for path in folder.glob(pattern):
             found.setdefault(path.resolve(), what)
+    for manifest in folder.glob("*_build.json"):  # every file a build wrote (its report, its datasets …)
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name in listed if isinstance(listed, list) else ():
+            if isinstance(name, str):
+                found.setdefault((folder / name).resolve(), f"a file of the build {manifest.name} lists")
     return found
 
 

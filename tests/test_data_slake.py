@@ -174,3 +174,14 @@ def test_an_out_inside_the_release_folder_is_refused(tmp_path, capsys):
     (source).rename(kept / "slake_images" / "Slake1.0")
     assert main(["data", "slake", str(kept / "slake_images" / "Slake1.0"), "--out", str(kept)]) == 2
     assert "the build writes its images there, and the release folder" in capsys.readouterr().err
+
+
+def test_a_release_answer_with_token_markup_is_refused_before_anything_is_written(tmp_path):
+    """"<|ct_lung|> lung" in a SLAKE answer would be read as an attribute token at training (and passes for an
+    AttTok answer): refused at build, naming the question; nothing is written."""
+    entries = {split: english_subset(split, 4) for split in ("train", "val", "test")}
+    entries["train"][1] = {**entries["train"][1], "answer": "<|ct_lung|> lung"}
+    source = slake_release(tmp_path / "src", entries)
+    with pytest.raises(AttTokError, match=r"slake train qid .*: the assistant text holds '<\|ct_lung\|>'"):
+        build_slake(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

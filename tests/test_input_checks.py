@@ -223,7 +223,14 @@ def test_outputs_never_replace_the_files_a_dataset_folder_is_read_through(tmp_pa
         out = ["--out", str(tmp_path / name), "--overwrite"]
         assert main([*argv[:-2], *out]) == 2 and what in capsys.readouterr().err
         assert main(["eval", "classify", "--predictions", str(data), "--dataset", str(data), *out]) == 2
+        assert what in capsys.readouterr().err
+        assert main(["eval", "vqa", "--predictions", str(data), "--dataset", str(data), *out]) == 2
         assert what in capsys.readouterr().err and (tmp_path / name).read_bytes() == before
+    (tmp_path / "y_build.json").write_text('{"files": ["y_report.json"]}')  # a build's own report
+    (tmp_path / "y_report.json").write_text("{}")
+    assert main(["eval", "vqa", "--predictions", str(data), "--dataset", str(data), "--out",
+                 str(tmp_path / "y_report.json"), "--overwrite"]) == 2
+    assert "a file of the build y_build.json lists" in capsys.readouterr().err
 
 
 def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):

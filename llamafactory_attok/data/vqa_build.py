@@ -212,6 +212,23 @@ def _pending_images(build: VqaBuild, plan: VqaOutputs, out: Path, manifest: dict
     return pending, reused
 
 
+_TOKEN_MARKUP = re.compile(r"<\|[^<>]*\|>")
+
+
+def refuse_token_markup(build: VqaBuild) -> None:
+    """A release answer or question holding ``<|…|>`` text would be read as a special or attribute token at training
+    (and an answer starting with it passes for an attribute-token answer): refused before anything is written,
+    naming the question."""
+    for split, rows in build.rows.items():
+        for row in rows:
+            for turn in row["messages"]:
+                found = _TOKEN_MARKUP.search(turn["content"])
+                if found:
+                    raise AttTokError(f"{build.name} {split} qid {row.get('qid')}: the {turn['role']} text holds "
+                                      f"{found.group(0)!r}, which training would read as a token; the release must "
+                                      "be plain text (edit that question, or drop it)")
+
+
 _TEMP_SUFFIX = re.compile(r"^[a-z0-9_]{8}$")  # what tempfile.mkstemp adds to an atomic write's hidden name
 
 
@@ -233,6 +250,7 @@ def commit(build: VqaBuild, plan: VqaOutputs, out: Path, overwrite: bool,
     """Write manifest, images, split files, ``dataset_info.json`` entries and (``plan.report``) the build report
     (``report`` and the build's summary); return dataset name -> file name. Call under the lock, after
     :func:`check_owned_outputs`."""
+    refuse_token_markup(build)
     manifest = read_manifest(out, plan.name, plan.builder)
     _remove_stale_temp_images(build, out)
     pending, reused = _pending_images(build, plan, out, manifest, overwrite)
