@@ -18,6 +18,7 @@ from .safe_paths import (
     output_file,
     refuse_among_dataset_images,
     refuse_dataset_folder_files,
+    refuse_protected_folders,
     refuse_same_as_input,
     refuse_symlinks,
 )
@@ -202,6 +203,7 @@ def _eval_classify(ns: argparse.Namespace) -> None:
                          {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
     refuse_among_dataset_images([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
     refuse_dataset_folder_files([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
+    refuse_protected_folders([out], "--out")
     output_file(out, "--out", ns.overwrite)
     output_file(out.with_suffix(".confusion.png"), "--out's confusion figure", ns.overwrite)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)
@@ -220,6 +222,18 @@ def _pair_list(items: list[str], flag: str) -> list[tuple[str, str]]:
     return [(name, value) for name, value in (item.split("=", 1) for item in items)]
 
 
+def _result_siblings(path: Path) -> dict[str, Path]:
+    """The files that go with a result file of ``attok predict`` (``X.metrics.json``: ``X.jsonl`` rows, its
+    ``.partial``, ``X.confusion.png``) or ``attok eval classify`` (``X.json``: ``X.confusion.png``), which a report
+    links or a reader needs beside it."""
+    if path.name.endswith(".metrics.json"):
+        stem = path.with_name(path.name.removesuffix(".metrics.json"))
+        return {"rows": stem.with_name(stem.name + ".jsonl"), "rows in progress": stem.with_name(stem.name +
+                                                                                              ".jsonl.partial"),
+                "confusion figure": stem.with_name(stem.name + ".confusion.png")}
+    return {"confusion figure": path.with_suffix(".confusion.png")}
+
+
 def _eval_report(ns: argparse.Namespace) -> None:
     from .eval.figures import training_curves
     from .eval.report import build_report, distinct_runs
@@ -234,6 +248,10 @@ def _eval_report(ns: argparse.Namespace) -> None:
     flags = (("--run", runs), ("--vqa", vqa_runs), ("--train-dir", train_dirs))  # a train dir is a folder: the
     inputs = {f"{flag} {run}={path}": path for flag, pairs in flags for run, path in pairs}  # report stays out of it
     refuse_same_as_input([out, curves], inputs)
+    refuse_protected_folders([out, curves], "--out")
+    run_files = {f"{flag} {run}'s {kind}": sibling for flag, pairs in flags[:2] for run, path in pairs
+                 for kind, sibling in _result_siblings(Path(path)).items()}
+    refuse_same_as_input([out, curves], run_files)
     output_file(out, "--out", ns.overwrite)
     if train_dirs:
         output_file(curves, "--out's training-curves figure", ns.overwrite)

@@ -18,6 +18,7 @@ from .safe_paths import (
     output_file,
     refuse_among_dataset_images,
     refuse_dataset_folder_files,
+    refuse_protected_folders,
     refuse_same_as_input,
     refuse_symlink,
     refuse_symlinks,
@@ -141,6 +142,7 @@ def _data_vqa_attributes(ns: argparse.Namespace) -> int:
     files = [f"{name}.json", f"{name}_vocab.yaml", f"{name}_report.json", manifest_name(name)]
     cache = f"{name}_llm_cache.json"
     refuse_same_as_input([out / f for f in [*files, cache, "dataset_info.json"]], {"input": src})
+    refuse_protected_folders([out], "--out", folders=True)
     with build_lock(out):
         refuse_symlink(out / cache)
         refuse_other_builds_files(out, files, own=manifest_name(name))
@@ -272,6 +274,7 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
     refuse_among_dataset_images([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
     refuse_dataset_folder_files([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
+    refuse_protected_folders([out], "--out")
     output_file(out, "--out", ns.overwrite)
     refuse_symlinks([_cache_path(out, p) for p in PROTOCOLS], "the judge's reply cache")
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)

@@ -288,3 +288,40 @@ def refuse_dataset_folder_files(outputs: Iterable[PathLike], datasets: Mapping[s
                 raise AttTokError(f"{output}: {what} in the folder of {option} {dataset}; an output never replaces "
                                   "what LF and attok read — choose another path")
 
+
+MODEL_MARKERS = ("adapter_config.json", "attok_config.json", "trainer_state.json")
+
+
+def protected_folder(folder: PathLike) -> str | None:
+    """What ``folder`` is when no command's output belongs in it (None: an ordinary folder): a model, adapter or
+    checkpoint folder (its configs and weights), or a dataset build's images folder (a ``*_build.json`` beside it
+    names it)."""
+    import json
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        return None
+    if any((folder / name).is_file() for name in MODEL_MARKERS) or (
+            (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))):
+        return "a model, adapter or checkpoint folder"
+    for manifest in folder.parent.glob("*_build.json"):
+        try:
+            body = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(body, dict) and (body.get("images_dir") == folder.name or folder.name in body.get("files", [])):
+            return f"the images folder of a dataset build ({manifest.name})"
+    return None
+
+
+def refuse_protected_folders(paths: Iterable[PathLike], option: str, folders: bool = False) -> None:
+    """No output lands in a :func:`protected_folder` (``folders``: the paths are output folders themselves, checked
+    as such) — with or without ``--overwrite``: a report over an adapter's config stops it loading, a dataset written
+    into a build's images folder blocks that build's rebuild."""
+    for path in paths:
+        folder = Path(path) if folders else Path(path).parent
+        what = protected_folder(folder)
+        if what is not None:
+            raise AttTokError(f"{option} {path}: {folder} is {what}; outputs never go there — choose a folder of "
+                              "their own")
+

@@ -233,6 +233,39 @@ def test_outputs_never_replace_the_files_a_dataset_folder_is_read_through(tmp_pa
     assert "a file of the build y_build.json lists" in capsys.readouterr().err
 
 
+def test_outputs_never_go_into_a_model_adapter_or_a_builds_images_folder(tmp_path, capsys):
+    """A report over an adapter's adapter_config.json (it stops loading), a report inside a model folder or a build's
+    images folder, a dataset built into another build's images folder or a checkpoint: refused, --overwrite or not;
+    a report never replaces its runs' own rows or confusion figure."""
+    argv, data = _predict_inputs(tmp_path)
+    adapter = tmp_path / "saves" / "b"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    metrics = tmp_path / "runs" / "a.metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text('{"accuracy": 0.5, "mode": "attribute"}')
+    (tmp_path / "runs" / "a.confusion.png").write_bytes(b"png")
+    (tmp_path / "runs" / "a.jsonl").write_text("{}\n")
+    report = ["eval", "report", "--run", f"attok@1={metrics}", "--overwrite", "--out"]
+    assert main([*report, str(adapter / "adapter_config.json")]) == 2
+    assert "is a model, adapter or checkpoint folder" in capsys.readouterr().err
+    for sibling in ("a.confusion.png", "a.jsonl"):
+        assert main([*report, str(tmp_path / "runs" / sibling)]) == 2
+        assert "is the same file as --run attok@1's" in capsys.readouterr().err
+    assert (tmp_path / "runs" / "a.confusion.png").read_bytes() == b"png"
+    assert (tmp_path / "runs" / "a.jsonl").read_text() == "{}\n"
+    assert main([*argv[:-2], "--out", str(adapter / "p.jsonl")]) == 2
+    assert "is a model, adapter or checkpoint folder" in capsys.readouterr().err
+    sample = tmp_path / "sd"
+    assert main(["sample-data", str(sample), "--per-class-train", "2", "--per-class-test", "1"]) == 0
+    assert main([*report, str(sample / "retina_images" / "report.md")]) == 2
+    assert "the images folder of a dataset build (retina_build.json)" in capsys.readouterr().err
+    assert main(["sample-data", str(sample / "retina_images"), "--per-class-train", "2", "--per-class-test", "1"]) == 2
+    assert "the images folder of a dataset build" in capsys.readouterr().err
+    assert main(["sample-data", str(adapter), "--per-class-train", "2", "--per-class-test", "1"]) == 2
+    assert not (adapter / "dataset_info.json").exists()
+
+
 def test_predict_refuses_calibrating_on_the_scored_dataset(tmp_path, capsys):
     argv, data = _predict_inputs(tmp_path)
     assert main([*argv, "--val-dataset", str(data)]) == 2

@@ -40,6 +40,7 @@ from ..progress import progress
 from ..safe_paths import (
     build_lock,
     dataset_name,
+    refuse_protected_folders,
     refuse_same_as_input,
     refuse_symlinks,
     remove_stale_staging,
@@ -439,6 +440,7 @@ def build_classification(items: list[Item], class_map: str | Path | None, out_di
     """
     out = Path(out_dir)
     dataset_name(name)
+    refuse_protected_folders([out], "--out", folders=True)
     if name.endswith("_vanilla"):
         raise AttTokError(f"--name {name!r} ends with '_vanilla', the suffix of --vanilla builds: the build of "
                           f"{name!r} and the --vanilla build of {name.removesuffix('_vanilla')!r} would share files; "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import AttTokError
-from ..safe_paths import dataset_name, refuse_same_as_input, refuse_symlink, within
+from ..safe_paths import dataset_name, refuse_protected_folders, refuse_same_as_input, refuse_symlink, within
 from ..state import atomic_write_bytes
 from .build_manifest import (
     OWN_FILES,
@@ -134,6 +134,7 @@ def check_outputs(plan: VqaOutputs, source: Path, out: Path) -> None:
     """Before the output folder is locked (which creates it): a valid name, an ``out`` that is not the release
     folder ``source`` nor inside it, and no output inside it (e.g. a release kept as ``out/N_images``)."""
     dataset_name(plan.name)
+    refuse_protected_folders([out], "--out", folders=True)
     if source.is_dir() and within(out, source):
         raise AttTokError(f"--out {out} is the release folder {source} or lies inside it: a build never writes into "
                           "the folder it reads; choose an --out outside it")

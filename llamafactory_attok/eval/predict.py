@@ -22,6 +22,7 @@ from ..safe_paths import (
     output_file,
     refuse_among_dataset_images,
     refuse_dataset_folder_files,
+    refuse_protected_folders,
     refuse_same_as_input,
     refuse_symlink,
     same_file,
@@ -124,6 +125,7 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
                                 {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
     refuse_dataset_folder_files(output_paths(out).values(),
                                 {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
+    refuse_protected_folders([out], "--out")
     for role, path in output_paths(out).items():  # every file it writes, not only --out itself
         if role != "partial":
             output_file(path, "--out" if role == "rows" else f"--out's {role} file", overwrite)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data.build_manifest import OWN_FILES, check_owned, manifest_name, read_manifest, record_hashes, write_manifest
 from ..data.lf_format import dataset_entry, dataset_info_names, merge_dataset_info, write_atomic, write_png
 from ..errors import AttTokError
-from ..safe_paths import build_lock, refuse_same_as_input, refuse_symlinks
+from ..safe_paths import build_lock, refuse_protected_folders, refuse_same_as_input, refuse_symlinks
 
 RETINA_CLASSES: tuple[tuple[str, str], ...] = (
     ("<|fundus_no_dr|>", "no diabetic retinopathy"),
@@ -91,6 +91,7 @@ def build_retina_sample(
     out, npz_path = Path(out_dir), Path(npz_path)
     names, paths = _retina_outputs()
     refuse_same_as_input([out / p for p in [*paths, "dataset_info.json"]], {"--npz": npz_path})
+    refuse_protected_folders([out], "OUT", folders=True)
     data = load_npz(npz_path)
     splits = {}
     for split, per_class in (("train", per_class_train), ("test", per_class_test)):
