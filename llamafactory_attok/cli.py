@@ -17,7 +17,7 @@ from .safe_paths import (
     new_output_path,
     output_file,
     refuse_among_dataset_images,
-    refuse_dataset_folder_files,
+    refuse_outputs_over_reads,
     refuse_protected_folders,
     refuse_same_as_input,
     refuse_symlinks,
@@ -199,11 +199,9 @@ def _eval_classify(ns: argparse.Namespace) -> None:
     from .vocab import load_vocab
 
     out = Path(ns.out)
-    refuse_same_as_input([out, out.with_suffix(".confusion.png")],
-                         {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab})
-    refuse_among_dataset_images([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
-    refuse_dataset_folder_files([out, out.with_suffix(".confusion.png")], {"--dataset": ns.dataset})
-    refuse_protected_folders([out], "--out")
+    refuse_outputs_over_reads([out, out.with_suffix(".confusion.png")], out,
+                              {"--predictions": ns.predictions, "--dataset": ns.dataset, "--vocab": ns.vocab},
+                              {"--dataset": ns.dataset})
     output_file(out, "--out", ns.overwrite)
     output_file(out.with_suffix(".confusion.png"), "--out's confusion figure", ns.overwrite)
     scores = score_generated(ns.predictions, ns.dataset, load_vocab(ns.vocab) if ns.vocab else None)

@@ -16,8 +16,7 @@ from .safe_paths import (
     build_lock,
     dataset_name,
     output_file,
-    refuse_among_dataset_images,
-    refuse_dataset_folder_files,
+    refuse_outputs_over_reads,
     refuse_protected_folders,
     refuse_same_as_input,
     refuse_symlink,
@@ -271,10 +270,8 @@ def _eval_vqa(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     inputs = {"--predictions": ns.predictions, "--dataset": ns.dataset, "--judge-prompt": ns.judge_prompt,
               "--medevalkit-judge-prompt": ns.medevalkit_judge_prompt}
-    refuse_same_as_input([out, *(_cache_path(out, p) for p in PROTOCOLS)], inputs)
-    refuse_among_dataset_images([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
-    refuse_dataset_folder_files([out, *(_cache_path(out, p) for p in PROTOCOLS)], {"--dataset": ns.dataset})
-    refuse_protected_folders([out], "--out")
+    refuse_outputs_over_reads([out, *(_cache_path(out, p) for p in PROTOCOLS)], out, inputs,
+                              {"--dataset": ns.dataset})
     output_file(out, "--out", ns.overwrite)
     refuse_symlinks([_cache_path(out, p) for p in PROTOCOLS], "the judge's reply cache")
     protocols = PROTOCOLS if ns.protocol == "both" else (ns.protocol,)

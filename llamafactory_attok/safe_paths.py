@@ -325,3 +325,15 @@ def refuse_protected_folders(paths: Iterable[PathLike], option: str, folders: bo
             raise AttTokError(f"{option} {path}: {folder} is {what}; outputs never go there — choose a folder of "
                               "their own")
 
+
+def refuse_outputs_over_reads(outputs: Iterable[PathLike], out: PathLike, inputs: Mapping[str, PathLike | None],
+                              datasets: Mapping[str, PathLike | None]) -> None:
+    """The checks every scoring command (`attok predict`, `eval classify`, `eval vqa`) makes of the files it writes
+    (``outputs``; ``out``: the ``--out`` they belong to) before reading anything: none is an input, an image of a
+    dataset or a file its folder is read through, and ``--out`` is not in a model, adapter or images folder."""
+    outputs = list(outputs)
+    refuse_same_as_input(outputs, inputs)
+    refuse_among_dataset_images(outputs, datasets)
+    refuse_dataset_folder_files(outputs, datasets)
+    refuse_protected_folders([out], "--out")
+

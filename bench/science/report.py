@@ -76,12 +76,17 @@ def correct(run: dict, scorer: str, truth: list[int]) -> list[int]:
     return [int(p == t) for p, t in zip(predicted, truth, strict=True)]
 
 
+def paired_runs(results: dict, dataset: str, arm: str, base: str) -> list[tuple[dict, dict]]:
+    """(arm run, base run) of every (replicate, seed) both arms have, in replicate / seed order."""
+    by_key = {(r["replicate"], r["seed"]): r for r in runs_of(results, dataset, base)}
+    return [(r, by_key[(r["replicate"], r["seed"])]) for r in runs_of(results, dataset, arm)
+            if (r["replicate"], r["seed"]) in by_key]
+
+
 def compare(results: dict, dataset: str, arm: str, base: str, scorer: str) -> dict | None:
     """The paired comparison ``arm`` − ``base`` on the (replicate, seed) pairs both have."""
     truth = results["datasets"][dataset]["truth"]["test"]
-    by_key = {(r["replicate"], r["seed"]): r for r in runs_of(results, dataset, base)}
-    pairs = [(r, by_key[(r["replicate"], r["seed"])]) for r in runs_of(results, dataset, arm)
-             if (r["replicate"], r["seed"]) in by_key]
+    pairs = paired_runs(results, dataset, arm, base)
     if not pairs:
         return None
     a = [correct(r, scorer, truth) for r, _ in pairs]
@@ -172,9 +177,7 @@ def _changed(runs: list[dict]) -> str:
 def primary(results: dict, dataset: str) -> dict | None:
     """The primary endpoint on ``dataset`` (:data:`PRIMARY`): :func:`~bench.science.stats.balanced_comparison`."""
     arm, base, scorer = PRIMARY
-    by_key = {(r["replicate"], r["seed"]): r for r in runs_of(results, dataset, base)}
-    pairs = [(r, by_key[(r["replicate"], r["seed"])]) for r in runs_of(results, dataset, arm)
-             if (r["replicate"], r["seed"]) in by_key]
+    pairs = paired_runs(results, dataset, arm, base)
     if not pairs:
         return None
     info = results["datasets"][dataset]

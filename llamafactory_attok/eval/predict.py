@@ -20,10 +20,7 @@ from ..progress import progress
 from ..safe_paths import (
     dataset_images,
     output_file,
-    refuse_among_dataset_images,
-    refuse_dataset_folder_files,
-    refuse_protected_folders,
-    refuse_same_as_input,
+    refuse_outputs_over_reads,
     refuse_symlink,
     same_file,
 )
@@ -120,12 +117,8 @@ def _check_request(out: str | Path, inputs: dict[str, str | None], mode: str, to
     for option, value in (("--top-k", top_k), ("--batch-size", batch_size)):
         if value < 1:
             raise AttTokError(f"{option} {value}: must be at least 1")
-    refuse_same_as_input(output_paths(out).values(), inputs)
-    refuse_among_dataset_images(output_paths(out).values(),
-                                {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
-    refuse_dataset_folder_files(output_paths(out).values(),
-                                {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
-    refuse_protected_folders([out], "--out")
+    refuse_outputs_over_reads(output_paths(out).values(), out, inputs,
+                              {k: v for k, v in inputs.items() if k in ("--dataset", "--val-dataset")})
     for role, path in output_paths(out).items():  # every file it writes, not only --out itself
         if role != "partial":
             output_file(path, "--out" if role == "rows" else f"--out's {role} file", overwrite)
